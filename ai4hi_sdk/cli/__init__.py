@@ -1,0 +1,1 @@
+"""The ``ai4hi`` command: one module per command group (data, job, ...)."""

@@ -1,0 +1,1 @@
+"""ai4hi_sdk.jobs"""
