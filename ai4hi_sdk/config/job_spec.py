@@ -1,0 +1,136 @@
+"""Typed schema of a job spec (``jobs/*.yaml``).
+
+A job spec says what to train (task, trainer class, model arguments) and how (rounds, local
+epochs, batch size, learning rate, minimum number of sites). It is validated with pydantic so a
+mistake is reported with the file, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ai4hi_sdk.config.loader import load_yaml_model
+from ai4hi_sdk.errors import ConfigError
+
+_JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSpec(_Strict):
+    """Local training settings, identical at every site."""
+
+    rounds: int = Field(3, ge=1, le=10_000, description="federated rounds")
+    local_epochs: int = Field(1, ge=1, le=1000, description="passes over the local train split per round")
+    max_steps_per_round: int | None = Field(None, ge=1, description="cap on optimizer steps per round")
+    batch_size: int = Field(16, ge=1, le=4096)
+    lr: float = Field(0.01, gt=0, le=10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = Field(0, ge=0, description="base seed; each site and round derives its own")
+    augment: bool = True
+    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads per site (None: torch default)")
+
+
+class DataSpec(_Strict):
+    """How a site turns its DICOM folder into tensors."""
+
+    image_size: int = Field(64, ge=8, le=2048, description="images are resized to image_size x image_size pixels")
+    label_column: str = "label"
+
+
+class JobSpec(_Strict):
+    """A federated job: what to train, on which task, for how long."""
+
+    name: str
+    task: Literal["classification", "segmentation"] = "classification"
+    trainer: str = Field("ai4hi_sdk.trainers.classification:ClassificationTrainer", description="module:Class")
+    model: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the trainer's model")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    min_sites: int = Field(2, ge=1, le=1000)
+    code: list[str] = Field(
+        default_factory=list,
+        description="extra .py files (relative to this spec) shipped to every site, e.g. a custom trainer",
+    )
+    #: folder of the spec file; set by load_job_spec, used to resolve ``code``
+    base_dir: str = Field(".", exclude=True)
+
+    def code_paths(self) -> list[Path]:
+        """Absolute paths of the ``code`` files."""
+        return [Path(self.base_dir, entry).resolve() for entry in self.code]
+
+    def trainer_class(self) -> type:
+        """Import and return the trainer class (``code`` folders are put on sys.path first)."""
+        for folder in {str(p.parent) for p in self.code_paths()}:
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+        module_name, class_name = self.trainer.split(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, class_name)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _JOB_NAME.match(value):
+            raise ValueError("must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit")
+        return value
+
+    @field_validator("trainer")
+    @classmethod
+    def _check_trainer(cls, value: str) -> str:
+        if not _CLASS_PATH.match(value):
+            raise ValueError("must look like 'package.module:ClassName'")
+        return value
+
+    @field_validator("code")
+    @classmethod
+    def _check_code(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if Path(entry).is_absolute() or ".." in Path(entry).parts or not entry.endswith(".py"):
+                raise ValueError(f"'{entry}' must be a .py file path relative to the job spec, inside its folder")
+        return value
+
+    def with_overrides(self, **train_overrides: Any) -> "JobSpec":
+        """Copy with some ``train`` fields replaced (None values are ignored)."""
+        changes = {k: v for k, v in train_overrides.items() if v is not None}
+        if not changes:
+            return self
+        return self.model_copy(update={"train": self.train.model_copy(update=changes)})
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    """Read and validate a job spec YAML file (raises ConfigError naming file, field, reason).
+
+    Besides the schema, checks that every ``code`` file exists and that the trainer class imports
+    and is a :class:`~ai4hi_sdk.trainers.site_trainer.SiteTrainer`.
+    """
+    spec = load_yaml_model(path, JobSpec)
+    spec = spec.model_copy(update={"base_dir": str(Path(path).resolve().parent)})
+    problems: list[tuple[str, str]] = []
+    for index, code_path in enumerate(spec.code_paths()):
+        if not code_path.is_file():
+            problems.append((f"code.{index}", f"file not found: {code_path}"))
+    if not problems:
+        from ai4hi_sdk.trainers.site_trainer import SiteTrainer
+
+        try:
+            trainer_cls = spec.trainer_class()
+        except (ImportError, AttributeError) as err:
+            problems.append(("trainer", f"cannot import '{spec.trainer}': {err}"))
+        else:
+            if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, SiteTrainer)):
+                problems.append(("trainer", f"'{spec.trainer}' is not a subclass of ai4hi_sdk SiteTrainer"))
+    if problems:
+        raise ConfigError(str(path), problems)
+    return spec

@@ -1,0 +1,82 @@
+"""Job spec -> NVFlare job (a ``Recipe`` around a ``FedJob``), ready to simulate, export or submit.
+
+Server: :class:`~ai4hi_sdk.jobs.components.controller.Ai4hiFedAvg` and the receipt log filter.
+Sites: NVFlare's ``ClientAPIExecutor`` running ``ai4hi_site_main.py`` (which calls
+:func:`ai4hi_sdk.jobs.site_main.main`) in-process, and the egress log filter as the last
+task-result filter. The SDK is expected to be installed at every site, so its code is not copied
+into the job (``set_app_packages``); only the entry script and the spec's ``code`` files are.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
+from nvflare.client.config import ExchangeFormat, TransferType
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
+from nvflare.recipe.spec import Recipe
+
+from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.jobs.components.controller import Ai4hiFedAvg
+from ai4hi_sdk.jobs.components.payload_log import EgressLogFilter, ReceiptLogFilter
+from ai4hi_sdk.jobs.site_main import SPEC_FILE, write_spec_file
+from ai4hi_sdk.trainers.site_trainer import TRAIN_TASK, VALIDATE_TASK
+
+ENTRY_SCRIPT = Path(__file__).with_name("ai4hi_site_main.py")
+SITE_TASKS = [TRAIN_TASK, VALIDATE_TASK]
+
+
+class Ai4hiTrainingRecipe(Recipe):
+    """NVFlare recipe for an ai4hi training job.
+
+    Args:
+        spec: validated job spec.
+        staging_dir: folder where the spec file is written before it is copied into the job.
+        data_root: folder with one sub-folder per site (simulation and demos); a site's own
+            ``AI4HI_SITE_DATA_DIR`` / ``AI4HI_DATA_ROOT`` environment wins over it.
+        train_timeout: seconds the server waits for one training round's results.
+    """
+
+    def __init__(self, spec: JobSpec, staging_dir: str | Path, data_root: str | Path | None = None,
+                 train_timeout: int = 3600):
+        self.spec = spec
+        spec_file = write_spec_file(spec, staging_dir)
+        job = FedJob(name=spec.name, min_clients=spec.min_sites)
+        job.set_app_packages(["ai4hi_sdk"])
+        job.to_server(Ai4hiFedAvg(job_spec=SPEC_FILE, num_rounds=spec.train.rounds,
+                                  min_sites=spec.min_sites, train_timeout=train_timeout), id="ai4hi_controller")
+        job.to_server(ReceiptLogFilter(), id="ai4hi_receipt_log", filter_type=FilterType.TASK_RESULT,
+                      tasks=SITE_TASKS)
+
+        script_args = f"--data-root {Path(data_root).resolve()}" if data_root is not None else ""
+        executor = ClientAPIExecutor(
+            execution_mode="in_process",
+            task_script_path=ENTRY_SCRIPT.name,
+            task_script_args=script_args,
+            params_exchange_format=ExchangeFormat.PYTORCH,
+            server_expected_format=ExchangeFormat.PYTORCH,
+            params_transfer_type=TransferType.DIFF,
+        )
+        job.to_clients(executor, id="ai4hi_executor", tasks=SITE_TASKS)
+        job.to_clients(EgressLogFilter(), id="ai4hi_egress_log", filter_type=FilterType.TASK_RESULT,
+                       tasks=SITE_TASKS)
+        job.add_file_to_clients(str(ENTRY_SCRIPT))
+        job.add_file_to_clients(str(spec_file))
+        job.add_file_to_server(str(spec_file))
+        for code_file in spec.code_paths():
+            job.add_file_to_clients(str(code_file))
+            job.add_file_to_server(str(code_file))
+        super().__init__(job)
+
+
+def export_job(spec: JobSpec, out_dir: str | Path, data_root: str | Path | None = None) -> Path:
+    """Write the NVFlare job folder for ``spec`` under ``out_dir``; returns the job folder."""
+    out_dir = Path(out_dir)
+    staging = out_dir / ".ai4hi_staging"
+    try:
+        Ai4hiTrainingRecipe(spec, staging_dir=staging, data_root=data_root).export(str(out_dir))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / spec.name

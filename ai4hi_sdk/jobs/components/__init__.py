@@ -1,0 +1,1 @@
+"""NVFlare adapters (controller, filters) that wire the SDK's pure cores into a job."""

@@ -1,0 +1,177 @@
+"""Server-side workflow of an ai4hi training job (NVFlare adapter around the pure FedAvg core).
+
+Differences from NVFlare's stock ``FedAvg`` loop, each for a reason:
+
+* the site set is fixed once per job (later privacy protocols exchange keys with exactly it);
+* every site result is checked (names, shapes, dtype, finiteness, sample count) and a malformed
+  one is rejected with a logged reason instead of poisoning the average;
+* a round with fewer than ``min_sites`` good results is abandoned and the **last good model is
+  kept**; the job then ends cleanly with the reason recorded;
+* averaging is weighted by each site's training-set size (classic FedAvg), in float64;
+* after the last round every site validates the final model on its held-out validation split;
+* results are written to the run folder as ``global_model.pt`` (state dict) and
+  ``ai4hi_metrics.json`` (per round: per-site training/validation metrics, global metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.workflows.fedavg import FedAvg
+
+from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
+from ai4hi_sdk.trainers.site_trainer import NUM_SAMPLES_KEY, TRAIN_TASK, VALIDATE_TASK
+
+METRICS_FILE = "ai4hi_metrics.json"
+MODEL_FILE = "global_model.pt"
+
+
+class Ai4hiFedAvg(FedAvg):
+    """FedAvg over a fixed site set with update checks, last-good-model semantics and a final
+    validation round.
+
+    Args:
+        job_spec: file name of the job spec shipped in the app's custom folder; the server builds
+            the initial model from it with the spec's seed, exactly as every site would.
+        num_rounds: training rounds.
+        min_sites: minimum good site results for a round to count (and sites to start).
+        train_timeout: seconds to wait for site results in one training round (0 = no limit).
+        validate_timeout: seconds to wait for the final validation round (0 = no limit).
+    """
+
+    def __init__(self, job_spec: str, num_rounds: int, min_sites: int, train_timeout: int = 3600,
+                 validate_timeout: int = 600):
+        super().__init__(num_clients=min_sites, num_rounds=num_rounds, persistor_id="", task_name=TRAIN_TASK,
+                         save_filename=MODEL_FILE)
+        self.job_spec = job_spec
+        self.min_sites = min_sites
+        self.train_timeout = train_timeout
+        self.validate_timeout = validate_timeout
+        self._record: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ persistence
+    def load_model(self) -> FLModel:
+        from ai4hi_sdk.jobs.site_main import read_spec_file
+
+        spec = read_spec_file(self._custom_dir())
+        trainer = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu")
+        return FLModel(params=trainer.initial_state(), params_type=ParamsType.FULL)
+
+    def save_model_file(self, model: FLModel, filepath: str) -> None:
+        _atomic_torch_save({k: torch.as_tensor(v) for k, v in model.params.items()}, filepath)
+
+    def _custom_dir(self) -> str:
+        return self.engine.get_workspace().get_app_custom_dir(self.fl_ctx.get_job_id())
+
+    def _write_record(self) -> None:
+        path = Path(self.get_run_dir()) / METRICS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._record, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ workflow
+    def run(self) -> None:
+        from nvflare.app_opt.pt.decomposers import TensorDecomposer
+        from nvflare.fuel.utils import fobs
+
+        fobs.register(TensorDecomposer)
+        sites = sorted(self.sample_clients(None))
+        state = {k: torch.as_tensor(v).float() for k, v in self.load_model().params.items()}
+        self._record = {"sites": sites, "num_rounds": self.num_rounds, "min_sites": self.min_sites,
+                        "rounds": [], "status": "running", "rejected": []}
+        if len(sites) < self.min_sites:
+            self._finish("failed", f"only {len(sites)} sites connected, job needs {self.min_sites}")
+            return
+        self.save_model(FLModel(params=state))
+        completed = 0
+        for round_index in range(self.num_rounds):
+            if self.abort_signal.triggered:
+                self._finish("aborted", "abort requested")
+                return
+            self.current_round = round_index
+            started = time.time()
+            results = self.send_model_and_wait(
+                task_name=TRAIN_TASK,
+                data=FLModel(params=state, params_type=ParamsType.FULL, current_round=round_index,
+                             total_rounds=self.num_rounds),
+                targets=sites, min_responses=self.min_sites, timeout=self.train_timeout)
+            accepted = self._accept(results, state, round_index)
+            round_record = {"round": round_index, "sites": {n: r["metrics"] for n, r in accepted.items()},
+                            "seconds": round(time.time() - started, 3)}
+            if len(accepted) < self.min_sites:
+                round_record["status"] = "abandoned"
+                self._record["rounds"].append(round_record)
+                self._finish("failed", f"round {round_index}: {len(accepted)} good site results, "
+                                       f"{self.min_sites} needed; the last good model is kept")
+                return
+            names = sorted(accepted)
+            delta = weighted_average([accepted[n]["delta"] for n in names], [accepted[n]["weight"] for n in names])
+            state = apply_delta(state, delta)
+            round_record["status"] = "completed"
+            round_record["weights"] = {n: accepted[n]["weight"] for n in names}
+            self._attach_global_validation(round_index - 1, accepted)
+            self._record["rounds"].append(round_record)
+            self.save_model(FLModel(params=state))
+            completed += 1
+            self._write_record()
+        self._final_validation(state, sites)
+        self._finish("completed", f"{completed} rounds")
+
+    def _accept(self, results: list[FLModel], state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
+        accepted: dict[str, dict] = {}
+        for result in results:
+            site = (result.meta or {}).get("client_name", "unknown")
+            weight = (result.meta or {}).get(NUM_SAMPLES_KEY)
+            reason = None
+            if result.params_type != ParamsType.DIFF:
+                reason = f"expected a model delta (DIFF), got {result.params_type}"
+            elif result.current_round is not None and int(result.current_round) != round_index:
+                reason = f"result is for round {result.current_round}, current round is {round_index}"
+            elif site in accepted:
+                reason = "second result from the same site in one round"
+            else:
+                delta = {k: torch.as_tensor(v) for k, v in (result.params or {}).items()}
+                reason = check_update(delta, state, weight)
+            if reason:
+                self.warning(f"rejected update from {site} in round {round_index}: {reason}")
+                self._record["rejected"].append({"round": round_index, "site": site, "reason": reason})
+                continue
+            accepted[site] = {"delta": delta, "weight": int(weight), "metrics": dict(result.metrics or {})}
+        return accepted
+
+    def _attach_global_validation(self, round_index: int, accepted: dict[str, dict]) -> None:
+        """Sites report ``global_val_*`` of the model they received, i.e. the output of the
+        previous round: attach those to that round's record."""
+        if round_index < 0 or not self._record["rounds"]:
+            return
+        per_site = {n: {k[len("global_"):]: v for k, v in r["metrics"].items() if k.startswith("global_val_")}
+                    for n, r in accepted.items()}
+        self._record["rounds"][round_index]["global_validation"] = {
+            "sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
+
+    def _final_validation(self, state: dict[str, torch.Tensor], sites: list[str]) -> None:
+        results = self.send_model_and_wait(task_name=VALIDATE_TASK, data=FLModel(params=state), targets=sites,
+                                           min_responses=self.min_sites, timeout=self.validate_timeout)
+        per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results}
+        record = {"sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
+        self._record["final_validation"] = record
+        if self._record["rounds"]:
+            self._record["rounds"][-1]["global_validation"] = record
+
+    def _finish(self, status: str, reason: str) -> None:
+        self._record["status"] = status
+        self._record["reason"] = reason
+        self._write_record()
+        (self.info if status == "completed" else self.error)(f"ai4hi job {status}: {reason}")
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,249 @@
+"""``SiteTrainer``: the site-side training loop over NVFlare's Client API.
+
+A developer subclasses it and overrides small hooks; the base does the rest:
+
+* ``build_model()``        -> ``nn.Module`` (must depend only on ``self.spec``: the server builds it too)
+* ``build_datasets()``     -> object with ``.train`` and ``.val`` torch datasets
+* ``build_loss()``         -> loss module
+* ``build_optimizer(m)``   -> optimizer (default: SGD or Adam from ``spec.train``)
+* ``train_step(m, batch, loss_fn)`` -> scalar loss tensor for one batch
+* ``evaluate(m, dataset)`` -> ``dict[str, float]`` of aggregate metrics (no per-patient values)
+* ``metric_names``         -> the names ``evaluate`` may return (declared: nothing else leaves)
+
+The base chooses the device (CUDA + AMP when present, CPU otherwise), seeds every round from
+``(seed, site, round)``, runs the local epochs/steps, collects metrics and computes the delta
+``local - global`` that is sent as ``ParamsType.DIFF``. :meth:`fit` and :meth:`validate` are plain
+Python (no NVFlare) so tests and benchmarks can call them directly; :meth:`run_federated` wires them
+to the Client API.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.trainers.device import derive_seed, pick_device, seed_everything
+from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state, state_delta
+
+#: FLModel.meta key carrying the FedAvg weight n_k (training examples per local epoch)
+NUM_SAMPLES_KEY = "ai4hi_num_samples"
+#: task names used by the SDK's controller
+TRAIN_TASK, VALIDATE_TASK = "train", "validate"
+
+
+@dataclass
+class LocalUpdate:
+    """What one site produces in one round.
+
+    Attributes:
+        delta: ``local - global`` for every exchanged entry, float32 CPU tensors.
+        num_samples: training examples in the local train split (the FedAvg weight).
+        metrics: aggregate metrics (names from :meth:`SiteTrainer.declared_metrics`).
+    """
+
+    delta: dict[str, torch.Tensor]
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class SiteTrainer:
+    """Base class of site trainers. See the module docstring for the hooks to override.
+
+    Args:
+        spec: the validated job spec (same at every site).
+        site_dir: this site's data folder (``None`` when only the model is needed, e.g. on the server).
+        site_name: this site's name (used for seeding and logs).
+        device: force a device (``"cpu"``, ``"cuda:0"``); default: CUDA if available.
+    """
+
+    #: metric names ``evaluate`` may return; override in subclasses
+    metric_names: ClassVar[tuple[str, ...]] = ("loss",)
+
+    def __init__(self, spec: JobSpec, site_dir: str | Path | None = None, site_name: str = "local",
+                 device: str | None = None):
+        self.spec = spec
+        self.site_dir = Path(site_dir) if site_dir is not None else None
+        self.site_name = site_name
+        self.device = pick_device(device)
+        self.use_amp = self.device.type == "cuda"
+        if spec.train.threads:
+            torch.set_num_threads(spec.train.threads)
+        self._model: nn.Module | None = None
+        self._datasets: Any = None
+
+    # ------------------------------------------------------------------ hooks (override these)
+    def build_model(self) -> nn.Module:
+        """Return a freshly initialised model. Must depend only on ``self.spec``."""
+        raise NotImplementedError
+
+    def build_datasets(self) -> Any:
+        """Return an object with ``.train`` and ``.val`` datasets for this site."""
+        raise NotImplementedError
+
+    def build_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        train = self.spec.train
+        if train.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                               weight_decay=train.weight_decay)
+
+    def train_step(self, model: nn.Module, batch: Any, loss_fn: nn.Module) -> torch.Tensor:
+        """Forward one batch and return the loss (the base does backward/step/AMP)."""
+        images, targets = self.to_device(batch)
+        return loss_fn(model(images), targets)
+
+    def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
+        """Aggregate metrics of ``model`` on ``dataset`` (names within ``metric_names``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for hooks
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch (tensor, or tuple/list/dict of tensors) to the training device."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(item) for item in batch)
+        if isinstance(batch, dict):
+            return {key: self.to_device(value) for key, value in batch.items()}
+        return batch
+
+    def loader(self, dataset: Dataset, *, shuffle: bool, seed: int = 0) -> DataLoader:
+        """Deterministic single-process loader (shuffle order fixed by ``seed``)."""
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=self.spec.train.batch_size, shuffle=shuffle,
+                          generator=generator, num_workers=0, pin_memory=self.device.type == "cuda")
+
+    def autocast(self):
+        """Mixed-precision context on CUDA, a no-op on CPU."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+
+    # ------------------------------------------------------------------ declared outputs
+    @classmethod
+    def declared_metrics(cls) -> frozenset[str]:
+        """Every metric name a site may send: training stats and validation metrics of the local
+        model (``val_*``) and of the received global model (``global_val_*``)."""
+        names = {"train_loss", "train_steps", "train_samples", "train_seconds"}
+        for name in (*cls.metric_names, "samples"):
+            names.add(f"val_{name}")
+            names.add(f"global_val_{name}")
+        return frozenset(names)
+
+    # ------------------------------------------------------------------ lazily built pieces
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            seed_everything(self.spec.train.seed)  # same initial weights everywhere (server included)
+            self._model = self.build_model().to(self.device)
+        return self._model
+
+    @property
+    def datasets(self) -> Any:
+        if self._datasets is None:
+            if self.site_dir is None:
+                raise ValueError("this trainer has no site data folder")
+            self._datasets = self.build_datasets()
+        return self._datasets
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The exchanged state of a freshly built model (seeded by ``spec.train.seed``)."""
+        return exchanged_state(self.model)
+
+    # ------------------------------------------------------------------ core, framework-free
+    def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int) -> LocalUpdate:
+        """Train locally from ``global_state`` for one round and return the delta and metrics.
+
+        Metrics: ``global_val_*`` of the received model, ``train_loss`` (mean over steps),
+        ``train_steps``, ``train_samples``, ``train_seconds`` and ``val_*`` of the trained model.
+        """
+        model, train = self.model, self.spec.train
+        load_exchanged_state(model, global_state)
+        metrics = {f"global_val_{k}": v for k, v in self._evaluate_split(model).items()}
+
+        seed = derive_seed(train.seed, self.site_name, round_index)
+        seed_everything(seed)
+        dataset = self.datasets.train
+        if hasattr(dataset, "set_random_state"):
+            dataset.set_random_state(seed)
+        loss_fn = self.build_loss().to(self.device)
+        optimizer = self.build_optimizer(model)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+        start, losses, steps = time.perf_counter(), [], 0
+        model.train()
+        for epoch in range(train.local_epochs):
+            for batch in self.loader(dataset, shuffle=True, seed=seed + epoch):
+                optimizer.zero_grad(set_to_none=True)
+                with self.autocast():
+                    loss = self.train_step(model, batch, loss_fn)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                steps += 1
+                if train.max_steps_per_round and steps >= train.max_steps_per_round:
+                    break
+            if train.max_steps_per_round and steps >= train.max_steps_per_round:
+                break
+        metrics.update(
+            train_loss=sum(losses) / max(len(losses), 1),
+            train_steps=float(steps),
+            train_samples=float(len(dataset)),
+            train_seconds=time.perf_counter() - start,
+        )
+        metrics.update({f"val_{k}": v for k, v in self._evaluate_split(model).items()})
+        delta = state_delta(exchanged_state(model), {k: torch.as_tensor(v) for k, v in global_state.items()})
+        return LocalUpdate(delta=delta, num_samples=len(dataset), metrics=_finite(metrics))
+
+    def validate(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics (``val_*``) of ``global_state`` on this site's validation split."""
+        load_exchanged_state(self.model, global_state)
+        return _finite({f"val_{k}": v for k, v in self._evaluate_split(self.model).items()})
+
+    def _evaluate_split(self, model: nn.Module) -> dict[str, float]:
+        dataset = self.datasets.val
+        model.eval()
+        with torch.no_grad():
+            result = dict(self.evaluate(model, dataset))
+        unknown = set(result) - set(self.metric_names)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.evaluate returned undeclared metrics {sorted(unknown)}; "
+                             "add them to metric_names")
+        result["samples"] = float(len(dataset))
+        return result
+
+    # ------------------------------------------------------------------ NVFlare Client API loop
+    def run_federated(self) -> None:
+        """Serve ``train`` and ``validate`` tasks until the job ends (runs inside an NVFlare site)."""
+        import nvflare.client as flare
+        from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+        flare.init()
+        while flare.is_running():
+            incoming = flare.receive()
+            if incoming is None:
+                break
+            state = {k: torch.as_tensor(v) for k, v in (incoming.params or {}).items()}
+            if flare.is_evaluate():
+                flare.send(FLModel(metrics=self.validate(state)))
+                continue
+            if not flare.is_train():
+                continue
+            update = self.fit(state, int(incoming.current_round or 0))
+            flare.send(FLModel(params=update.delta, params_type=ParamsType.DIFF, metrics=update.metrics,
+                               meta={NUM_SAMPLES_KEY: update.num_samples}))
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Drop undefined values (e.g. AUROC on a one-class split) instead of sending NaN."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
