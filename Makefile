@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+AI4HI  := $(VENV)/bin/ai4hi
+STAMP  := $(VENV)/.ai4hi-installed
+DEMO   ?= demo_workspace
+# CPU wheel that lies on disk here; a GPU site installs its own CUDA build (see README).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(AI4HI) data synth $(DEMO)/data --sites 3 --studies-per-site 60 --seed 0
+	$(AI4HI) job simulate jobs/cxr_classification.yaml --data-root $(DEMO)/data --workspace $(DEMO)/run
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e and not deploy"
+
+bench: $(STAMP)
+	$(PY) benchmarks/round_overhead.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

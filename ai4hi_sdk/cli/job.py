@@ -1,0 +1,112 @@
+"""``ai4hi job``: build, export and simulate federated jobs from a job spec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ai4hi_sdk.config.job_spec import load_job_spec
+from ai4hi_sdk.jobs.components.controller import METRICS_FILE
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    job = groups.add_parser("job", help="build, export and simulate federated jobs")
+    commands = job.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    sim = commands.add_parser("simulate", help="run a job in the NVFlare simulator on local site folders")
+    sim.add_argument("spec", type=Path, help="job spec YAML (e.g. jobs/cxr_classification.yaml)")
+    sim.add_argument("--data-root", type=Path, required=True, help="folder with one sub-folder per site")
+    sim.add_argument("--workspace", type=Path, required=True, help="where the job, logs and result/ are written")
+    sim.add_argument("--sites", type=int, default=None, help="use only the first N sites")
+    sim.add_argument("--rounds", type=int, default=None, help="override train.rounds")
+    sim.add_argument("--timeout", type=float, default=1800, help="kill the simulator after this many seconds")
+    sim.add_argument("--json", action="store_true", help="print the result record as JSON")
+    sim.set_defaults(func=_simulate)
+
+    exp = commands.add_parser("export", help="write the NVFlare job folder a lead can submit")
+    exp.add_argument("spec", type=Path)
+    exp.add_argument("--out", type=Path, required=True, help="folder to write the job into")
+    exp.add_argument("--data-root", type=Path, default=None,
+                     help="default data root for sites that do not set AI4HI_DATA_ROOT themselves")
+    exp.set_defaults(func=_export)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.errors import UserError
+    from ai4hi_sdk.jobs.simulate import simulate
+
+    spec = load_job_spec(args.spec)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise UserError("--rounds must be at least 1")
+        spec = spec.with_overrides(rounds=args.rounds)
+    console = Console(stderr=args.json)
+    with console.status(f"simulating '{spec.name}' ({spec.train.rounds} rounds) ...") as status:
+
+        def progress(run_dir: Path) -> None:
+            record = _read_json(run_dir / METRICS_FILE)
+            if record:
+                done = sum(1 for r in record.get("rounds", []) if r.get("status") == "completed")
+                status.update(f"simulating '{spec.name}': round {done}/{spec.train.rounds} done, "
+                              f"{len(record.get('sites', []))} sites")
+
+        result = simulate(spec, args.data_root, args.workspace, n_sites=args.sites, timeout_s=args.timeout,
+                          on_poll=progress)
+    if args.json:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    else:
+        print_summary(console, result.metrics, result.result_dir, result.seconds)
+    if not result.ok:
+        console.print(f"[red]job did not complete:[/] {result.metrics.get('reason', 'unknown')} "
+                      f"(log: {args.workspace / 'simulate.log'})")
+        return 1
+    return 0
+
+
+def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: float) -> None:
+    """Rounds, per-site validation metrics of the final model, the global metric, where results are."""
+    rounds = [r for r in metrics.get("rounds", []) if r.get("status") == "completed"]
+    console.print(f"[bold]{len(rounds)}[/] rounds completed with sites {', '.join(metrics.get('sites', []))} "
+                  f"in {seconds:.1f} s (status: {metrics.get('status')})")
+    final = metrics.get("final_validation") or {}
+    table = Table(title="final global model, validated at each site (validation split)")
+    names = ["val_auroc", "val_accuracy", "val_loss", "val_samples"]
+    table.add_column("site")
+    for name in names:
+        table.add_column(name, justify="right")
+    for site, values in sorted((final.get("sites") or {}).items()):
+        table.add_row(site, *[_fmt(values.get(n)) for n in names])
+    mean = final.get("weighted_mean") or {}
+    if mean:
+        table.add_row("[bold]all (weighted)[/]", *[_fmt(mean.get(n)) for n in names])
+    console.print(table)
+    if rounds:
+        last = rounds[-1]
+        train = {s: m.get("train_loss") for s, m in last.get("sites", {}).items()}
+        console.print("last round training loss: " + ", ".join(f"{s} {_fmt(v)}" for s, v in sorted(train.items())))
+    console.print(f"results: {result_dir} (global_model.pt, metrics.json, egress/)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.jobs.builder import export_job
+
+    spec = load_job_spec(args.spec)
+    job_dir = export_job(spec, args.out, data_root=args.data_root)
+    Console().print(f"exported NVFlare job '{spec.name}' to {job_dir}")
+    return 0
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

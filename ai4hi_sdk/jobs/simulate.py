@@ -1,0 +1,179 @@
+"""Run an ai4hi job in the NVFlare simulator and collect its results into ``WS/result/``.
+
+The simulator runs as a child process in its own session (``nvflare simulator``), with every
+path it writes redirected under the workspace. NVFlare's simulator has no timeout of its own, so
+this module waits with one and kills the whole process tree (psutil) when it expires.
+
+Workspace layout::
+
+    WS/job/<name>/            the exported NVFlare job that was simulated
+    WS/simulate/              the simulator's workspace (server/ and one folder per site)
+    WS/simulate.log           the simulator's output
+    WS/result/global_model.pt final global model (state dict of float tensors)
+    WS/result/metrics.json    per round: per-site training/validation metrics, global validation
+    WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
+    WS/result/receipts.jsonl  what the server received (descriptions only)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.jobs.builder import export_job
+from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
+from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
+
+SIM_JOB_ID = "simulate_job"  # the run folder name NVFlare's simulator uses
+
+
+@dataclass
+class SimulationResult:
+    """Where a simulation's results are and how it ended."""
+
+    result_dir: Path
+    metrics: dict
+    return_code: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.return_code == 0 and self.metrics.get("status") == "completed"
+
+
+def discover_sites(data_root: Path) -> list[str]:
+    """Site folders under ``data_root``: sub-folders holding a ``labels.csv`` or a ``dicom/`` folder."""
+    if not data_root.is_dir():
+        raise UserError(f"data root '{data_root}' is not a folder")
+    sites = sorted(p.name for p in data_root.iterdir()
+                   if p.is_dir() and ((p / "labels.csv").is_file() or (p / "dicom").is_dir()))
+    if not sites:
+        raise UserError(f"no site folders (with labels.csv or dicom/) under '{data_root}'; "
+                        "create some with 'ai4hi data synth'")
+    return sites
+
+
+def simulator_env(workspace: Path) -> dict[str, str]:
+    """Environment for the simulator child: caches and temp files inside the workspace."""
+    env = dict(os.environ)
+    tmp = workspace / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env.update(
+        TMPDIR=str(tmp),
+        TORCHINDUCTOR_CACHE_DIR=str(workspace / "cache" / "torchinductor"),
+        MPLCONFIGDIR=str(workspace / "cache" / "matplotlib"),
+        NVFLARE_SIMULATOR_WORKSPACE_ROOT=str(workspace / "simulate"),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def kill_process_tree(pid: int) -> None:
+    """Kill ``pid`` and all its descendants (only processes we started)."""
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = parent.children(recursive=True) + [parent]
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def run_simulator(job_dir: Path, sim_workspace: Path, sites: list[str], log_path: Path, env: dict[str, str],
+                  timeout_s: float, on_poll: Callable[[], None] | None = None) -> int:
+    """Run ``nvflare simulator`` on ``job_dir``; return its exit code (124 on timeout)."""
+    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_dir), "-w", str(sim_workspace),
+           "-c", ",".join(sites), "-t", str(len(sites))]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=str(sim_workspace.parent))
+        deadline = time.monotonic() + timeout_s
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    kill_process_tree(proc.pid)
+                    return 124
+                if on_poll:
+                    on_poll()
+                time.sleep(0.5)
+        except BaseException:
+            kill_process_tree(proc.pid)
+            raise
+    return proc.returncode
+
+
+def collect_results(workspace: Path, sites: list[str], return_code: int) -> dict:
+    """Copy model, metrics and logs from the simulator workspace into ``WS/result`` and return
+    the metrics record (with pointers to the egress logs)."""
+    sim, result = workspace / "simulate", workspace / "result"
+    result.mkdir(parents=True, exist_ok=True)
+    run_dir = sim / "server" / SIM_JOB_ID
+    metrics_src = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_src.read_text()) if metrics_src.exists() else {
+        "status": "failed", "reason": f"the simulator ended (exit code {return_code}) before the job wrote results"}
+    if return_code not in (0, None) and metrics.get("status") in ("running", "completed"):
+        metrics["status"] = "failed"
+        metrics["reason"] = f"simulator exit code {return_code}" + (" (timed out)" if return_code == 124 else "")
+    if (run_dir / MODEL_FILE).exists():
+        shutil.copy2(run_dir / MODEL_FILE, result / MODEL_FILE)
+        metrics["global_model"] = MODEL_FILE
+    if (run_dir / RECEIPT_LOG).exists():
+        shutil.copy2(run_dir / RECEIPT_LOG, result / "receipts.jsonl")
+        metrics["receipt_log"] = "receipts.jsonl"
+    metrics["egress_logs"] = {}
+    for site in sites:
+        src = sim / site / EGRESS_LOG
+        if src.exists():
+            (result / "egress").mkdir(exist_ok=True)
+            shutil.copy2(src, result / "egress" / f"{site}.jsonl")
+            metrics["egress_logs"][site] = {"copy": f"egress/{site}.jsonl", "site_log": str(src)}
+    (result / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
+             n_sites: int | None = None, timeout_s: float = 1800,
+             on_poll: Callable[[Path], None] | None = None) -> SimulationResult:
+    """Export ``spec`` as an NVFlare job, run it in the simulator over the site folders of
+    ``data_root`` and collect the results (see the module docstring for the layout).
+
+    Args:
+        sites: site names (sub-folders of ``data_root``); default: all discovered sites.
+        n_sites: use only the first ``n_sites`` discovered sites.
+        timeout_s: wall-clock limit; the simulator's process tree is killed past it.
+        on_poll: called about twice a second with the server run folder (for progress display).
+    """
+    data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
+    chosen = sites or discover_sites(data_root)
+    if n_sites is not None:
+        if n_sites > len(chosen):
+            raise UserError(f"--sites {n_sites} requested but only {len(chosen)} sites under '{data_root}'")
+        chosen = chosen[:n_sites]
+    if len(chosen) < spec.min_sites:
+        raise UserError(f"job '{spec.name}' needs at least {spec.min_sites} sites (min_sites), got {len(chosen)}")
+    for stale in ("job", "simulate", "result"):
+        shutil.rmtree(workspace / stale, ignore_errors=True)
+    workspace.mkdir(parents=True, exist_ok=True)
+    job_dir = export_job(spec, workspace / "job", data_root=data_root)
+    run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
+    started = time.monotonic()
+    code = run_simulator(job_dir, workspace / "simulate", chosen, workspace / "simulate.log",
+                         simulator_env(workspace), timeout_s,
+                         on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
+    metrics = collect_results(workspace, chosen, code)
+    return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from ai4hi_sdk.config.job_spec import load_job_spec
+from ai4hi_sdk.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, text, name="job.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_job_specs_are_valid():
+    for path in sorted((REPO / "jobs").glob("*.yaml")):
+        spec = load_job_spec(path)
+        assert spec.train.rounds >= 1
+
+
+def test_defaults_fill_in(tmp_path):
+    spec = load_job_spec(_write(tmp_path, "name: tiny\n"))
+    assert spec.trainer.endswith(":ClassificationTrainer") and spec.min_sites == 2
+
+
+@pytest.mark.parametrize(
+    "text,field,words",
+    [
+        ("name: x\ntrain: {rounds: 0}\n", "train.rounds", "greater than or equal to 1"),
+        ("name: x\ntrain: {rouds: 3}\n", "train.rouds", "Extra inputs"),
+        ("name: Bad Name\n", "name", "lowercase"),
+        ("name: x\ntrain: {lr: -1}\n", "train.lr", "greater than 0"),
+        ("name: x\ntrainer: nonexistent.module:Trainer\n", "trainer", "cannot import"),
+        ("name: x\ntrainer: ai4hi_sdk.trainers.classification:Nope\n", "trainer", "cannot import"),
+        ("name: x\ntrainer: builtins:dict\n", "trainer", "not a subclass"),
+        ("name: x\ncode: [/etc/passwd.py]\n", "code", "relative"),
+        ("name: x\ncode: [missing.py]\n", "code.0", "file not found"),
+        ("train: {rounds: 2}\n", "name", "Field required"),
+        ("- just\n- a list\n", "<file>", "mapping"),
+        ("name: [unclosed\n", "line", "not valid YAML"),
+    ],
+)
+def test_errors_name_file_field_and_reason(tmp_path, text, field, words):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_job_spec(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert any(f.startswith(field) for f, _ in info.value.problems), info.value.problems
+    assert words in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_job_spec(tmp_path / "nope.yaml")
+
+
+def test_overrides():
+    spec = load_job_spec(REPO / "jobs" / "cxr_classification.yaml")
+    assert spec.with_overrides(rounds=1, lr=None).train.rounds == 1
+    assert spec.with_overrides(rounds=1).train.lr == spec.train.lr
