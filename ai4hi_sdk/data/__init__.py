@@ -1,1 +1,65 @@
-"""ai4hi_sdk.data"""
+"""DICOM data: scan and index folders, label manifests, splits, datasets, synthetic sites.
+
+Modules, one job each:
+
+* :mod:`~ai4hi_sdk.data.subgroups`  - normalise sex / age / vendor header values
+* :mod:`~ai4hi_sdk.data.scan`       - fault-tolerant folder scan -> :class:`ScanReport`
+* :mod:`~ai4hi_sdk.data.labels`     - CSV label manifests keyed by a DICOM UID, joins
+* :mod:`~ai4hi_sdk.data.splits`     - deterministic train/val/test by study UID
+* :mod:`~ai4hi_sdk.data.transforms` - pixel loading (LUTs) and MONAI pipelines
+* :mod:`~ai4hi_sdk.data.dataset`    - torch datasets for a site
+* :mod:`~ai4hi_sdk.data.synth`      - synthetic consortia written as real DICOM
+
+The torch/MONAI-backed names (datasets, transforms) are imported lazily: importing this
+package for a scan does not pay the multi-second torch + MONAI import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ai4hi_sdk.data.labels import LabelJoin, LabelManifest, join_labels, load_label_manifest
+from ai4hi_sdk.data.scan import InstanceRecord, ScanReport, SkippedFile, scan_directory
+from ai4hi_sdk.data.splits import assign_split, split_counts
+from ai4hi_sdk.data.subgroups import (
+    age_band,
+    normalise_manufacturer,
+    normalise_sex,
+    parse_age_years,
+)
+
+_LAZY = {
+    "DicomClassificationDataset": "ai4hi_sdk.data.dataset",
+    "ClassificationItem": "ai4hi_sdk.data.dataset",
+    "SiteSplits": "ai4hi_sdk.data.dataset",
+    "load_site_splits": "ai4hi_sdk.data.dataset",
+    "classification_transforms": "ai4hi_sdk.data.transforms",
+    "load_pixels": "ai4hi_sdk.data.transforms",
+    "synth_site": "ai4hi_sdk.data.synth",
+    "synth_consortium": "ai4hi_sdk.data.synth",
+}
+
+__all__ = [
+    "InstanceRecord",
+    "LabelJoin",
+    "LabelManifest",
+    "ScanReport",
+    "SkippedFile",
+    "age_band",
+    "assign_split",
+    "join_labels",
+    "load_label_manifest",
+    "normalise_manufacturer",
+    "normalise_sex",
+    "parse_age_years",
+    "scan_directory",
+    "split_counts",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""Torch datasets over a scanned, labelled DICOM site.
+
+:func:`load_site_splits` turns a site folder (``labels.csv`` + ``dicom/``) into train / val /
+test :class:`DicomClassificationDataset` objects: scan, join labels, drop unlabelled images,
+split by study UID. Everything stays inside the site: subgroup attributes are kept per item
+for local audits only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ai4hi_sdk.data.labels import LabelJoin, join_labels, load_label_manifest
+from ai4hi_sdk.data.scan import InstanceRecord, ScanReport, scan_directory
+from ai4hi_sdk.data.splits import DEFAULT_FRACTIONS, Split, assign_split
+from ai4hi_sdk.data.transforms import augment_transforms, load_pixels, preprocess_transforms
+from ai4hi_sdk.errors import UserError
+
+LABELS_FILE = "labels.csv"
+DICOM_DIR = "dicom"
+
+_TRUE = {"1", "true", "yes", "y", "positive", "pos", "abnormal"}
+_FALSE = {"0", "false", "no", "n", "negative", "neg", "normal"}
+
+
+class ClassificationItem(NamedTuple):
+    """One image: absolute ``path``, integer ``label``, SOP Instance UID and subgroups."""
+
+    path: Path
+    label: int
+    sop_instance_uid: str
+    sex: str = "unknown"
+    age_band: str = "unknown"
+    manufacturer: str = "unknown"
+
+
+class DicomClassificationDataset(Dataset):
+    """2D classification dataset over DICOM files.
+
+    Items are sorted by SOP Instance UID so the order never depends on the file system.
+    Each image is decoded once (:func:`load_pixels`) and its deterministic preprocessing
+    (normalise + resize) cached in memory — sites are small; only the random augmentation
+    runs per access.
+
+    ``dataset[i]`` is ``(image, label)``: float32 tensor [1, S, S] with values about [0, 1]
+    and an int64 0-dim tensor.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[ClassificationItem],
+        *,
+        image_size: int = 64,
+        augment: bool = False,
+    ):
+        self.items: list[ClassificationItem] = sorted(items, key=lambda it: it.sop_instance_uid)
+        self.image_size = image_size
+        self.augment = augment
+        self._pre = preprocess_transforms(image_size)
+        self._aug = augment_transforms(image_size) if augment else None
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self._cache.get(index)
+        if image is None:
+            pixels = load_pixels(self.items[index].path)
+            image = self._pre(pixels[np.newaxis])
+            self._cache[index] = image
+        if self._aug is not None:
+            image = self._aug(image.clone())  # never let augmentation touch the cache
+        return image, torch.tensor(self.items[index].label, dtype=torch.int64)
+
+    @property
+    def labels(self) -> list[int]:
+        return [it.label for it in self.items]
+
+    def attributes(self, index: int) -> dict[str, str]:
+        """Subgroup attributes of item ``index``: sex, age_band, manufacturer (site-local)."""
+        it = self.items[index]
+        return {"sex": it.sex, "age_band": it.age_band, "manufacturer": it.manufacturer}
+
+    def set_random_state(self, seed: int) -> None:
+        """Reseed the augmentation so the sequence of random transforms is reproducible."""
+        if self._aug is not None:
+            self._aug.set_random_state(seed=seed)
+
+
+@dataclass
+class SiteSplits:
+    """Datasets of one site. ``train`` augments (if asked); ``val`` and ``test`` never do.
+
+    ``class_names[k]`` is the label text that maps to class ``k``.
+    """
+
+    train: DicomClassificationDataset
+    val: DicomClassificationDataset
+    test: DicomClassificationDataset
+    scan: ScanReport
+    labels: LabelJoin
+    class_names: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def label_to_int(text: str, classes: Sequence[str] | None = None) -> int:
+    """Label text -> class index.
+
+    With ``classes`` the index in that list (case-insensitive). Otherwise an integer
+    ('0', '1', '2') or a yes/no word ('positive', 'true', 'normal', ...) for binary tasks.
+
+    Raises:
+        ValueError: the text is not a known class.
+    """
+    t = text.strip()
+    if classes is not None:
+        lowered = [c.lower() for c in classes]
+        if t.lower() in lowered:
+            return lowered.index(t.lower())
+        raise ValueError(f"label {text!r} is not one of the classes {list(classes)}")
+    try:
+        value = int(float(t)) if float(t).is_integer() else None
+    except ValueError:
+        value = None
+    if value is not None and value >= 0:
+        return value
+    if t.lower() in _TRUE:
+        return 1
+    if t.lower() in _FALSE:
+        return 0
+    raise ValueError(
+        f"label {text!r} is not an integer class; give labels as 0, 1, ... or pass classes="
+    )
+
+
+def site_dicom_root(site_dir: Path) -> Path:
+    """``site_dir/dicom`` if it exists, else ``site_dir`` itself."""
+    sub = Path(site_dir) / DICOM_DIR
+    return sub if sub.is_dir() else Path(site_dir)
+
+
+def load_site_splits(
+    site_dir: Path,
+    *,
+    image_size: int = 64,
+    augment: bool = True,
+    label_column: str = "label",
+    classes: Sequence[str] | None = None,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    verify_pixels: bool = False,
+) -> SiteSplits:
+    """Scan a site, join its labels and split it by study.
+
+    Layout: ``site_dir/labels.csv`` and DICOM files under ``site_dir/dicom/`` (or directly
+    under ``site_dir`` when there is no ``dicom/`` folder).
+
+    Args:
+        image_size: side S of the square images the datasets return.
+        augment: random augmentation for the training split.
+        label_column: label column of ``labels.csv``.
+        classes: ordered class names when labels are text; default: integer labels.
+        fractions: (train, val, test) fractions for :func:`assign_split`.
+        verify_pixels: decode every image during the scan (slower, catches bad pixel data).
+
+    Raises:
+        UserError: missing folder or labels file, bad labels, or no labelled images.
+    """
+    site_dir = Path(site_dir)
+    if not site_dir.is_dir():
+        raise UserError(f"site folder not found: {site_dir}")
+    labels_path = site_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise UserError(f"{site_dir} has no {LABELS_FILE} (expected next to the dicom/ folder)")
+    dicom_root = site_dicom_root(site_dir)
+    report = scan_directory(dicom_root, verify_pixels=verify_pixels)
+    manifest = load_label_manifest(labels_path, label_column=label_column)
+    join = join_labels(report, manifest)
+    if not join.labels:
+        raise UserError(
+            f"{site_dir}: no labelled images ({report.files_read} images read from "
+            f"{dicom_root}, {len(manifest.labels)} labels keyed by {manifest.key_column} "
+            f"in {labels_path}; {len(join.extra_keys)} label keys match no image)"
+        )
+
+    by_split: dict[Split, list[ClassificationItem]] = {"train": [], "val": [], "test": []}
+    used: set[int] = set()
+    for record in report.instances:
+        text = join.labels.get(record.sop_instance_uid)
+        if text is None:
+            continue
+        try:
+            label = label_to_int(text, classes)
+        except ValueError as err:
+            raise UserError(f"{labels_path}: {err}") from err
+        used.add(label)
+        split = assign_split(record.study_instance_uid, fractions=fractions)
+        by_split[split].append(_item(dicom_root, record, label))
+    n_classes = max(used) + 1
+    class_names = list(classes) if classes is not None else [str(k) for k in range(n_classes)]
+    return SiteSplits(
+        train=DicomClassificationDataset(by_split["train"], image_size=image_size, augment=augment),
+        val=DicomClassificationDataset(by_split["val"], image_size=image_size),
+        test=DicomClassificationDataset(by_split["test"], image_size=image_size),
+        scan=report,
+        labels=join,
+        class_names=class_names,
+    )
+
+
+def _item(root: Path, record: InstanceRecord, label: int) -> ClassificationItem:
+    return ClassificationItem(
+        path=(root / record.path).absolute(),
+        label=label,
+        sop_instance_uid=record.sop_instance_uid,
+        sex=record.sex,
+        age_band=record.age_band,
+        manufacturer=record.manufacturer,
+    )
