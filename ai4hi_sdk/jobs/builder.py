@@ -65,9 +65,11 @@ class Ai4hiTrainingRecipe(Recipe):
         job.add_file_to_clients(str(ENTRY_SCRIPT))
         job.add_file_to_clients(str(spec_file))
         job.add_file_to_server(str(spec_file))
-        for code_file in spec.code_paths():
-            job.add_file_to_clients(str(code_file))
-            job.add_file_to_server(str(code_file))
+        for entry, code_file in zip(spec.code, spec.code_paths()):
+            # keep the file's folder relative to the spec, so the same sys.path rule works at sites
+            dest = str(Path(entry).parent) if Path(entry).parent != Path(".") else None
+            job.add_file_to_clients(str(code_file), dest_dir=dest)
+            job.add_file_to_server(str(code_file), dest_dir=dest)
         super().__init__(job)
 
 
