@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
@@ -56,6 +57,7 @@ _DEFER_SIZE = 4096
 _MAX_FORCE_READ_BYTES = 64 * 1024 * 1024
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_MIN_ELEMENT_HEADER = 8  # tag (4) + VR/length (4): fewer trailing bytes cannot be an element
 _PATIENT_SALT = "ai4hi-patient-v1"
 _MAX_DETAIL = 200
 
@@ -333,11 +335,37 @@ def _read_dataset(path: Path) -> Dataset:
     if len(head) < 132 or head[128:132] != b"DICM":
         raise _classify_non_part10(path, head)
     try:
-        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     except (EOFError, OSError) as err:
         raise _Skip("truncated", _describe(err)) from err
     except InvalidDicomError as err:
         raise _Skip("read_error", _describe(err)) from err
+    _check_header_complete(ds, path)
+    return ds
+
+
+def _check_header_complete(ds: Dataset, path: Path) -> None:
+    """pydicom stops silently at end of file; tell a cut-off file from a complete one."""
+    ts = _text(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None))
+    if len(ds) == 0:
+        if ts:
+            raise _Skip("truncated", "file ends right after the file meta header")
+        raise _Skip("read_error", "no readable data elements after the 'DICM' prefix")
+    last_tag = max(ds.keys())
+    keyword = keyword_for_tag(last_tag)
+    if ts == DeflatedExplicitVRLittleEndian or keyword in _PIXEL_KEYWORDS:
+        return  # deflated: offsets are not file offsets; pixel data: checked with geometry
+    # Raw (unconverted) element: it still knows where its value starts and how long it is.
+    last = ds.get_item(last_tag, keep_deferred=True)
+    value_tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if value_tell is None or length is None or length == _UNDEFINED_LENGTH:
+        return
+    leftover = path.stat().st_size - (value_tell + length)
+    if leftover < 0:
+        raise _Skip("truncated", f"file ends inside element {last_tag} {keyword or '(private)'}")
+    if leftover < _MIN_ELEMENT_HEADER and leftover > 0:
+        # pydicom silently drops a partial tag header at the end of the file.
+        raise _Skip("truncated", f"file ends inside the element header after {last_tag}")
 
 
 def _classify_non_part10(path: Path, head: bytes) -> _Skip:

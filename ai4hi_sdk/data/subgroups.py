@@ -55,6 +55,9 @@ _VENDORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Hitachi", (" hitachi ",)),
 )
 
+# Values exports use for "not recorded"; they must not become a vendor called 'Unknown'.
+_PLACEHOLDERS = {"", "unknown", "n/a", "na", "none", "-", "?"}
+
 # Corporate suffixes carry no information about the device, drop them before title-casing.
 _CORPORATE_SUFFIX_RE = re.compile(
     r"[\s,]+(inc|ltd|llc|gmbh|ag|corp|corporation|co|company|s\.?a|b\.?v|e\.?v)\.?$",
@@ -113,10 +116,11 @@ def normalise_manufacturer(value: Any) -> str:
     'G.E. Medical Systems' and 'GE Healthcare' all give 'GE'; 'TOSHIBA_MEC' and
     'Canon Medical Systems' give 'Canon/Toshiba'. Unknown vendors keep their own name,
     whitespace-collapsed, without corporate suffix ('Inc.', 'GmbH', ...) and title-cased
-    ('SonoSite, Inc.' -> 'Sonosite'); an empty value gives 'unknown'.
+    ('SonoSite, Inc.' -> 'Sonosite'); empty or placeholder values ('unknown', 'N/A') give
+    'unknown'. Canonical names map to themselves.
     """
     raw = _text(value)
-    if not raw:
+    if raw.lower() in _PLACEHOLDERS:
         return UNKNOWN
     # 'G.E.' -> 'ge': drop dots between single letters first, then fold punctuation.
     folded = re.sub(r"\b([a-z])\.(?=[a-z]\b)", r"\1", raw.lower())

@@ -95,8 +95,8 @@ class SiteSummary:
 
 
 def site_name(site_index: int) -> str:
-    """Folder name of site ``site_index`` (1-based): 'hospital-<k>'."""
-    return f"hospital-{site_index}"
+    """Folder name of the site at 0-based ``site_index``: 'hospital-<site_index + 1>'."""
+    return f"hospital-{site_index + 1}"
 
 
 # --------------------------------------------------------------------------- images
@@ -108,7 +108,7 @@ def chest_radiograph(
     """A chest-radiograph-like image, float64 [size, size] in about [0, 1] (1 = dense).
 
     Anatomy is jittered per patient. If ``positive`` a round opacity (radius 4-9 % of the
-    image, peak +0.28..0.42) is placed inside one lung field.
+    image, peak +0.35..0.5) is placed inside one lung field.
     """
     yy, xx = np.mgrid[0:size, 0:size] / size  # normalised coordinates in [0, 1)
     j = rng.normal(0.0, 1.0, size=8) * 0.015
@@ -144,7 +144,7 @@ def chest_radiograph(
         k = inner[int(rng.integers(inner.size))]
         cy, cx = ys[k] / size, xs[k] / size
         radius = rng.uniform(0.04, 0.09)
-        peak = rng.uniform(0.28, 0.42)
+        peak = rng.uniform(0.35, 0.5)
         d = np.hypot(xx - cx, yy - cy) / radius
         img += peak * np.clip(1.5 - d, 0.0, 1.0) ** 0.7  # flat core, soft edge
     return gaussian_filter(img, 0.8)
@@ -193,7 +193,7 @@ def calibrate(
     ``img`` is normalised intensity (about [0, 1]); ``intensity_shift`` is added after the
     site response, in the same units (0.1 = +10 % of the full stored range).
     """
-    gain, offset, gamma, noise = _CALIBRATION[(site_index - 1) % len(_CALIBRATION)]
+    gain, offset, gamma, noise = _CALIBRATION[site_index % len(_CALIBRATION)]
     x = gain * np.clip(img, 0.0, None) ** gamma + offset
     x = x + rng.normal(0.0, noise, size=img.shape) + intensity_shift
     return np.round(np.clip(x, 0.0, 1.0) * MAX_STORED).astype(np.uint16)
@@ -207,7 +207,7 @@ def calibrate_ct(
     Stored = HU - RescaleIntercept (-1024), clipped to 12 bits. ``intensity_shift`` is in
     units of a 400 HU soft-tissue window (0.1 = +40 HU).
     """
-    gain, offset, _, noise = _CALIBRATION[(site_index - 1) % len(_CALIBRATION)]
+    gain, offset, _, noise = _CALIBRATION[site_index % len(_CALIBRATION)]
     hu_site = (1.0 + 0.3 * (gain - 1.0)) * hu + 200.0 * offset  # mild miscalibration
     hu_site = hu_site + rng.normal(0.0, 800.0 * noise, size=hu.shape) + 400.0 * intensity_shift
     return np.clip(np.round(hu_site - CT_INTERCEPT), 0, MAX_STORED).astype(np.uint16)
@@ -300,8 +300,9 @@ def synth_site(
     """Write one synthetic site into ``site_dir`` (``dicom/``, ``labels.csv``, ``masks/``).
 
     Args:
-        site_dir: the site folder, normally ``<out>/hospital-<site_index>``.
-        site_index: 1-based; picks vendor, calibration and the site's random stream.
+        site_dir: the site folder, normally ``<out>/hospital-<site_index + 1>``.
+        site_index: 0-based position in the consortium (0 is hospital-1); picks vendor,
+            calibration and the site's random stream.
         task: 'classification' (one radiograph per study) or 'segmentation' (CT volumes).
         n_studies: studies (= patients) to write.
         seed: consortium seed; same seed and index give byte-identical files.
@@ -315,8 +316,8 @@ def synth_site(
     """
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    if site_index < 1:
-        raise UserError(f"site index must be >= 1, got {site_index}")
+    if site_index < 0:
+        raise UserError(f"site index must be >= 0, got {site_index}")
     if n_studies < 1:
         raise UserError(f"studies per site must be >= 1, got {n_studies}")
     site_dir = Path(site_dir)
@@ -326,12 +327,12 @@ def synth_site(
         shutil.rmtree(site_dir)
     site_dir.mkdir(parents=True, exist_ok=True)
 
-    vendor, xr_model, ct_model, kvp = _VENDORS[(site_index - 1) % len(_VENDORS)]
+    vendor, xr_model, ct_model, kvp = _VENDORS[site_index % len(_VENDORS)]
     manufacturer = manufacturer or vendor
-    name = site_name(site_index)
+    name = site_dir.name
     rng = np.random.default_rng([seed, site_index])
     if task == "classification":
-        modality = "DX" if site_index % 2 == 0 else "CR"
+        modality = "DX" if site_index % 2 == 1 else "CR"  # hospital-2, -4, ... use DX
         model = model or xr_model
         files, positives, mean = _synth_radiographs(
             site_dir, rng, seed=seed, site_index=site_index, n_studies=n_studies,
@@ -358,7 +359,7 @@ def _synth_radiographs(
     site_dir: Path, rng: np.random.Generator, *, seed: int, site_index: int, n_studies: int,
     modality: str, manufacturer: str, model: str, kvp: float, intensity_shift: float,
 ) -> tuple[int, int, float]:
-    gain, offset, _, _ = _CALIBRATION[(site_index - 1) % len(_CALIBRATION)]
+    gain, offset, _, _ = _CALIBRATION[site_index % len(_CALIBRATION)]
     # Window from the site's nominal (pre-drift) calibration, 20 % wider than its range.
     centre = MAX_STORED * (offset + gain * 0.5)
     width = MAX_STORED * gain * 1.2
@@ -380,10 +381,10 @@ def _synth_radiographs(
         ds = _base_dataset(
             sop_class=DX_IMAGE_STORAGE if modality == "DX" else CR_IMAGE_STORAGE,
             sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
-            patient_id=f"H{site_index}-{i + 1:05d}", sex=sex, age=age,
+            patient_id=f"H{site_index + 1}-{i + 1:05d}", sex=sex, age=age,
             study_date=date(2024, 1, 1) + timedelta(days=int(sub.integers(365))),
             modality=modality, manufacturer=manufacturer, model=model,
-            institution=f"Hospital {site_index}",
+            institution=f"Hospital {site_index + 1}",
         )
         ds.StudyDescription = "CHEST PA"
         ds.BodyPartExamined = "CHEST"
@@ -408,7 +409,7 @@ def _synth_ct(
     site_dir: Path, rng: np.random.Generator, *, seed: int, site_index: int, n_studies: int,
     manufacturer: str, model: str, intensity_shift: float,
 ) -> tuple[int, float]:
-    thickness = _SLICE_THICKNESS_MM[(site_index - 1) % len(_SLICE_THICKNESS_MM)]
+    thickness = _SLICE_THICKNESS_MM[site_index % len(_SLICE_THICKNESS_MM)]
     depth, nrows, ncols = CT_SHAPE
     rows: list[tuple[str, str]] = []
     files, total = 0, 0.0
@@ -425,9 +426,9 @@ def _synth_ct(
         # One header per series; only the per-slice elements change in the loop.
         ds = _base_dataset(
             sop_class=CT_IMAGE_STORAGE, sop_uid="", study_uid=study_uid,
-            series_uid=series_uid, patient_id=f"H{site_index}-{i + 1:05d}", sex=sex,
+            series_uid=series_uid, patient_id=f"H{site_index + 1}-{i + 1:05d}", sex=sex,
             age=age, study_date=study_date, modality="CT", manufacturer=manufacturer,
-            model=model, institution=f"Hospital {site_index}",
+            model=model, institution=f"Hospital {site_index + 1}",
         )
         ds.StudyDescription = "CT ABDOMEN"
         ds.BodyPartExamined = "ABDOMEN"
@@ -492,7 +493,7 @@ def synth_consortium(
     """
     if sites < 1:
         raise UserError(f"--sites must be >= 1, got {sites}")
-    names = [site_name(k) for k in range(1, sites + 1)]
+    names = [site_name(k) for k in range(sites)]
     for option, mapping in (("drift", drift), ("manufacturer", manufacturers)):
         unknown = sorted(set(mapping or {}) - set(names))
         if unknown:
@@ -513,5 +514,5 @@ def synth_consortium(
             intensity_shift=(drift or {}).get(name, 0.0),
             manufacturer=(manufacturers or {}).get(name), overwrite=overwrite,
         )
-        for k, name in enumerate(names, start=1)
+        for k, name in enumerate(names)
     ]
