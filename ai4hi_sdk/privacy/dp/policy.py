@@ -1,0 +1,78 @@
+"""The site admin's privacy policy (``<site workspace>/ai4hi/site_policy.yaml``).
+
+It is set by the site, not by jobs, and enforced locally whatever a job asks: the budget
+(:mod:`ai4hi_sdk.privacy.dp.budget`) refuses rounds that would exceed ``max_epsilon_per_dataset``
+(or a per-dataset override) or use less noise than ``min_noise_multiplier``; the job executor
+refuses job kinds not in ``allowed_job_kinds`` and jobs without DP / secure aggregation when the
+policy requires them (:meth:`SitePrivacyPolicy.job_refusal_reasons`).
+
+Example: ``site_templates/site_policy.example.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ai4hi_sdk.config.loader import load_yaml_model
+
+SITE_POLICY = Path("ai4hi") / "site_policy.yaml"
+"""Where the policy lives, relative to the site workspace."""
+
+JobKind = Literal["train", "validate", "monitor"]
+
+
+class DatasetPolicy(BaseModel):
+    """Per-dataset overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_epsilon: float | None = Field(
+        default=None, gt=0, description="epsilon budget of this dataset (default: max_epsilon_per_dataset)"
+    )
+
+
+class SitePrivacyPolicy(BaseModel):
+    """Privacy policy of one site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_epsilon_per_dataset: float = Field(
+        gt=0, allow_inf_nan=False, description="total epsilon any dataset may ever spend, over all jobs"
+    )
+    delta: float = Field(default=1e-5, gt=0, le=1e-3, description="delta of every guarantee this site gives")
+    min_noise_multiplier: float = Field(
+        default=0.5, ge=0, allow_inf_nan=False, description="rounds with less DP-SGD noise are refused"
+    )
+    accountant: Literal["rdp", "prv"] = "rdp"
+    require_dp: bool = True
+    require_secure_aggregation: bool = True
+    allowed_job_kinds: list[JobKind] = Field(default_factory=lambda: ["train", "validate"])
+    datasets: dict[str, DatasetPolicy] = Field(default_factory=dict)
+
+    def limit_for(self, dataset_id: str) -> float:
+        """Epsilon budget of ``dataset_id``: its override, else ``max_epsilon_per_dataset``."""
+        override = self.datasets.get(dataset_id)
+        if override is not None and override.max_epsilon is not None:
+            return override.max_epsilon
+        return self.max_epsilon_per_dataset
+
+    def job_refusal_reasons(self, job_kind: str, dp_enabled: bool, secure_aggregation: bool) -> list[str]:
+        """Why this site must refuse a job (empty list: allowed). For the job executor, before any work."""
+        reasons = []
+        if job_kind not in self.allowed_job_kinds:
+            reasons.append(
+                f"job kind '{job_kind}' is not allowed by the site policy (allowed: {', '.join(self.allowed_job_kinds)})"
+            )
+        if self.require_dp and job_kind == "train" and not dp_enabled:
+            reasons.append("the site policy requires differential privacy (DP-SGD) for training jobs")
+        if self.require_secure_aggregation and job_kind == "train" and not secure_aggregation:
+            reasons.append("the site policy requires secure aggregation for training jobs")
+        return reasons
+
+
+def load_site_policy(path: str | Path) -> SitePrivacyPolicy:
+    """Read and validate a policy file; :class:`ai4hi_sdk.errors.ConfigError` names file, field and reason."""
+    return load_yaml_model(path, SitePrivacyPolicy)
