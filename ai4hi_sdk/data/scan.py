@@ -249,7 +249,7 @@ def scan_directory(root: Path, *, verify_pixels: bool = False) -> ScanReport:
             with warnings.catch_warnings():
                 # pydicom warns on every sloppy value; the skip reasons carry what matters.
                 warnings.simplefilter("ignore")
-                record = read_instance(path, rel, verify_pixels=verify_pixels)
+                record = _read_instance(path, rel, verify_pixels=verify_pixels)
             if record.sop_instance_uid in seen_sop:
                 raise _Skip(
                     "duplicate_instance",
@@ -266,7 +266,7 @@ def scan_directory(root: Path, *, verify_pixels: bool = False) -> ScanReport:
     return report
 
 
-def read_instance(path: Path, rel: str, *, verify_pixels: bool = False) -> InstanceRecord:
+def _read_instance(path: Path, rel: str, *, verify_pixels: bool = False) -> InstanceRecord:
     """Read one file's header into an :class:`InstanceRecord`; raise ``_Skip`` if unusable."""
     ds = _read_dataset(path)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
