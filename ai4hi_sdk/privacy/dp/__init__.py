@@ -1,0 +1,47 @@
+"""Differential privacy for ai4hi sites: accountants, calibration/planning, site policy, budget, ledger,
+client-level DP.
+
+Pure cores (no NVFlare). Names are imported lazily, so ``import ai4hi_sdk.privacy.dp`` stays cheap
+(opacus's maths and torch load on first use).
+
+* :mod:`.accountants` - ``PrivacyAccountant`` (``step``, ``get_epsilon``, ``projected_epsilon``,
+  ``to_dict``/``from_dict``), ``RDPAccountant``, ``PRVAccountant``, ``create_accountant``.
+* :mod:`.calibration` - ``noise_multiplier_for_target``, ``plan`` -> ``Plan``.
+* :mod:`.policy` - ``SitePrivacyPolicy``, ``load_site_policy``, ``SITE_POLICY``.
+* :mod:`.budget` - ``PrivacyBudget`` (``check_round``, ``commit_round``) -> ``Decision``,
+  ``BudgetExceeded``, ``PRIVACY_STATE_DIR``.
+* :mod:`.ledger` - ``PrivacyLedger`` (``record_round``, ``record_decision``, ``summary``, ``verify``),
+  ``PRIVACY_LEDGER``.
+* :mod:`.client_level` - ``clip_by_l2``, ``add_distributed_gaussian_noise``, ``secure_generator``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "accountants": [
+        "AccountingError", "InvalidPrivacyParameter", "PRVAccountant", "PrivacyAccountant", "RDPAccountant",
+        "available_accountants", "create_accountant",
+    ],
+    "calibration": ["Plan", "noise_multiplier_for_target", "plan"],
+    "policy": ["SITE_POLICY", "SitePrivacyPolicy", "load_site_policy"],
+    "budget": ["PRIVACY_STATE_DIR", "BudgetExceeded", "Decision", "PrivacyBudget"],
+    "ledger": ["PRIVACY_LEDGER", "DatasetSummary", "PrivacyLedger"],
+    "client_level": [
+        "add_distributed_gaussian_noise", "clip_by_l2", "effective_noise_multiplier", "privatize_delta",
+        "secure_generator",
+    ],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

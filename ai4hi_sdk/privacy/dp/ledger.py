@@ -1,0 +1,214 @@
+"""Append-only, hash-chained privacy ledger of a site (``<site workspace>/ai4hi/privacy_ledger.jsonl``).
+
+One entry per round a site was asked to train: job id, dataset id, q, sigma, steps, epsilon
+before/after, delta, accountant, the site's limit, status (``spent`` / ``refused``, with the
+reason) and the egress record (:func:`ai4hi_sdk.privacy.egress.describe_payload`) of what was
+sent. Built on :class:`ai4hi_sdk.audit.hash_chain.HashChainLog`: anyone holding the file can
+verify it, and an edited, removed or reordered line is named by its line number.
+
+No overspend by construction: a ``spent`` round whose epsilon_after exceeds its limit is
+rejected (raises) instead of written, and a ``refused`` round is written with
+``epsilon_after == epsilon_before`` (the projection that was refused is kept as
+``epsilon_projected``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ai4hi_sdk.audit.hash_chain import ChainCheck, HashChainLog, verify_chain
+from ai4hi_sdk.privacy.dp.budget import file_lock
+
+if TYPE_CHECKING:
+    from ai4hi_sdk.privacy.dp.budget import Decision
+    from ai4hi_sdk.privacy.dp.policy import SitePrivacyPolicy
+
+PRIVACY_LEDGER = Path("ai4hi") / "privacy_ledger.jsonl"
+"""Where the ledger lives, relative to the site workspace."""
+
+RECORD_TYPE = "dp_round"
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class DatasetSummary:
+    """What one dataset has spent according to the (verified part of the) ledger."""
+
+    dataset_id: str
+    spent: float = 0.0
+    limit: float | None = None
+    remaining: float | None = None
+    rounds: int = 0
+    refused: int = 0
+    jobs: list[str] = field(default_factory=list)
+    delta: float | None = None
+    accountant: str | None = None
+    violations: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PrivacyLedger:
+    """The privacy ledger file at ``path``. Appends are serialised by a lock file next to it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._log = HashChainLog(self.path)
+
+    @classmethod
+    def for_site(cls, workspace: str | Path) -> "PrivacyLedger":
+        return cls(Path(workspace) / PRIVACY_LEDGER)
+
+    def record_round(
+        self,
+        *,
+        job_id: str,
+        dataset_id: str,
+        round_index: int,
+        sample_rate: float,
+        noise_multiplier: float,
+        steps: int,
+        epsilon_before: float | None,
+        epsilon_after: float | None,
+        delta: float,
+        accountant: str,
+        egress: dict | None = None,
+        status: Literal["spent", "refused"] = "spent",
+        reason: str = "",
+        limit: float | None = None,
+    ) -> dict[str, Any]:
+        """Append one round and return the chain entry written.
+
+        Raises:
+            ValueError: unknown status, or a ``spent`` round with epsilon_after missing, below
+                epsilon_before or above ``limit`` (such a round must have been refused).
+        """
+        if status not in ("spent", "refused"):
+            raise ValueError(f"status must be 'spent' or 'refused', got {status!r}")
+        before, after = _num(epsilon_before), _num(epsilon_after)
+        projected = None
+        if status == "spent":
+            if after is None:
+                raise ValueError("a spent round needs a finite epsilon_after")
+            if before is not None and after < before:
+                raise ValueError(f"epsilon_after {after} < epsilon_before {before}: spending cannot reduce epsilon")
+            if limit is not None and after > limit:
+                raise ValueError(
+                    f"refusing to record a spent round at epsilon {after:.6g} over the limit {limit:g}: "
+                    "the budget must refuse such a round"
+                )
+        else:
+            projected, after = after, before
+        record = {
+            "type": RECORD_TYPE,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "job_id": str(job_id),
+            "dataset_id": str(dataset_id),
+            "round": int(round_index),
+            "sample_rate": float(sample_rate),
+            "noise_multiplier": float(noise_multiplier),
+            "steps": int(steps),
+            "epsilon_before": before,
+            "epsilon_after": after,
+            "epsilon_projected": projected,
+            "delta": float(delta),
+            "accountant": str(accountant),
+            "limit": _num(limit),
+            "status": status,
+            "reason": str(reason),
+            "egress": egress,
+        }
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            return self._log.append(record)
+
+    def record_decision(
+        self, decision: "Decision", *, job_id: str, round_index: int, egress: dict | None = None
+    ) -> dict[str, Any]:
+        """Append a budget :class:`~ai4hi_sdk.privacy.dp.budget.Decision`: ``spent`` if allowed
+        (after ``commit_round``), else ``refused`` with its reason."""
+        return self.record_round(
+            job_id=job_id,
+            dataset_id=decision.dataset_id,
+            round_index=round_index,
+            sample_rate=decision.sample_rate,
+            noise_multiplier=decision.noise_multiplier,
+            steps=decision.steps,
+            epsilon_before=decision.epsilon_before,
+            epsilon_after=decision.epsilon_after,
+            delta=decision.delta,
+            accountant=decision.accountant,
+            egress=egress,
+            status="spent" if decision.allowed else "refused",
+            reason="" if decision.allowed else decision.reason,
+            limit=decision.limit,
+        )
+
+    def verify(self) -> ChainCheck:
+        """Re-compute the chain; ``bad_line`` names the first edited/removed/reordered line."""
+        return verify_chain(self.path)
+
+    def records(self, verified_only: bool = True) -> list[dict[str, Any]]:
+        """Round records in order; with ``verified_only`` only those before the first bad line."""
+        if not self.path.exists():
+            return []
+        limit = self.verify().entries if verified_only else None
+        out: list[dict[str, Any]] = []
+        count = 0
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                if limit is not None and count >= limit:
+                    break
+                count += 1
+                try:
+                    record = json.loads(line).get("record")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(record, dict) and record.get("type") == RECORD_TYPE:
+                    out.append(record)
+        return out
+
+    def summary(self, policy: "SitePrivacyPolicy | None" = None) -> dict[str, DatasetSummary]:
+        """Per dataset: spent (epsilon after its latest spent round), limit (from ``policy``),
+        remaining, spent rounds, refused rounds, jobs, and any violations found (e.g. a spent
+        round over its recorded limit). Only verified entries count. Datasets named in the
+        policy but never trained on are listed with zero spend."""
+        out: dict[str, DatasetSummary] = {}
+        for record in self.records(verified_only=True):
+            ds = str(record.get("dataset_id"))
+            item = out.setdefault(ds, DatasetSummary(ds))
+            if record.get("status") == "spent":
+                after = _num(record.get("epsilon_after")) or 0.0
+                item.spent = after
+                item.rounds += 1
+                item.delta, item.accountant = record.get("delta"), record.get("accountant")
+                if record.get("job_id") not in item.jobs:
+                    item.jobs.append(record.get("job_id"))
+                rec_limit = _num(record.get("limit"))
+                if rec_limit is not None and after > rec_limit:
+                    item.violations.append(
+                        f"job {record.get('job_id')} round {record.get('round')}: epsilon {after:.4g} "
+                        f"over its recorded limit {rec_limit:g}"
+                    )
+            else:
+                item.refused += 1
+        if policy is not None:
+            for ds in policy.datasets:
+                out.setdefault(ds, DatasetSummary(ds))
+            for ds, item in out.items():
+                item.limit = policy.limit_for(ds)
+                item.remaining = max(item.limit - item.spent, 0.0)
+        return dict(sorted(out.items()))
