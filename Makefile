@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(AI4HI) data synth $(DEMO)/data --sites 3 --studies-per-site 60 --seed 0
+	$(AI4HI) data synth $(DEMO)/data --sites 3 --studies-per-site 60 --seed 0 --overwrite
 	$(AI4HI) job simulate jobs/cxr_classification.yaml --data-root $(DEMO)/data --workspace $(DEMO)/run
 
 test: $(STAMP)

@@ -133,7 +133,7 @@ class SiteTrainer:
     def declared_metrics(cls) -> frozenset[str]:
         """Every metric name a site may send: training stats and validation metrics of the local
         model (``val_*``) and of the received global model (``global_val_*``)."""
-        names = {"train_loss", "train_steps", "train_samples", "train_seconds"}
+        names = {"train_loss", "train_steps", "train_samples", "train_seconds", "local_seconds"}
         for name in (*cls.metric_names, "samples"):
             names.add(f"val_{name}")
             names.add(f"global_val_{name}")
@@ -164,8 +164,10 @@ class SiteTrainer:
         """Train locally from ``global_state`` for one round and return the delta and metrics.
 
         Metrics: ``global_val_*`` of the received model, ``train_loss`` (mean over steps),
-        ``train_steps``, ``train_samples``, ``train_seconds`` and ``val_*`` of the trained model.
+        ``train_steps``, ``train_samples``, ``train_seconds``, ``val_*`` of the trained model and
+        ``local_seconds`` (all local work of the round, data loading and evaluation included).
         """
+        fit_start = time.perf_counter()
         model, train = self.model, self.spec.train
         load_exchanged_state(model, global_state)
         metrics = {f"global_val_{k}": v for k, v in self._evaluate_split(model).items()}
@@ -202,6 +204,7 @@ class SiteTrainer:
             train_seconds=time.perf_counter() - start,
         )
         metrics.update({f"val_{k}": v for k, v in self._evaluate_split(model).items()})
+        metrics["local_seconds"] = time.perf_counter() - fit_start  # all local work this round
         delta = state_delta(exchanged_state(model), {k: torch.as_tensor(v) for k, v in global_state.items()})
         return LocalUpdate(delta=delta, num_samples=len(dataset), metrics=_finite(metrics))
 

@@ -40,7 +40,9 @@ class Ai4hiFedAvg(FedAvg):
         job_spec: file name of the job spec shipped in the app's custom folder; the server builds
             the initial model from it with the spec's seed, exactly as every site would.
         num_rounds: training rounds.
-        min_sites: minimum good site results for a round to count (and sites to start).
+        min_sites: minimum good site results for a round to count (and sites to start). The server
+            waits for every site of the job until ``train_timeout``; sites missing then are
+            treated as dropped for that round.
         train_timeout: seconds to wait for site results in one training round (0 = no limit).
         validate_timeout: seconds to wait for the final validation round (0 = no limit).
     """
@@ -100,7 +102,7 @@ class Ai4hiFedAvg(FedAvg):
                 task_name=TRAIN_TASK,
                 data=FLModel(params=state, params_type=ParamsType.FULL, current_round=round_index,
                              total_rounds=self.num_rounds),
-                targets=sites, min_responses=self.min_sites, timeout=self.train_timeout)
+                targets=sites, min_responses=len(sites), timeout=self.train_timeout)
             accepted = self._accept(results, state, round_index)
             round_record = {"round": round_index, "sites": {n: r["metrics"] for n, r in accepted.items()},
                             "seconds": round(time.time() - started, 3)}
@@ -157,7 +159,7 @@ class Ai4hiFedAvg(FedAvg):
 
     def _final_validation(self, state: dict[str, torch.Tensor], sites: list[str]) -> None:
         results = self.send_model_and_wait(task_name=VALIDATE_TASK, data=FLModel(params=state), targets=sites,
-                                           min_responses=self.min_sites, timeout=self.validate_timeout)
+                                           min_responses=len(sites), timeout=self.validate_timeout)
         per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results}
         record = {"sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
         self._record["final_validation"] = record
