@@ -68,12 +68,18 @@ def noise_multiplier_for_target(
         InvalidPrivacyParameter: bad arguments, or the target cannot be met with any noise
             (e.g. the past spend alone already exceeds it).
     """
+    return _calibrate(target_epsilon, delta, sample_rate, steps, _as_accountant(accountant), epsilon_tolerance)[0]
+
+
+def _calibrate(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, acc: PrivacyAccountant, epsilon_tolerance: float
+) -> tuple[float, float]:
+    """``(noise multiplier, epsilon it gives)``; see :func:`noise_multiplier_for_target`."""
     target = _positive("target epsilon", target_epsilon)
     delta = check_delta(delta)
     q = check_sample_rate(sample_rate)
     steps = check_steps(steps, minimum=1)
     tol = _positive("epsilon tolerance", epsilon_tolerance)
-    acc = _as_accountant(accountant)
 
     prior = acc.get_epsilon(delta)
     if prior >= target:
@@ -86,13 +92,12 @@ def noise_multiplier_for_target(
 
     start = 1.0
     if not isinstance(acc, RDPAccountant):  # cheap RDP answer: a close, usually slightly high, start
-        start = _solve(
-            lambda s: RDPAccountant(history=acc.history).projected_epsilon(delta, s, q, steps), target, tol, 1.0
-        )
+        rdp = RDPAccountant(history=acc.history)
+        start = _solve(lambda s: rdp.projected_epsilon(delta, s, q, steps), target, tol, 1.0)[0]
     return _solve(epsilon, target, tol, start)
 
 
-def _solve(epsilon: Callable[[float], float], target: float, tol: float, start: float) -> float:
+def _solve(epsilon: Callable[[float], float], target: float, tol: float, start: float) -> tuple[float, float]:
     cache: dict[float, float] = {}
 
     def f(sigma: float) -> float:
@@ -100,18 +105,27 @@ def _solve(epsilon: Callable[[float], float], target: float, tol: float, start: 
             cache[sigma] = epsilon(sigma)
         return cache[sigma]
 
-    # 1. bracket: f(lo) > target >= f(hi)
+    # 1. bracket f(lo) > target >= f(hi), stepping by a log-log secant guess (epsilon ~ sigma^-k,
+    #    k >= 1 in the usual regimes; assuming k = 0.8 overshoots, so one step usually brackets)
+    def next_sigma(sigma: float, value: float, low: float, high: float) -> float:
+        ratio = 2.0 if math.isinf(value) else (max(value, 1e-300) / target) ** 1.25
+        return sigma * min(max(ratio, low), high)
+
     hi = start
     if f(hi) <= target:
-        lo = hi / 2
+        if target - f(hi) <= tol:
+            return hi, f(hi)
+        lo = next_sigma(hi, f(hi), 0.5, 0.98)
         while f(lo) <= target:
-            hi, lo = lo, lo / 2
+            if target - f(lo) <= tol:
+                return lo, f(lo)
+            hi, lo = lo, next_sigma(lo, f(lo), 0.5, 0.98)
             if lo < MIN_NOISE_MULTIPLIER:
-                return hi
+                return hi, f(hi)
     else:
-        lo, hi = hi, hi * 2
+        lo, hi = hi, next_sigma(hi, f(hi), 1.02, 2.0)
         while f(hi) > target:
-            lo, hi = hi, hi * 2
+            lo, hi = hi, next_sigma(hi, f(hi), 1.02, 2.0)
             if hi > MAX_NOISE_MULTIPLIER:
                 raise InvalidPrivacyParameter(
                     f"target epsilon {target:g} needs a noise multiplier above {MAX_NOISE_MULTIPLIER:g}; "
@@ -127,7 +141,7 @@ def _solve(epsilon: Callable[[float], float], target: float, tol: float, start: 
     g_lo, g_hi = g(lo), g(hi)
     side = 0
     for _ in range(100):
-        if target - f(math.exp(x_hi)) <= tol or x_hi - x_lo < 1e-12:
+        if target - f(hi) <= tol or x_hi - x_lo < 1e-12:
             break
         if math.isinf(g_lo) or g_lo == g_hi:
             x_new = (x_lo + x_hi) / 2
@@ -135,18 +149,19 @@ def _solve(epsilon: Callable[[float], float], target: float, tol: float, start: 
             x_new = (x_lo * g_hi - x_hi * g_lo) / (g_hi - g_lo)
             width = x_hi - x_lo
             x_new = min(max(x_new, x_lo + 1e-3 * width), x_hi - 1e-3 * width)
-        g_new = g(math.exp(x_new))
+        s_new = math.exp(x_new)
+        g_new = g(s_new)
         if g_new > 0:
-            x_lo, g_lo = x_new, g_new
+            lo, x_lo, g_lo = s_new, x_new, g_new
             if side == -1:
                 g_hi /= 2
             side = -1
         else:
-            x_hi, g_hi = x_new, g_new
+            hi, x_hi, g_hi = s_new, x_new, g_new
             if side == 1 and not math.isinf(g_lo):
                 g_lo /= 2
             side = 1
-    return math.exp(x_hi)
+    return hi, f(hi)
 
 
 @dataclass(frozen=True)
@@ -211,8 +226,8 @@ def plan(
 
     q = b / n
     steps_per_round = epochs * (-(-n // b))  # ceil(1/q) in exact integer arithmetic
-    sigma = noise_multiplier_for_target(target, delta, q, steps_per_round * rounds, acc, epsilon_tolerance)
-    per_round = [acc.projected_epsilon(delta, sigma, q, r * steps_per_round) for r in range(1, rounds + 1)]
+    sigma, final = _calibrate(target, delta, q, steps_per_round * rounds, acc, epsilon_tolerance)
+    per_round = [acc.projected_epsilon(delta, sigma, q, r * steps_per_round) for r in range(1, rounds)] + [final]
     return Plan(
         noise_multiplier=sigma,
         sample_rate=q,
