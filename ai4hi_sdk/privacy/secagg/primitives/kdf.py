@@ -22,9 +22,9 @@ from here: every seed is ``HKDF(secret, info = domain || purpose || job_id || ro
 * ``purpose`` separates independent payloads masked in the same round (``"mask"`` for the packed
   update vector; use another purpose for anything masked separately).
 
-The info string is canonical and unambiguous: a fixed domain tag, then each field as a 4-byte
-big-endian length followed by its UTF-8 bytes (integers as 8-byte big-endian), so no two different
-tuples of fields encode to the same bytes. The pair is sorted, so both ends derive the same seed.
+The info string is canonical and unambiguous: a fixed domain tag, then each field as a type byte
+(``s`` string, ``i`` integer, ``b`` bytes), a 4-byte big-endian length and the value (UTF-8, or
+8-byte big-endian for integers), so no two different tuples of fields encode to the same bytes. The pair is sorted, so both ends derive the same seed.
 """
 
 from __future__ import annotations
@@ -62,14 +62,14 @@ def _field(value: str | bytes | int) -> bytes:
     if isinstance(value, int):
         if not 0 <= value <= _MAX_ROUND:
             raise ValueError(f"integer KDF field out of range: {value}")
-        data = struct.pack(">Q", value)
+        tag, data = b"i", struct.pack(">Q", value)
     elif isinstance(value, str):
-        data = value.encode("utf-8")
+        tag, data = b"s", value.encode("utf-8")
     elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
+        tag, data = b"b", bytes(value)
     else:
         raise TypeError(f"unsupported KDF field type {type(value).__name__}")
-    return struct.pack(">I", len(data)) + data
+    return tag + struct.pack(">I", len(data)) + data
 
 
 def encode_info(*fields: str | bytes | int) -> bytes:
