@@ -27,8 +27,8 @@ ROUNDS = 2
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     # unequal site sizes, so a wrong weighting cannot pass for FedAvg
-    synth_site(root / "data" / "hospital-1", site_index=1, n_studies=24, seed=3)
-    synth_site(root / "data" / "hospital-2", site_index=2, n_studies=40, seed=3)
+    synth_site(root / "data" / "hospital-1", site_index=0, n_studies=24, seed=3)
+    synth_site(root / "data" / "hospital-2", site_index=1, n_studies=40, seed=3)
     spec = JobSpec(
         name="e2e",
         model={"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1},
