@@ -56,6 +56,7 @@ _DEFER_SIZE = 4096
 # A non-Part-10 file is only parsed "by force" (to tell a raw dataset from junk) if small.
 _MAX_FORCE_READ_BYTES = 64 * 1024 * 1024
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _MIN_ELEMENT_HEADER = 8  # tag (4) + VR/length (4): fewer trailing bytes cannot be an element
 _PATIENT_SALT = "ai4hi-patient-v1"
@@ -273,7 +274,7 @@ def _read_instance(path: Path, rel: str, *, verify_pixels: bool = False) -> Inst
         sop_class = getattr(ds.get("SOPClassUID"), "name", "") or str(ds.get("Modality", ""))
         raise _Skip("no_pixel_data", f"no Pixel Data element ({sop_class or 'unknown type'})")
 
-    uids = {k: _text(ds.get(k)) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    uids = {k: _text(ds.get(k)) for k in _UID_KEYWORDS}
     missing = [k for k, v in uids.items() if not v]
     if missing:
         raise _Skip("missing_uid", "missing " + ", ".join(missing))

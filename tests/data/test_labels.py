@@ -134,7 +134,8 @@ def test_study_and_series_labels_cover_every_slice(ct_site, tmp_path):
     report = scan_directory(ct_site / "dicom")
     studies = report.studies
     study = sorted(studies)[0]
-    manifest = load_label_manifest(write(tmp_path / "l.csv", f"StudyInstanceUID,label\n{study},1\n"))
+    csv_path = write(tmp_path / "l.csv", f"StudyInstanceUID,label\n{study},1\n")
+    manifest = load_label_manifest(csv_path)
     join = join_labels(report, manifest)
     n_slices = sum(studies[study].values())
     assert n_slices == 24

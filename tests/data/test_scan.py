@@ -245,7 +245,8 @@ def test_missing_uid_and_duplicates(tmp_path):
     report = scan_directory(tmp_path)
     assert [r.path for r in report.instances] == ["a.dcm"]
     skipped = {s.path: s for s in report.skipped}
-    assert skipped["b.dcm"].reason_code == "duplicate_instance" and "a.dcm" in skipped["b.dcm"].detail
+    assert skipped["b.dcm"].reason_code == "duplicate_instance"
+    assert "a.dcm" in skipped["b.dcm"].detail
     assert skipped["c.dcm"].reason_code == "missing_uid"
     assert "SeriesInstanceUID" in skipped["c.dcm"].detail
 
