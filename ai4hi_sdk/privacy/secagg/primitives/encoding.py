@@ -128,7 +128,7 @@ def _encode(value: Any, parts: list, path: str, depth: int) -> None:
             )
         if value.ndim > MAX_NDIM:
             raise WireFormatError(f"{path}: array has {value.ndim} dimensions (max {MAX_NDIM})")
-        le = np.ascontiguousarray(value, dtype=_DTYPES[code])
+        le = np.asarray(value, dtype=_DTYPES[code], order="C")  # keeps 0-d arrays 0-d
         header = bytes([_T_ARRAY, code, le.ndim]) + struct.pack(f"<{le.ndim}Q", *le.shape)
         parts.append(header + struct.pack("<Q", le.nbytes))
         parts.append(memoryview(le).cast("B") if le.nbytes else b"")

@@ -384,6 +384,7 @@ def dequantize_sum(
 
 def dequantize_mean(sum_u32: np.ndarray, cfg: QuantizationConfig, n_summed: int, *, out: np.ndarray | None = None):
     """Elementwise mean of the ``n_summed`` clipped inputs (error: :func:`error_bound`)."""
+    _check_n_summed(cfg, n_summed)
     return dequantize_sum(sum_u32, cfg, n_summed, factor=1.0 / n_summed, out=out)
 
 

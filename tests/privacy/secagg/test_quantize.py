@@ -1,0 +1,263 @@
+"""Quantisation into Z_2^32: error bound (hypothesis), overflow guard, stochastic rounding, folding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+
+from ai4hi_sdk.privacy.secagg.primitives.quantize import (
+    QUANT_CHUNK,
+    OverflowRiskError,
+    QuantizationConfig,
+    VectorLayout,
+    check_no_overflow,
+    clipping_error,
+    decode_count_sums,
+    dequantize_mean,
+    dequantize_sum,
+    dequantize_weighted_mean,
+    encode_counts,
+    error_bound,
+    quantize,
+    weight_multiplier,
+    weighted_error_bound,
+)
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _sum(vectors):
+    acc = np.zeros(vectors[0].size, dtype=np.uint32)
+    for v in vectors:
+        np.add(acc, v, out=acc)
+    return acc
+
+
+def _clipped_mean64(xs, cfg):
+    return np.mean([np.clip(x.astype(np.float64), -cfg.clip_f32, cfg.clip_f32) for x in xs], axis=0)
+
+
+@st.composite
+def scenario(draw):
+    clip = draw(st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False))
+    n_sites = draw(st.integers(1, 64))
+    bits = draw(st.sampled_from([32, 32, 24, 16]))
+    n_summed = draw(st.integers(1, min(n_sites, 5)))
+    dim = draw(st.integers(1, 200))
+    # values up to 3x the clip (so clipping happens), negatives included, subnormals and zeros too
+    bound = float(np.float32(3 * clip))
+    elems = st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=32)
+    xs = [draw(hnp.arrays(np.float32, dim, elements=elems)) for _ in range(n_summed)]
+    seeds = [draw(st.binary(min_size=32, max_size=32)) for _ in range(n_summed)]
+    return QuantizationConfig(clip=clip, n_sites=n_sites, bits=bits), xs, seeds
+
+
+@SETTINGS
+@given(scenario())
+def test_sum_of_sites_dequantises_within_error_bound(sc):
+    cfg, xs, seeds = sc
+    total = _sum([quantize(x, cfg, seed) for x, seed in zip(xs, seeds)])
+    mean = dequantize_mean(total, cfg, len(xs))
+    assert mean.dtype == np.float32
+    err = np.abs(mean.astype(np.float64) - _clipped_mean64(xs, cfg))
+    assert np.all(err <= error_bound(cfg)), (float(err.max()), error_bound(cfg))
+    # and against the unclipped mean: plus the clipping error
+    raw = np.mean([x.astype(np.float64) for x in xs], axis=0)
+    assert np.all(np.abs(mean - raw) <= error_bound(cfg) + clipping_error(xs, cfg) + 1e-12 * cfg.clip)
+
+
+@SETTINGS
+@given(scenario())
+def test_single_vector_round_trip(sc):
+    cfg, xs, seeds = sc
+    x = xs[0]
+    q = quantize(x, cfg, seeds[0])
+    assert q.dtype == np.uint32 and q.shape == (x.size,)
+    levels = q.view(np.int32).astype(np.int64)
+    y = np.clip(x.astype(np.float64), -cfg.clip_f32, cfg.clip_f32) * cfg.scale
+    assert np.all(np.abs(levels - y) <= 1)  # stochastic rounding moves by less than one level
+    assert np.all(np.abs(levels) <= cfg.max_level)
+    back = dequantize_sum(q, cfg, 1)
+    assert np.all(np.abs(back - np.clip(x.astype(np.float64), -cfg.clip_f32, cfg.clip_f32)) <= error_bound(cfg))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    clip=st.floats(1e-4, 1e4, allow_nan=False),
+    n_sites=st.integers(1, 10_000),
+    bits=st.integers(8, 32),
+)
+def test_auto_scale_is_the_largest_power_of_two_that_cannot_wrap(clip, n_sites, bits):
+    limit = 2 ** (bits - 1) - 1
+    try:
+        cfg = QuantizationConfig(clip=clip, n_sites=n_sites, bits=bits)
+    except OverflowRiskError:
+        # only when not even one level per site fits
+        assert n_sites * 2 > limit or clip * 2.0**100 < 1 or n_sites * (math.floor(clip) + 1) > limit
+        return
+    assert n_sites * cfg.max_level <= limit
+    check_no_overflow(cfg.clip_f32, n_sites, cfg.scale, bits)
+    with pytest.raises(OverflowRiskError):
+        check_no_overflow(cfg.clip_f32, n_sites, cfg.scale * 2, bits)
+    assert cfg.clip_f32 <= clip and np.float32(cfg.clip_f32) == cfg.clip_f32
+
+
+def test_all_sites_at_the_clip_do_not_wrap():
+    for n in (1, 2, 3, 7, 100):
+        cfg = QuantizationConfig(clip=0.5, n_sites=n)
+        for value in (0.5, -0.5, 10.0, -10.0):
+            x = np.full(1000, value, dtype=np.float32)
+            total = _sum([quantize(x, cfg, bytes([i]) * 32) for i in range(n)])
+            mean = dequantize_mean(total, cfg, n)
+            assert np.all(np.abs(mean - np.sign(value) * 0.5) <= error_bound(cfg))
+
+
+def test_overflow_guard_refuses_wrapping_configurations():
+    with pytest.raises(OverflowRiskError, match="overflow risk"):
+        QuantizationConfig(clip=1.0, n_sites=3, scale_exponent=30)
+    cfg = QuantizationConfig(clip=1.0, n_sites=3, scale_exponent=29)
+    assert cfg.scale == 2.0**29
+    with pytest.raises(OverflowRiskError, match="overflow risk"):
+        check_no_overflow(1.0, 5, 2.0**29)
+    with pytest.raises(OverflowRiskError, match="only guarantees"):
+        dequantize_mean(np.zeros(3, dtype=np.uint32), cfg, 4)
+    with pytest.raises(OverflowRiskError, match="too coarse"):
+        QuantizationConfig(clip=1.0, n_sites=3, scale_exponent=-1)
+    with pytest.raises(OverflowRiskError, match="cannot be summed"):
+        QuantizationConfig(clip=1.0, n_sites=100, bits=8)
+    for bad in (dict(clip=0.0), dict(clip=-1.0), dict(clip=float("nan")), dict(clip=float("inf")), dict(n_sites=0),
+                dict(bits=33), dict(bits=1)):
+        args = dict(clip=1.0, n_sites=3)
+        args.update(bad)
+        with pytest.raises(OverflowRiskError):
+            QuantizationConfig(**args)
+
+
+def test_the_wrap_the_guard_prevents_is_real():
+    # with a scale one power of two too large, 3 sites at the clip wrap and the result is garbage
+    good = QuantizationConfig(clip=1.0, n_sites=3)
+    levels = np.full(4, good.max_level * 2, dtype=np.int64)  # what scale * 2 would produce
+    total = (levels * 3) % 2**32
+    centred = total.astype(np.uint32).view(np.int32)
+    assert np.all(centred < 0)  # wrapped into the negative half
+
+
+def test_error_bound_formula():
+    cfg = QuantizationConfig(clip=2.0, n_sites=3)
+    assert error_bound(cfg) == cfg.resolution + 2.0**-22 * (2.0 + cfg.resolution)
+    assert weighted_error_bound(cfg, 3, total_weight=30.0, max_weight=10.0) == pytest.approx(error_bound(cfg))
+    assert weighted_error_bound(cfg, 3, total_weight=15.0, max_weight=10.0) == pytest.approx(2 * error_bound(cfg))
+
+
+def test_stochastic_rounding_is_unbiased():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    frac = 0.3
+    n = 200_000
+    x = np.full(n, (12345 + frac) / cfg.scale, dtype=np.float32)
+    y = float(x[0]) * cfg.scale
+    levels = quantize(x, cfg, b"\x07" * 32).view(np.int32)
+    assert set(np.unique(levels)) == {12345, 12346}
+    # mean within 6 standard errors of the exact value
+    assert abs(levels.mean() - y) < 6 * math.sqrt(frac * (1 - frac) / n)
+
+
+def test_seeded_quantisation_is_deterministic_and_fresh_seed_is_random():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    x = np.random.default_rng(0).normal(0, 0.1, 10_000).astype(np.float32)
+    assert np.array_equal(quantize(x, cfg, bytes(32)), quantize(x, cfg, bytes(32)))
+    assert not np.array_equal(quantize(x, cfg), quantize(x, cfg))
+
+
+def test_non_finite_and_wrong_dtype_are_refused():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros(QUANT_CHUNK + 10, dtype=np.float32)
+        x[QUANT_CHUNK + 3] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            quantize(x, cfg)
+    with pytest.raises(TypeError, match="float32"):
+        quantize(np.zeros(4), cfg)
+    with pytest.raises(TypeError, match="float32"):
+        quantize([0.0, 1.0], cfg)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="multiplier"):
+        quantize(np.zeros(4, dtype=np.float32), cfg, multiplier=1.5)
+    with pytest.raises(ValueError, match="size 4"):
+        quantize(np.zeros(4, dtype=np.float32), cfg, out=np.zeros(5, dtype=np.uint32))
+
+
+def test_huge_finite_values_are_clipped_not_refused():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    x = np.array([3e38, -3e38, 1e30, 0.5], dtype=np.float32)
+    assert np.allclose(dequantize_sum(quantize(x, cfg, bytes(32)), cfg, 1), [1, -1, 1, 0.5], atol=error_bound(cfg))
+
+
+def test_multidimensional_input_and_chunk_boundaries():
+    cfg = QuantizationConfig(clip=1.0, n_sites=2)
+    x = np.random.default_rng(1).normal(0, 0.5, (3, QUANT_CHUNK + 5)).astype(np.float32)
+    q = quantize(x, cfg, bytes(32))
+    assert q.shape == (x.size,)
+    assert np.all(np.abs(dequantize_sum(q, cfg, 1) - np.clip(x, -1, 1).ravel()) <= error_bound(cfg))
+
+
+def test_weighted_mean_with_folded_weights_and_exact_counts():
+    rng = np.random.default_rng(3)
+    n_sites, dim, w_max = 4, 3000, 1000
+    cfg = QuantizationConfig(clip=1.0, n_sites=n_sites)
+    layout = VectorLayout((("delta", dim), ("weight", 1)))
+    xs = [rng.normal(0, 0.3, dim).astype(np.float32) for _ in range(n_sites)]
+    weights = [10, 250, 1000, 37]
+    vecs = []
+    for x, w in zip(xs, weights):
+        v = layout.allocate()
+        quantize(x, cfg, multiplier=weight_multiplier(w, w_max), out=layout.view(v, "delta"))
+        encode_counts([w], n_sites=n_sites, max_value=w_max, out=layout.view(v, "weight"))
+        vecs.append(v)
+    total = layout.split(_sum(vecs))
+    total_weight = int(decode_count_sums(total["weight"])[0])
+    assert total_weight == sum(weights)
+    mean = dequantize_weighted_mean(total["delta"], cfg, n_sites, total_weight=total_weight, max_weight=w_max)
+    ref = sum(w * np.clip(x.astype(np.float64), -1, 1) for x, w in zip(xs, weights)) / sum(weights)
+    assert np.all(np.abs(mean - ref) <= weighted_error_bound(cfg, n_sites, total_weight, w_max))
+
+
+def test_counts_guard_and_errors():
+    with pytest.raises(OverflowRiskError, match="2\\*\\*32"):
+        encode_counts([1], n_sites=5, max_value=2**30)
+    with pytest.raises(ValueError, match="lie in"):
+        encode_counts([11], n_sites=2, max_value=10)
+    with pytest.raises(ValueError, match="lie in"):
+        encode_counts([-1], n_sites=2, max_value=10)
+    with pytest.raises(TypeError, match="integers"):
+        encode_counts([1.5], n_sites=2, max_value=10)
+    assert list(encode_counts(np.array([3.0, 4.0]), n_sites=2, max_value=10)) == [3, 4]
+    with pytest.raises(ValueError):
+        weight_multiplier(0, 10)
+    with pytest.raises(ValueError):
+        weight_multiplier(11, 10)
+
+
+def test_vector_layout():
+    layout = VectorLayout((("a", 3), ("b", 0), ("c", 2)))
+    assert layout.total == 5
+    v = layout.allocate()
+    layout.view(v, "c")[:] = 7
+    assert list(v) == [0, 0, 0, 7, 7]
+    assert {k: s.size for k, s in layout.split(v).items()} == {"a": 3, "b": 0, "c": 2}
+    with pytest.raises(ValueError, match="duplicate"):
+        VectorLayout((("a", 1), ("a", 2)))
+    with pytest.raises(ValueError, match="layout needs"):
+        layout.view(np.zeros(4, dtype=np.uint32), "a")
+
+
+def test_dequantize_input_errors():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    with pytest.raises(TypeError, match="uint32"):
+        dequantize_mean(np.zeros(3, dtype=np.int32), cfg, 1)
+    with pytest.raises(ValueError, match="positive integer"):
+        dequantize_mean(np.zeros(3, dtype=np.uint32), cfg, 0)
