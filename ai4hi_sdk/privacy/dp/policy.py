@@ -30,7 +30,7 @@ class DatasetPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_epsilon: float | None = Field(
-        default=None, gt=0, description="epsilon budget of this dataset (default: max_epsilon_per_dataset)"
+        default=None, gt=0, allow_inf_nan=False, description="epsilon budget of this dataset (default: max_epsilon_per_dataset)"
     )
 
 
@@ -42,7 +42,7 @@ class SitePrivacyPolicy(BaseModel):
     max_epsilon_per_dataset: float = Field(
         gt=0, allow_inf_nan=False, description="total epsilon any dataset may ever spend, over all jobs"
     )
-    delta: float = Field(default=1e-5, gt=0, le=1e-3, description="delta of every guarantee this site gives")
+    delta: float = Field(default=1e-5, gt=0, le=1e-3, allow_inf_nan=False, description="delta of every guarantee this site gives")
     min_noise_multiplier: float = Field(
         default=0.5, ge=0, allow_inf_nan=False, description="rounds with less DP-SGD noise are refused"
     )

@@ -154,3 +154,14 @@ def test_invalid_delta():
     for delta in (0.0, 1.0, -1e-5):
         with pytest.raises(InvalidPrivacyParameter, match="delta"):
             RDPAccountant([(1.0, 0.1, 1)]).get_epsilon(delta)
+
+
+def test_corrupt_state_is_a_clear_error():
+    for state in [
+        {"mechanism": "rdp", "history": [[1.0, 2.0, 3]]},
+        {"mechanism": "rdp", "history": [[1.0, 0.1]]},
+        {"mechanism": "rdp", "history": [], "params": {"bogus": 1}},
+        {"mechanism": "rdp", "history": [], "format": 99},
+    ]:
+        with pytest.raises(InvalidPrivacyParameter):
+            PrivacyAccountant.from_dict(state)

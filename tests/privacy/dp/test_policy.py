@@ -37,6 +37,7 @@ def test_defaults():
         ("max_epsilon_per_dataset: 4\ndatasets: {a: {max_epsilon: -2}}\n", "datasets.a.max_epsilon"),
         ("max_epsilon_per_dataset: 4\nmax_epsilon: 4\n", "max_epsilon"),
         ("max_epsilon_per_dataset: 4\ndatasets: {a: {budget: 2}}\n", "datasets.a.budget"),
+        ("max_epsilon_per_dataset: 4\ndatasets: {a: {max_epsilon: .inf}}\n", "datasets.a.max_epsilon"),
     ],
 )
 def test_invalid_policies_name_file_and_field(tmp_path, text, field):

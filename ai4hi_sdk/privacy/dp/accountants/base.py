@@ -184,7 +184,10 @@ class PrivacyAccountant(abc.ABC):
             raise InvalidPrivacyParameter(
                 f"state of a '{data['mechanism']}' accountant cannot be loaded into a '{cls.mechanism}' accountant"
             )
-        return target(history=data["history"], **dict(data.get("params") or {}))
+        try:
+            return target(history=data["history"], **dict(data.get("params") or {}))
+        except (TypeError, AttributeError) as err:
+            raise InvalidPrivacyParameter(f"invalid '{target.mechanism}' accountant state: {err}") from None
 
     def copy(self) -> "PrivacyAccountant":
         return type(self).from_dict(self.to_dict())
