@@ -69,7 +69,7 @@ def test_add_then_subtract_restores_and_wraps():
         add_mask(y, seed, 2)
 
 
-@pytest.mark.parametrize("n", [1, 7, 100_003])
+@pytest.mark.parametrize("n", [1, 7, 20_003])
 @pytest.mark.parametrize("chunk", [1, 5, 4096])
 def test_chunking_does_not_change_the_result(n, chunk):
     seeds = [(os.urandom(32), 1), (os.urandom(32), -1), (os.urandom(32), 1)]

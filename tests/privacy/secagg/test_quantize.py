@@ -150,7 +150,7 @@ def test_the_wrap_the_guard_prevents_is_real():
 
 def test_error_bound_formula():
     cfg = QuantizationConfig(clip=2.0, n_sites=3)
-    assert error_bound(cfg) == cfg.resolution + 2.0**-22 * (2.0 + cfg.resolution)
+    assert error_bound(cfg) == cfg.resolution + 2.0**-21 * (2.0 + cfg.resolution)
     assert weighted_error_bound(cfg, 3, total_weight=30.0, max_weight=10.0) == pytest.approx(error_bound(cfg))
     assert weighted_error_bound(cfg, 3, total_weight=15.0, max_weight=10.0) == pytest.approx(2 * error_bound(cfg))
 
