@@ -34,6 +34,7 @@ from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job
 from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
+from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
 
 SIM_JOB_ID = "simulate_job"  # the run folder name NVFlare's simulator uses
 
@@ -64,9 +65,11 @@ def discover_sites(data_root: Path) -> list[str]:
     return sites
 
 
-def simulator_env(workspace: Path) -> dict[str, str]:
-    """Environment for the simulator child: caches and temp files inside the workspace."""
+def simulator_env(workspace: Path, n_sites: int) -> dict[str, str]:
+    """Environment for the simulator child: caches and temp files inside the workspace, and the
+    machine's cores shared between the simulated sites."""
     env = dict(os.environ)
+    env.setdefault(TORCH_THREADS_ENV, str(max(1, (os.cpu_count() or 1) // n_sites)))
     tmp = workspace / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env.update(
@@ -173,7 +176,7 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
     run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
     started = time.monotonic()
     code = run_simulator(job_dir, workspace / "simulate", chosen, workspace / "simulate.log",
-                         simulator_env(workspace), timeout_s,
+                         simulator_env(workspace, len(chosen)), timeout_s,
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
     metrics = collect_results(workspace, chosen, code)
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)

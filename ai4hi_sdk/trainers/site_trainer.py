@@ -20,6 +20,7 @@ to the Client API.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state, stat
 
 #: FLModel.meta key carrying the FedAvg weight n_k (training examples per local epoch)
 NUM_SAMPLES_KEY = "ai4hi_num_samples"
+#: environment variable a runner sets to share CPU cores between co-located sites
+TORCH_THREADS_ENV = "AI4HI_TORCH_THREADS"
 #: task names used by the SDK's controller
 TRAIN_TASK, VALIDATE_TASK = "train", "validate"
 
@@ -74,8 +77,11 @@ class SiteTrainer:
         self.site_name = site_name
         self.device = pick_device(device)
         self.use_amp = self.device.type == "cuda"
-        if spec.train.threads:
-            torch.set_num_threads(spec.train.threads)
+        # the spec wins; else the runner's hint (the simulator shares the CPU cores between sites,
+        # and oversubscribed torch thread pools slow every site down several-fold)
+        threads = spec.train.threads or int(os.environ.get(TORCH_THREADS_ENV, "0") or 0)
+        if threads > 0 and self.device.type == "cpu":
+            torch.set_num_threads(threads)
         self._model: nn.Module | None = None
         self._datasets: Any = None
 
