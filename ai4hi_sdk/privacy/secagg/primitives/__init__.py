@@ -7,6 +7,10 @@
 * :mod:`.quantize` -- fixed point in Z_2^32, stochastic rounding, overflow guard, error bound.
 * :mod:`.shamir` -- t-of-n Shamir sharing over GF(2**521 - 1).
 * :mod:`.encoding` -- canonical, strict, non-pickle wire encoding (+ fixed-length shares).
+
+The package re-exports the main names. Note that ``primitives.quantize`` is the *function*
+:func:`.quantize.quantize`; import module-level names with
+``from ai4hi_sdk.privacy.secagg.primitives.quantize import QuantizationConfig`` (or from here).
 """
 
 from .encoding import (
