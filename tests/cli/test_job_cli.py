@@ -1,0 +1,71 @@
+"""`ai4hi job` command-line behaviour: clear errors for user mistakes, export layout."""
+
+import json
+from pathlib import Path
+
+from ai4hi_sdk.cli.main import main
+
+REPO = Path(__file__).resolve().parents[2]
+JOB = REPO / "jobs" / "cxr_classification.yaml"
+
+
+def _err(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_simulate_missing_data_root_is_a_clear_error(tmp_path, capsys):
+    rc = main(["job", "simulate", str(JOB), "--data-root", str(tmp_path / "nope"), "--workspace", str(tmp_path / "ws")])
+    assert rc == 2
+    assert "is not a folder" in _err(capsys)
+
+
+def test_simulate_with_no_sites_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    rc = main(["job", "simulate", str(JOB), "--data-root", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")])
+    assert rc == 2
+    assert "no site folders" in _err(capsys) and "ai4hi data synth" in _err(capsys)
+
+
+def test_simulate_too_few_sites_for_the_job(tmp_path, capsys):
+    (tmp_path / "data" / "hospital-1").mkdir(parents=True)
+    (tmp_path / "data" / "hospital-1" / "labels.csv").write_text("StudyInstanceUID,label\n")
+    rc = main(["job", "simulate", str(JOB), "--data-root", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")])
+    assert rc == 2
+    assert "needs at least 2 sites" in _err(capsys)
+
+
+def test_bad_spec_names_file_and_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: {rounds: -1, colour: blue}\n")
+    rc = main(["job", "export", str(bad), "--out", str(tmp_path / "out")])
+    err = _err(capsys)
+    assert rc == 2
+    assert "bad.yaml" in err and "train.rounds" in err and "train.colour" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rounds_override_must_be_positive(tmp_path, capsys):
+    rc = main(["job", "simulate", str(JOB), "--data-root", str(tmp_path), "--workspace", str(tmp_path / "ws"),
+               "--rounds", "0"])
+    assert rc == 2 and "--rounds" in _err(capsys)
+
+
+def test_export_writes_a_submittable_job(tmp_path, capsys):
+    rc = main(["job", "export", str(REPO / "jobs" / "cxr_custom_trainer.yaml"), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    job = tmp_path / "out" / "cxr-custom-trainer"
+    assert (job / "meta.json").is_file()
+    custom = job / "app" / "custom"
+    assert (custom / "ai4hi_site_main.py").is_file()
+    assert (custom / "custom_trainer" / "small_cnn_trainer.py").is_file()
+    spec = json.loads((custom / "ai4hi_job_spec.json").read_text())
+    assert spec["trainer"] == "small_cnn_trainer:SmallCNNTrainer" and spec["train"]["rounds"] == 3
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    assert server["workflows"][0]["path"] == "ai4hi_sdk.jobs.components.controller.Ai4hiFedAvg"
+    filters = [f["path"] for group in client["task_result_filters"] for f in group["filters"]]
+    assert filters[-1] == "ai4hi_sdk.jobs.components.payload_log.EgressLogFilter"
+    # the SDK is installed at sites: none of its code is copied into the job
+    assert not list(custom.rglob("ai4hi_sdk"))
+    assert not (tmp_path / "out" / ".ai4hi_staging").exists()
