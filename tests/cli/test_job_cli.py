@@ -23,7 +23,8 @@ def test_simulate_with_no_sites_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     rc = main(["job", "simulate", str(JOB), "--data-root", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")])
     assert rc == 2
-    assert "no site folders" in _err(capsys) and "ai4hi data synth" in _err(capsys)
+    err = _err(capsys)
+    assert "no site folders" in err and "ai4hi data synth" in err
 
 
 def test_simulate_too_few_sites_for_the_job(tmp_path, capsys):
