@@ -261,3 +261,35 @@ def test_dequantize_input_errors():
         dequantize_mean(np.zeros(3, dtype=np.int32), cfg, 1)
     with pytest.raises(ValueError, match="positive integer"):
         dequantize_mean(np.zeros(3, dtype=np.uint32), cfg, 0)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_rounding_bits_unbiased_and_within_bound(bits):
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    n = 100_000
+    x = np.full(n, (777 + 0.6) / cfg.scale, dtype=np.float32)
+    levels = quantize(x, cfg, b"\x09" * 32, rounding_bits=bits).view(np.int32)
+    assert set(np.unique(levels)) == {777, 778}
+    y = float(x[0]) * cfg.scale
+    assert abs(levels.mean() - y) < 6 * math.sqrt(0.24 / n) + 2.0**-bits
+    z = np.random.default_rng(5).normal(0, 0.5, 5000).astype(np.float32)
+    back = dequantize_sum(quantize(z, cfg, rounding_bits=bits), cfg, 1)
+    assert np.all(np.abs(back - np.clip(z.astype(np.float64), -1, 1)) <= error_bound(cfg))
+    with pytest.raises(ValueError, match="rounding_bits"):
+        quantize(z, cfg, rounding_bits=12)
+
+
+def test_clip_path_and_no_clip_path_agree_on_in_range_values():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    x = np.random.default_rng(6).normal(0, 0.1, 3 * QUANT_CHUNK).astype(np.float32)
+    with_outliers = x.copy()
+    with_outliers[[5, QUANT_CHUNK + 7, 2 * QUANT_CHUNK + 9]] = [4.0, -9.0, 1e30]
+    a = quantize(x, cfg, bytes(32))
+    b = quantize(with_outliers, cfg, bytes(32))
+    same = np.ones(x.size, dtype=bool)
+    same[[5, QUANT_CHUNK + 7, 2 * QUANT_CHUNK + 9]] = False
+    assert np.array_equal(a[same], b[same])
+    assert list(b[~same].view(np.int32)) in (
+        [l1, l2, l3] for l1 in (cfg.max_level - 1, cfg.max_level) for l2 in (-cfg.max_level, 1 - cfg.max_level)
+        for l3 in (cfg.max_level - 1, cfg.max_level)
+    )

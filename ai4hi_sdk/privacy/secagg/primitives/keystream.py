@@ -193,6 +193,15 @@ class Keystream:
                 off += n
         self._produced += total
 
+    def _hot_path_ok(self, nbytes: int) -> bool:
+        """True if callers may drive ``self._enc.update_into`` directly for the next ``nbytes`` bytes
+        (no output slack needed, little-endian host, within the ChaCha20 limit)."""
+        if self._slack or not _LITTLE_ENDIAN:
+            return False
+        if self.cipher == "chacha20" and self._produced + nbytes > _CHACHA_MAX_BYTES:
+            raise ValueError("ChaCha20 keystream limit (256 GiB per seed) exceeded")
+        return True
+
     def _raw_fill_uint32(self, arr: np.ndarray, view: memoryview) -> None:
         """Hot path: fill ``arr`` (uint32, at most ``CHUNK_BYTES`` bytes) whose byte view is
         ``view``, without re-validating either (callers validate their buffers once per call).

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .keystream import CHUNK_BYTES, DEFAULT_CIPHER, ZERO_NONCE, Keystream
+from .keystream import _ZEROS_VIEW, CHUNK_BYTES, DEFAULT_CIPHER, ZERO_NONCE, Keystream
 
 __all__ = [
     "MASK_CHUNK",
@@ -109,23 +109,37 @@ def apply_masks(
         return vector
     if scratch.size * 4 > CHUNK_BYTES:
         scratch = scratch[: CHUNK_BYTES // 4]
-    add, sub = np.add, np.subtract
     chunk = scratch.size
-    full_view = memoryview(scratch).cast("B")
     n_total = vector.size
+    if not all(stream._hot_path_ok(4 * n_total) for stream, _ in streams):  # pragma: no cover
+        return _apply_masks_checked(vector, streams, scratch)
+    # hot loop: call the encryptors' update_into and the ufuncs directly, nothing else per chunk
+    fills = [(stream._enc.update_into, np.add if sign > 0 else np.subtract) for stream, sign in streams]
+    full_view = memoryview(scratch).cast("B")
+    full_zeros = _ZEROS_VIEW[: 4 * chunk]
     for off in range(0, n_total, chunk):
         n = min(chunk, n_total - off)
         v = vector[off : off + n]
         if n == chunk:
-            ks, ks_view = scratch, full_view
+            ks, ks_view, zeros = scratch, full_view, full_zeros
         else:
-            ks, ks_view = scratch[:n], full_view[: 4 * n]
+            ks, ks_view, zeros = scratch[:n], full_view[: 4 * n], _ZEROS_VIEW[: 4 * n]
+        for update_into, op in fills:
+            update_into(zeros, ks_view)
+            op(v, ks, out=v)
+    return vector
+
+
+def _apply_masks_checked(vector, streams, scratch):  # pragma: no cover - old cryptography / big-endian
+    chunk = scratch.size
+    full_view = memoryview(scratch).cast("B")
+    for off in range(0, vector.size, chunk):
+        n = min(chunk, vector.size - off)
+        v = vector[off : off + n]
+        ks, ks_view = scratch[:n], full_view[: 4 * n]
         for stream, sign in streams:
             stream._raw_fill_uint32(ks, ks_view)
-            if sign > 0:
-                add(v, ks, out=v)
-            else:
-                sub(v, ks, out=v)
+            (np.add if sign > 0 else np.subtract)(v, ks, out=v)
     return vector
 
 
