@@ -8,8 +8,9 @@ Measures (best of ``R`` wall-clock runs, the process pinned to one CPU, BLAS lim
 * masking, elements/s **per neighbour**: ``add_mask`` with one neighbour (the vector makes a round
   trip to memory for each mask) and ``apply_pairwise_masks`` with k neighbours + a self mask (the
   vector makes one round trip for all of them), at 10M and 100M elements (1M and 4M with --quick);
-* quantisation and dequantisation elements/s (10M), and a whole site-side step (quantise + mask with
-  2 neighbours + self, i.e. a 3-site full graph);
+* quantisation elements/s (10M; an update within the clip, one that needs clipping in every chunk,
+  8-bit rounding, a freshly allocated output), dequantisation elements/s, and a whole site-side
+  step (quantise + mask with 2 neighbours + self, i.e. a 3-site full graph);
 * upload size relative to float32, from the actual wire encoding of a masked vector;
 * for comparison, Flower-style masking (numpy ``RandomState`` seeded with 32 bits, int64 masks,
   ``mod``), elements/s per neighbour at 10M, and numpy's uniform generator.
@@ -36,7 +37,6 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from ai4hi_sdk.privacy.secagg.primitives import encoding, keystream, masking  # noqa: E402
-from ai4hi_sdk.privacy.secagg.primitives import quantize as _quantize_fn  # noqa: E402,F401
 import ai4hi_sdk.privacy.secagg.primitives.quantize  # noqa: E402,F401
 
 # the package re-exports the function quantize(), which shadows the submodule attribute
@@ -130,6 +130,9 @@ def bench_quantize(n: int, repeats: int, cipher: str) -> dict:
     quantize.quantize(x, cfg, seed(1), out=out, cipher=cipher)  # touch the pages once
     tq = best_time(lambda: quantize.quantize(x, cfg, seed(1), out=out, cipher=cipher), repeats)
     tq_new = best_time(lambda: quantize.quantize(x, cfg, seed(1), cipher=cipher), repeats)
+    tq8 = best_time(lambda: quantize.quantize(x, cfg, seed(1), out=out, cipher=cipher, rounding_bits=8), repeats)
+    x_heavy = rng.normal(0, 0.5, n).astype(np.float32)  # ~5% of elements beyond the clip: every chunk clips
+    tq_clip = best_time(lambda: quantize.quantize(x_heavy, cfg, seed(1), out=out, cipher=cipher), repeats)
     fout = np.empty(n, dtype=np.float32)
     dequantize_mean = quantize.dequantize_mean
     dequantize_mean(out, cfg, 3, out=fout)
@@ -145,6 +148,8 @@ def bench_quantize(n: int, repeats: int, cipher: str) -> dict:
     return {
         "quantize_elems_per_s": round(n / tq),
         "quantize_new_output_elems_per_s": round(n / tq_new),
+        "quantize_rounding_bits_8_elems_per_s": round(n / tq8),
+        "quantize_with_clipping_elems_per_s": round(n / tq_clip),
         "dequantize_mean_elems_per_s": round(n / td),
         "site_step_quantize_plus_2_neighbours_plus_self_seconds": round(ts, 4),
         "site_step_elems_per_s": round(n / ts),

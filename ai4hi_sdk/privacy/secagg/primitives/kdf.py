@@ -24,7 +24,8 @@ from here: every seed is ``HKDF(secret, info = domain || purpose || job_id || ro
 
 The info string is canonical and unambiguous: a fixed domain tag, then each field as a type byte
 (``s`` string, ``i`` integer, ``b`` bytes), a 4-byte big-endian length and the value (UTF-8, or
-8-byte big-endian for integers), so no two different tuples of fields encode to the same bytes. The pair is sorted, so both ends derive the same seed.
+8-byte big-endian for integers), so no two different tuples of fields encode to the same bytes.
+The pair is sorted, so both ends derive the same seed.
 """
 
 from __future__ import annotations

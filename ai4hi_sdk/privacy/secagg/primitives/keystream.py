@@ -20,22 +20,27 @@ fixes it per job -- or the masks do not cancel):
   nonce is a 32-bit little-endian block counter followed by a 96-bit nonce). Fastest where the CPU
   has no AES instructions.
 
-Measured on the development machines (Intel Xeon @ 2.5 GHz, AES-NI + AVX-512F, **no VAES**, other
-jobs running; best of 5, ``cryptography`` 50 with its bundled OpenSSL 4.0; GB = 1e9 bytes):
+Measured on the development machine (2-vCPU VM, Intel Xeon @ 2.5 GHz, Cascade Lake: AES-NI and
+AVX-512F but **no VAES**; ``cryptography`` 50 with its bundled OpenSSL; one core, best of 5; other
+jobs share the machine, so figures vary by ~15% between runs; GB = 1e9 bytes):
 
-====================================  ===========  ===========  =========
-keystream, one core                   aes-128-ctr  aes-256-ctr  chacha20
-====================================  ===========  ===========  =========
-into a cache-resident 128 KiB buffer  4.7 GB/s     2.8 GB/s     3.7 GB/s
-into a 40 MB preallocated buffer      4.2 GB/s     2.7 GB/s     3.3 GB/s
-``encryptor.update(bytes(n))``        --           0.8 GB/s     --
-====================================  ===========  ===========  =========
+============================================  ===========  ===========  =========
+keystream, one core                           aes-128-ctr  aes-256-ctr  chacha20
+============================================  ===========  ===========  =========
+``update_into`` a cache-resident 128 KiB      4.8 GB/s     3.5 GB/s     3.9 GB/s
+``fill_uint32`` into a 40 MB preallocated     3.6 GB/s     2.8 GB/s     3.5 GB/s
+``encryptor.update(bytes(n))`` (allocates)    --           0.8 GB/s     --
+mask = keystream + in-place uint32 add,       0.85-0.93    0.57-0.71    0.59-0.66
+8 masks per chunk, G elements/s per mask
+same, 1 mask (vector goes to memory and back  0.62-0.69    0.48-0.61    0.49-0.58
+for each mask), G elements/s
+============================================  ===========  ===========  =========
 
-(``openssl speed -evp`` on the same machine: aes-128-ctr 4.2, aes-256-ctr 3.3, chacha20 3.1 GB/s;
-AES-256 at 14 rounds x 1 ``aesenc``/cycle is ~0.9 cycle/byte, i.e. ~2.9 GB/s at 2.5 GHz: AES-256-CTR
-cannot reach 4 GB/s = 1e9 uint32/s on this CPU whatever the code does. On CPUs with VAES the
-design notes measured ~8 GB/s for AES-256-CTR.) Chunk size: 128-256 KiB per ``update_into`` call is
-the sweet spot (the per-call overhead of ~1 us is amortised and the zero input stays in L2).
+(``openssl speed -evp`` on the same machine: aes-128-ctr 4.2, aes-256-ctr 3.3, chacha20 3.1 GB/s.
+AES-256 is 14 rounds at one ``aesenc`` per cycle, ~0.9 cycle/byte, i.e. ~3 GB/s at 2.5 GHz: it
+cannot reach 4 GB/s = 1e9 uint32/s on this CPU whatever the code does; on CPUs with VAES the
+design notes measured ~8 GB/s for it.) Chunks of 128-256 KiB per ``update_into`` call amortise its
+~1 us call overhead while the zero input and the output stay in L2.
 
 Security notes: a (seed, nonce, cipher) triple must never mask two different vectors (two-time pad:
 the difference of the masked vectors would reveal the difference of the plain ones). The protocol
