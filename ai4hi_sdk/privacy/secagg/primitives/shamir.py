@@ -111,7 +111,9 @@ def split(secret: bytes, t: int, n: int, rng: Any = secrets) -> list[Share]:
     """Split ``secret`` (1..64 bytes) into ``n`` shares, any ``t`` of which reconstruct it.
 
     ``rng`` must be a CSPRNG in production (the default, the :mod:`secrets` module); tests may pass
-    a seeded ``random.Random``.
+    a seeded ``random.Random``. Note that ``t = 1`` hands every holder the secret itself; SecAgg
+    needs ``t`` above the number of colluding parties tolerated (and above half the sites to keep
+    the server from obtaining both a site's key and its self secret).
     """
     _check_t_n(t, n)
     randbelow = _randbelow(rng)
