@@ -25,6 +25,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     sim.add_argument("--sites", type=int, default=None, help="use only the first N sites")
     sim.add_argument("--rounds", type=int, default=None, help="override train.rounds")
     sim.add_argument("--timeout", type=float, default=1800, help="kill the simulator after this many seconds")
+    sim.add_argument("--site-policy", type=Path, default=None,
+                     help="privacy policy YAML to install at every simulated site (default: keep a site's "
+                          "own, else the SDK default: DP-SGD required, epsilon <= 10 per dataset)")
     sim.add_argument("--json", action="store_true", help="print the result record as JSON")
     sim.set_defaults(func=_simulate)
 
@@ -56,7 +59,7 @@ def _simulate(args: argparse.Namespace) -> int:
                               f"{len(record.get('sites', []))} sites")
 
         result = simulate(spec, args.data_root, args.workspace, n_sites=args.sites, timeout_s=args.timeout,
-                          on_poll=progress)
+                          site_policy=args.site_policy, on_poll=progress)
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
@@ -89,7 +92,14 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
         last = rounds[-1]
         train = {s: m.get("train_loss") for s, m in last.get("sites", {}).items()}
         console.print("last round training loss: " + ", ".join(f"{s} {_fmt(v)}" for s, v in sorted(train.items())))
-    console.print(f"results: {result_dir} (global_model.pt, metrics.json, egress/)")
+    for site, privacy in sorted((metrics.get("privacy") or {}).items()):
+        for dataset, spent in privacy["datasets"].items():
+            console.print(f"privacy: {site} dataset {dataset}: epsilon {spent['epsilon_spent']:.3g} spent "
+                          f"(delta {spent['delta']}), {spent['rounds']} rounds, {spent['refused']} refused, "
+                          f"ledger chain {'ok' if privacy['chain_ok'] else 'BROKEN'}")
+    for refusal in metrics.get("refused", []):
+        console.print(f"[yellow]{refusal['site']} refused round {refusal['round']}:[/] {refusal['reason']}")
+    console.print(f"results: {result_dir} (global_model.pt, metrics.json, egress/, privacy/)")
 
 
 def _export(args: argparse.Namespace) -> int:

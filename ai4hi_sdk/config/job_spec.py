@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ai4hi_sdk.config.loader import load_yaml_model
 from ai4hi_sdk.errors import ConfigError
@@ -49,6 +49,44 @@ class DataSpec(_Strict):
     label_column: str = "label"
 
 
+class DPSGDSpec(_Strict):
+    """Patient-level DP-SGD (opacus) at every site: Poisson sampling, per-sample clipping, noise.
+
+    Give ``noise_multiplier`` or ``target_epsilon`` (the epsilon the whole job may spend per
+    site: the noise is calibrated over rounds x local epochs). ``delta`` and ``accountant`` default
+    to the site's policy; the site's policy budget is enforced whatever the job says.
+    """
+
+    noise_multiplier: float | None = Field(None, ge=0, le=1000)
+    target_epsilon: float | None = Field(None, gt=0, le=1000)
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm (L2)")
+    delta: float | None = Field(None, gt=0, le=1e-3)
+    accountant: Literal["rdp", "prv"] | None = None
+    grad_sample_mode: Literal["hooks", "functorch", "ew"] = Field(
+        "hooks", description="how opacus computes per-sample gradients (see benchmarks/dp_overhead.py)")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> "DPSGDSpec":
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        return self
+
+
+class ClientDPSpec(_Strict):
+    """Client-level (distributed) DP: each site clips its delta to L2 norm ``clip`` and adds
+    Gaussian noise so that the sum over sites carries N(0, (noise_multiplier * clip)^2)."""
+
+    clip: float = Field(gt=0)
+    noise_multiplier: float = Field(ge=0, le=1000)
+
+
+class PrivacySpec(_Strict):
+    """Privacy protections the job asks for (a site's policy may demand more)."""
+
+    dp_sgd: DPSGDSpec | None = None
+    client_dp: ClientDPSpec | None = None
+
+
 class JobSpec(_Strict):
     """A federated job: what to train, on which task, for how long."""
 
@@ -59,6 +97,7 @@ class JobSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     min_sites: int = Field(2, ge=1, le=1000)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     code: list[str] = Field(
         default_factory=list,
         description="extra .py files (relative to this spec) shipped to every site, e.g. a custom trainer",

@@ -13,6 +13,8 @@ Workspace layout::
     WS/result/metrics.json    per round: per-site training/validation metrics, global validation
     WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
     WS/result/receipts.jsonl  what the server received (descriptions only)
+    WS/sites/<site>/ai4hi/    each site's own state, kept across simulations: site_policy.yaml,
+                              privacy budget state, privacy_ledger.jsonl, egress_log.jsonl
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job
 from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
+from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
+from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.site_paths import SITE_WORKSPACE_ROOT_ENV
 from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
 
 SIM_JOB_ID = "simulate_job"  # the run folder name NVFlare's simulator uses
@@ -70,6 +75,7 @@ def simulator_env(workspace: Path, n_sites: int) -> dict[str, str]:
     machine's cores shared between the simulated sites."""
     env = dict(os.environ)
     env.setdefault(TORCH_THREADS_ENV, str(max(1, (os.cpu_count() or 1) // n_sites)))
+    env[SITE_WORKSPACE_ROOT_ENV] = str(workspace / "sites")
     tmp = workspace / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env.update(
@@ -80,6 +86,30 @@ def simulator_env(workspace: Path, n_sites: int) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+DEFAULT_SITE_POLICY = Path(__file__).resolve().parents[1] / "templates" / "site_policy.yaml"
+
+
+def install_site_policies(workspace: Path, sites: list[str], policy: str | Path | None) -> dict[str, str]:
+    """Give every simulated site a privacy policy in ``WS/sites/<site>/ai4hi/site_policy.yaml``.
+
+    An explicitly given ``policy`` file is validated and installed at every site; otherwise a site
+    that has none gets the SDK's default (DP-SGD required, epsilon <= 10 per dataset) and a site
+    that has one keeps it. Returns site -> what happened, for the run record.
+    """
+    source = Path(policy) if policy is not None else DEFAULT_SITE_POLICY
+    load_site_policy(source)  # fail early, naming the file and field, if it is invalid
+    actions = {}
+    for site in sites:
+        target = workspace / "sites" / site / SITE_POLICY
+        if target.exists() and policy is None:
+            actions[site] = f"kept {target}"
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        actions[site] = f"installed {source}"
+    return actions
 
 
 def kill_process_tree(pid: int) -> None:
@@ -140,17 +170,34 @@ def collect_results(workspace: Path, sites: list[str], return_code: int) -> dict
         metrics["receipt_log"] = "receipts.jsonl"
     metrics["egress_logs"] = {}
     for site in sites:
-        src = sim / site / EGRESS_LOG
+        src = workspace / "sites" / site / EGRESS_LOG
         if src.exists():
             (result / "egress").mkdir(exist_ok=True)
             shutil.copy2(src, result / "egress" / f"{site}.jsonl")
             metrics["egress_logs"][site] = {"copy": f"egress/{site}.jsonl", "site_log": str(src)}
+        ledger = workspace / "sites" / site / PRIVACY_LEDGER
+        if ledger.exists():
+            (result / "privacy").mkdir(exist_ok=True)
+            shutil.copy2(ledger, result / "privacy" / f"{site}.jsonl")
+            metrics.setdefault("privacy", {})[site] = _privacy_summary(ledger)
     (result / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
 
+def _privacy_summary(ledger_path: Path) -> dict:
+    """Per-site privacy summary for the lead: epsilon spent per dataset (from the site's ledger,
+    whose chain is verified), rounds spent and refused."""
+    ledger = PrivacyLedger(ledger_path)
+    check = ledger.verify()
+    out: dict = {"ledger": f"privacy/{ledger_path.parent.parent.name}.jsonl", "chain_ok": check.ok, "datasets": {}}
+    for name, summary in ledger.summary().items():
+        out["datasets"][name] = {"epsilon_spent": summary.spent, "rounds": summary.rounds,
+                                 "refused": summary.refused, "delta": summary.delta}
+    return out
+
+
 def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
-             n_sites: int | None = None, timeout_s: float = 1800,
+             n_sites: int | None = None, timeout_s: float = 1800, site_policy: str | Path | None = None,
              on_poll: Callable[[Path], None] | None = None) -> SimulationResult:
     """Export ``spec`` as an NVFlare job, run it in the simulator over the site folders of
     ``data_root`` and collect the results (see the module docstring for the layout).
@@ -159,6 +206,9 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         sites: site names (sub-folders of ``data_root``); default: all discovered sites.
         n_sites: use only the first ``n_sites`` discovered sites.
         timeout_s: wall-clock limit; the simulator's process tree is killed past it.
+        site_policy: privacy policy file to install at every simulated site (see
+            :func:`install_site_policies`); sites keep their state (policy, privacy budget, ledger,
+            egress log) in ``WS/sites/<site>/ai4hi/`` across simulations, as real sites do.
         on_poll: called about twice a second with the server run folder (for progress display).
     """
     data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
@@ -172,6 +222,7 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
     for stale in ("job", "simulate", "result"):
         shutil.rmtree(workspace / stale, ignore_errors=True)
     workspace.mkdir(parents=True, exist_ok=True)
+    policies = install_site_policies(workspace, chosen, site_policy)
     job_dir = export_job(spec, workspace / "job", data_root=data_root)
     run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
     started = time.monotonic()
@@ -179,4 +230,6 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
                          simulator_env(workspace, len(chosen)), timeout_s,
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
     metrics = collect_results(workspace, chosen, code)
+    metrics["site_policies"] = policies
+    (workspace / "result" / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)

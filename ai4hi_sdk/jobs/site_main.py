@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.site_paths import site_workspace
 
 SITE_DATA_DIR_ENV = "AI4HI_SITE_DATA_DIR"
 DATA_ROOT_ENV = "AI4HI_DATA_ROOT"
@@ -62,5 +63,6 @@ def main(custom_dir: str | Path, argv: Sequence[str] | None = None) -> None:
     site_name = flare.get_site_name()
     trainer_cls = spec.trainer_class()
     trainer = trainer_cls(spec, site_dir=resolve_site_dir(site_name, args.data_root), site_name=site_name,
-                          device=args.device)
+                          device=args.device, site_workspace=site_workspace(site_name, Path.cwd()),
+                          job_id=flare.get_job_id())
     trainer.run_federated()

@@ -36,6 +36,10 @@ from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state, stat
 
 #: FLModel.meta key carrying the FedAvg weight n_k (training examples per local epoch)
 NUM_SAMPLES_KEY = "ai4hi_num_samples"
+#: FLModel.meta key of a site's refusal (its reason); such a result carries nothing else
+REFUSED_KEY = "ai4hi_refused"
+#: task meta key telling sites how many sites the job trains with (client-level DP noise share)
+NUM_SITES_KEY = "ai4hi_n_sites"
 #: environment variable a runner sets to share CPU cores between co-located sites
 TORCH_THREADS_ENV = "AI4HI_TORCH_THREADS"
 #: task names used by the SDK's controller
@@ -71,8 +75,11 @@ class SiteTrainer:
     metric_names: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(self, spec: JobSpec, site_dir: str | Path | None = None, site_name: str = "local",
-                 device: str | None = None):
+                 device: str | None = None, site_workspace: str | Path | None = None, job_id: str = "local"):
         self.spec = spec
+        #: the site's workspace (policy, privacy budget, ledger); None outside a federation
+        self.site_workspace = Path(site_workspace) if site_workspace is not None else None
+        self.job_id = job_id
         self.site_dir = Path(site_dir) if site_dir is not None else None
         self.site_name = site_name
         self.device = pick_device(device)
@@ -84,6 +91,10 @@ class SiteTrainer:
             torch.set_num_threads(threads)
         self._model: nn.Module | None = None
         self._datasets: Any = None
+        self._guard: Any = None
+        self._dp_session: Any = None
+        #: what make_dp_compatible changed in the model (empty without DP-SGD)
+        self.dp_model_changes: list[str] = []
 
     # ------------------------------------------------------------------ hooks (override these)
     def build_model(self) -> nn.Module:
@@ -137,9 +148,11 @@ class SiteTrainer:
     # ------------------------------------------------------------------ declared outputs
     @classmethod
     def declared_metrics(cls) -> frozenset[str]:
-        """Every metric name a site may send: training stats and validation metrics of the local
-        model (``val_*``) and of the received global model (``global_val_*``)."""
-        names = {"train_loss", "train_steps", "train_samples", "train_seconds", "local_seconds"}
+        """Every metric name a site may send: training stats, validation metrics of the local
+        model (``val_*``) and of the received global model (``global_val_*``), and the privacy
+        parameters of the round (``dp_*``)."""
+        names = {"train_loss", "train_steps", "train_samples", "train_seconds", "local_seconds",
+                 "dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_sample_rate", "dp_steps"}
         for name in (*cls.metric_names, "samples"):
             names.add(f"val_{name}")
             names.add(f"global_val_{name}")
@@ -150,8 +163,24 @@ class SiteTrainer:
     def model(self) -> nn.Module:
         if self._model is None:
             seed_everything(self.spec.train.seed)  # same initial weights everywhere (server included)
-            self._model = self.build_model().to(self.device)
+            model = self.build_model()
+            if self.spec.privacy.dp_sgd is not None:
+                from ai4hi_sdk.privacy.dp.dpsgd import make_dp_compatible
+
+                model, self.dp_model_changes = make_dp_compatible(model)
+            self._model = model.to(self.device)
         return self._model
+
+    @property
+    def guard(self) -> Any:
+        """This site's privacy gate for the job (policy, budget, ledger)."""
+        if self._guard is None:
+            from ai4hi_sdk.privacy.dp.site_guard import SitePrivacyGuard
+            from ai4hi_sdk.site_paths import dataset_id_for
+
+            dataset = dataset_id_for(self.site_dir) if self.site_dir is not None else self.site_name
+            self._guard = SitePrivacyGuard(self.spec.privacy.dp_sgd, self.site_workspace, dataset, self.job_id)
+        return self._guard
 
     @property
     def datasets(self) -> Any:
@@ -166,15 +195,24 @@ class SiteTrainer:
         return exchanged_state(self.model)
 
     # ------------------------------------------------------------------ core, framework-free
-    def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int) -> LocalUpdate:
+    def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int, *, total_rounds: int | None = None,
+            n_sites: int = 1) -> LocalUpdate:
         """Train locally from ``global_state`` for one round and return the delta and metrics.
 
         Metrics: ``global_val_*`` of the received model, ``train_loss`` (mean over steps),
-        ``train_steps``, ``train_samples``, ``train_seconds``, ``val_*`` of the trained model and
-        ``local_seconds`` (all local work of the round, data loading and evaluation included).
+        ``train_steps``, ``train_samples``, ``train_seconds``, ``val_*`` of the trained model,
+        ``local_seconds`` (all local work of the round, data loading and evaluation included) and,
+        with DP-SGD, the round's privacy parameters and the epsilon spent so far (``dp_*``).
+
+        With DP-SGD the site's budget is checked before training and spent before returning;
+        with client-level DP the delta is clipped and noised. Raises
+        :class:`~ai4hi_sdk.privacy.dp.site_guard.RoundRefused` when the site must not train or
+        send (policy, budget): nothing is returned then, so nothing can leave.
         """
         fit_start = time.perf_counter()
-        model, train = self.model, self.spec.train
+        train, dp = self.spec.train, self.spec.privacy.dp_sgd
+        self.guard.check_job("train")
+        model = self.model
         load_exchanged_state(model, global_state)
         metrics = {f"global_val_{k}": v for k, v in self._evaluate_split(model).items()}
 
@@ -185,24 +223,31 @@ class SiteTrainer:
             dataset.set_random_state(seed)
         loss_fn = self.build_loss().to(self.device)
         optimizer = self.build_optimizer(model)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        loader = self.loader(dataset, shuffle=True, seed=seed)
+        plan, forward_model = None, model
+        if dp is not None:
+            plan, loader, optimizer, forward_model = self._private_round(loader, optimizer, round_index, total_rounds)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and dp is None)
 
         start, losses, steps = time.perf_counter(), [], 0
+        max_steps = train.max_steps_per_round or (plan.steps if plan else None)
         model.train()
         for epoch in range(train.local_epochs):
-            for batch in self.loader(dataset, shuffle=True, seed=seed + epoch):
+            for batch in loader:
                 optimizer.zero_grad(set_to_none=True)
                 with self.autocast():
-                    loss = self.train_step(model, batch, loss_fn)
+                    loss = self.train_step(forward_model, batch, loss_fn)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 losses.append(float(loss.detach()))
                 steps += 1
-                if train.max_steps_per_round and steps >= train.max_steps_per_round:
+                if max_steps and steps >= max_steps:
                     break
-            if train.max_steps_per_round and steps >= train.max_steps_per_round:
+            if max_steps and steps >= max_steps:
                 break
+        if self._dp_session is not None:
+            self._dp_session.clear()
         metrics.update(
             train_loss=sum(losses) / max(len(losses), 1),
             train_steps=float(steps),
@@ -210,12 +255,46 @@ class SiteTrainer:
             train_seconds=time.perf_counter() - start,
         )
         metrics.update({f"val_{k}": v for k, v in self._evaluate_split(model).items()})
-        metrics["local_seconds"] = time.perf_counter() - fit_start  # all local work this round
         delta = state_delta(exchanged_state(model), {k: torch.as_tensor(v) for k, v in global_state.items()})
+        client_dp = self.spec.privacy.client_dp
+        if client_dp is not None:
+            from ai4hi_sdk.privacy.dp.client_level import privatize_delta, secure_generator
+
+            delta = privatize_delta(delta, client_dp.clip, client_dp.noise_multiplier, n_sites, secure_generator())
+        metrics["local_seconds"] = time.perf_counter() - fit_start
+        if plan is not None:
+            from ai4hi_sdk.privacy.egress import describe_payload
+
+            # spend before anything leaves; the ledger records the description of the payload sent
+            metrics.update(self.guard.commit_round(
+                plan, steps, round_index, describe=lambda dp_metrics: describe_payload(
+                    delta, _finite({**metrics, **dp_metrics}))))
         return LocalUpdate(delta=delta, num_samples=len(dataset), metrics=_finite(metrics))
+
+    def _private_round(self, loader: DataLoader, optimizer: torch.optim.Optimizer, round_index: int,
+                       total_rounds: int | None) -> tuple[Any, DataLoader, Any, nn.Module]:
+        """Poisson loader, clipping+noising optimizer and per-sample-gradient model for one round,
+        after the site's budget allowed the round (raises RoundRefused otherwise)."""
+        from ai4hi_sdk.privacy.dp.client_level import secure_generator
+        from ai4hi_sdk.privacy.dp.dpsgd import DPSGDSession
+
+        dp, train = self.spec.privacy.dp_sgd, self.spec.train
+        if self._dp_session is None:
+            self._dp_session = DPSGDSession(self.model, dp.grad_sample_mode)
+        batches = max(len(loader), 1)
+        steps = train.local_epochs * batches
+        if train.max_steps_per_round:
+            steps = min(steps, train.max_steps_per_round)
+        plan = self.guard.plan_round(sample_rate=1.0 / batches, steps=steps,
+                                     total_rounds=total_rounds or train.rounds, round_index=round_index)
+        # sampling and noise randomness must stay secret: cryptographically seeded generators
+        private_loader = self._dp_session.private_loader(loader, secure_generator())
+        private_optimizer = self._dp_session.private_optimizer(optimizer, plan, train.batch_size, secure_generator())
+        return plan, private_loader, private_optimizer, self._dp_session.wrapped
 
     def validate(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Metrics (``val_*``) of ``global_state`` on this site's validation split."""
+        self.guard.check_job("validate")
         load_exchanged_state(self.model, global_state)
         return _finite({f"val_{k}": v for k, v in self._evaluate_split(self.model).items()})
 
@@ -233,22 +312,37 @@ class SiteTrainer:
 
     # ------------------------------------------------------------------ NVFlare Client API loop
     def run_federated(self) -> None:
-        """Serve ``train`` and ``validate`` tasks until the job ends (runs inside an NVFlare site)."""
+        """Serve ``train`` and ``validate`` tasks until the job ends (runs inside an NVFlare site).
+
+        A refused round (site policy, privacy budget) is answered with an empty result that only
+        carries the reason (meta ``ai4hi_refused``): no model, no metrics.
+        """
         import nvflare.client as flare
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
+        from ai4hi_sdk.privacy.dp.site_guard import RoundRefused
+
         flare.init()
+        if self.dp_model_changes:
+            print(f"[ai4hi] {self.site_name}: model made DP-SGD compatible: " + "; ".join(self.dp_model_changes))
         while flare.is_running():
             incoming = flare.receive()
             if incoming is None:
                 break
             state = {k: torch.as_tensor(v) for k, v in (incoming.params or {}).items()}
-            if flare.is_evaluate():
-                flare.send(FLModel(metrics=self.validate(state)))
+            meta = incoming.meta or {}
+            try:
+                if flare.is_evaluate():
+                    flare.send(FLModel(metrics=self.validate(state)))
+                    continue
+                if not flare.is_train():
+                    continue
+                update = self.fit(state, int(incoming.current_round or 0), total_rounds=incoming.total_rounds,
+                                  n_sites=int(meta.get(NUM_SITES_KEY, 1)))
+            except RoundRefused as refusal:
+                print(f"[ai4hi] {self.site_name}: refused round {incoming.current_round}: {refusal}")
+                flare.send(FLModel(metrics={}, meta={REFUSED_KEY: str(refusal)}))
                 continue
-            if not flare.is_train():
-                continue
-            update = self.fit(state, int(incoming.current_round or 0))
             flare.send(FLModel(params=update.delta, params_type=ParamsType.DIFF, metrics=update.metrics,
                                meta={NUM_SAMPLES_KEY: update.num_samples}))
 

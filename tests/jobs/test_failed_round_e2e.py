@@ -25,7 +25,8 @@ def test_poisoned_round_is_rejected_and_last_good_model_kept(tmp_path):
         model={"init_features": 4, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1},
         train={"rounds": 3, "batch_size": 8, "threads": 1, "seed": 5},
     )
-    result = simulate(spec, tmp_path / "data", tmp_path / "ws", timeout_s=240)
+    result = simulate(spec, tmp_path / "data", tmp_path / "ws", timeout_s=240,
+                      site_policy=FIXTURES / "policy_without_dp.yaml")
     metrics = result.metrics
     assert metrics["status"] == "failed", metrics
     assert "last good model is kept" in metrics["reason"]

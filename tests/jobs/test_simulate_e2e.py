@@ -36,7 +36,8 @@ def run(tmp_path_factory):
         data={"image_size": 32},
     )
     before = _stray_paths()
-    result = simulate(spec, root / "data", root / "ws", timeout_s=240)
+    result = simulate(spec, root / "data", root / "ws", timeout_s=240,
+                      site_policy=Path(__file__).parent / "fixtures" / "policy_without_dp.yaml")
     return {"root": root, "spec": spec, "result": result, "new_stray_paths": _stray_paths() - before}
 
 

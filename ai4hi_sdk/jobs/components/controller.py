@@ -26,7 +26,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
-from ai4hi_sdk.trainers.site_trainer import NUM_SAMPLES_KEY, TRAIN_TASK, VALIDATE_TASK
+from ai4hi_sdk.trainers.site_trainer import NUM_SAMPLES_KEY, NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK
 
 METRICS_FILE = "ai4hi_metrics.json"
 MODEL_FILE = "global_model.pt"
@@ -50,7 +50,9 @@ class Ai4hiFedAvg(FedAvg):
     def __init__(self, job_spec: str, num_rounds: int, min_sites: int, train_timeout: int = 3600,
                  validate_timeout: int = 600):
         super().__init__(num_clients=min_sites, num_rounds=num_rounds, persistor_id="", task_name=TRAIN_TASK,
-                         save_filename=MODEL_FILE)
+                         save_filename=MODEL_FILE,
+                         # a failing site must not abort the job: this workflow decides with min_sites
+                         ignore_result_error=True)
         self.job_spec = job_spec
         self.min_sites = min_sites
         self.train_timeout = train_timeout
@@ -86,7 +88,7 @@ class Ai4hiFedAvg(FedAvg):
         sites = sorted(self.sample_clients(None))
         state = {k: torch.as_tensor(v).float() for k, v in self.load_model().params.items()}
         self._record = {"sites": sites, "num_rounds": self.num_rounds, "min_sites": self.min_sites,
-                        "rounds": [], "status": "running", "rejected": []}
+                        "rounds": [], "status": "running", "rejected": [], "refused": []}
         if len(sites) < self.min_sites:
             self._finish("failed", f"only {len(sites)} sites connected, job needs {self.min_sites}")
             return
@@ -101,16 +103,21 @@ class Ai4hiFedAvg(FedAvg):
             results = self.send_model_and_wait(
                 task_name=TRAIN_TASK,
                 data=FLModel(params=state, params_type=ParamsType.FULL, current_round=round_index,
-                             total_rounds=self.num_rounds),
+                             total_rounds=self.num_rounds, meta={NUM_SITES_KEY: len(sites)}),
                 targets=sites, min_responses=len(sites), timeout=self.train_timeout)
             accepted = self._accept(results, state, round_index)
             round_record = {"round": round_index, "sites": {n: r["metrics"] for n, r in accepted.items()},
                             "seconds": round(time.time() - started, 3)}
+            refused_now = [r["site"] for r in self._record["refused"] if r["round"] == round_index]
+            sites = [site for site in sites if site not in refused_now]  # a refusing site is not asked again
             if len(accepted) < self.min_sites:
                 round_record["status"] = "abandoned"
                 self._record["rounds"].append(round_record)
-                self._finish("failed", f"round {round_index}: {len(accepted)} good site results, "
-                                       f"{self.min_sites} needed; the last good model is kept")
+                why = f"round {round_index}: {len(accepted)} good site results, {self.min_sites} needed"
+                if refused_now:
+                    why += f" ({', '.join(refused_now)} refused for privacy policy or budget)"
+                self._finish("stopped" if refused_now and not self._record["rejected"] else "failed",
+                             why + "; the last good model is kept")
                 return
             names = sorted(accepted)
             delta = weighted_average([accepted[n]["delta"] for n in names], [accepted[n]["weight"] for n in names])
@@ -130,6 +137,11 @@ class Ai4hiFedAvg(FedAvg):
         for result in results:
             site = (result.meta or {}).get("client_name", "unknown")
             weight = (result.meta or {}).get(NUM_SAMPLES_KEY)
+            refusal = (result.meta or {}).get(REFUSED_KEY)
+            if refusal:
+                self.warning(f"{site} refused round {round_index}: {refusal}")
+                self._record["refused"].append({"round": round_index, "site": site, "reason": str(refusal)})
+                continue
             reason = None
             if result.params_type != ParamsType.DIFF:
                 reason = f"expected a model delta (DIFF), got {result.params_type}"
@@ -160,7 +172,8 @@ class Ai4hiFedAvg(FedAvg):
     def _final_validation(self, state: dict[str, torch.Tensor], sites: list[str]) -> None:
         results = self.send_model_and_wait(task_name=VALIDATE_TASK, data=FLModel(params=state), targets=sites,
                                            min_responses=len(sites), timeout=self.validate_timeout)
-        per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results}
+        per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results
+                    if not (r.meta or {}).get(REFUSED_KEY)}
         record = {"sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
         self._record["final_validation"] = record
         if self._record["rounds"]:

@@ -25,6 +25,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from ai4hi_sdk.audit.hash_chain import HashChainLog
 from ai4hi_sdk.privacy.egress import describe_payload
+from ai4hi_sdk.site_paths import site_workspace
 
 EGRESS_LOG = Path("ai4hi") / "egress_log.jsonl"
 RECEIPT_LOG = "ai4hi_receipts.jsonl"
@@ -61,7 +62,7 @@ class EgressLogFilter(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         record = describe_shareable(shareable, fl_ctx)
         record["site"] = fl_ctx.get_identity_name()
-        root = Path(fl_ctx.get_engine().get_workspace().get_root_dir())
+        root = site_workspace(record["site"], fl_ctx.get_engine().get_workspace().get_root_dir())
         HashChainLog(root / EGRESS_LOG).append(record)
         return shareable
 

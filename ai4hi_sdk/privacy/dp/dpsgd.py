@@ -1,0 +1,98 @@
+"""Patient-level DP-SGD with opacus for one site's local training (torch only, no NVFlare).
+
+* :func:`make_dp_compatible` turns a model into one opacus can train: BatchNorm -> GroupNorm
+  (opacus's ``ModuleValidator.fix``), in-place activations made out-of-place; it says what it
+  changed, and raises a clear error naming the layers it cannot fix. It depends only on the model,
+  so the server and every site build the same architecture.
+* :class:`DPSGDSession` wraps the model once for per-sample gradients and, each round, gives a
+  Poisson-sampled data loader and a noisy, clipping optimizer. The state that leaves the site is
+  the inner module's (no ``_module.`` prefix).
+
+Sampling rate ``q = 1 / len(loader)`` (opacus's ``DPDataLoader``: each example is in each batch
+independently with probability q); ``steps`` = optimizer steps actually taken. These, with the
+noise multiplier, are what the accountant composes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ai4hi_sdk.errors import UserError
+
+
+def make_dp_compatible(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Return ``(fixed_model, changes)``; raise :class:`UserError` if opacus cannot train it.
+
+    ``changes`` lists human-readable replacements, e.g. ``"features.norm0: BatchNorm2d -> GroupNorm"``.
+    """
+    from opacus.validators import ModuleValidator
+
+    before = {name: type(module).__name__ for name, module in model.named_modules()}
+    fixed = ModuleValidator.fix(model)
+    changes = [f"{name or '<model>'}: {before[name]} -> {type(module).__name__}"
+               for name, module in fixed.named_modules() if name in before and before[name] != type(module).__name__]
+    for name, module in fixed.named_modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False  # in-place ops overwrite activations opacus needs for per-sample grads
+            changes.append(f"{name}: {type(module).__name__}(inplace=True) -> inplace=False")
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        details = "; ".join(str(e) for e in errors[:5])
+        raise UserError(f"the model cannot be trained with DP-SGD: {details}")
+    return fixed, changes
+
+
+@dataclass
+class RoundPlan:
+    """Privacy parameters of one local round (what the accountant composes)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+
+
+class DPSGDSession:
+    """Per-sample-gradient wrapper of one model, reused across rounds.
+
+    Args:
+        model: the (DP-compatible) model; its parameters are shared with the wrapper.
+        grad_sample_mode: opacus mode: ``"hooks"``, ``"functorch"`` or ``"ew"``.
+    """
+
+    def __init__(self, model: nn.Module, grad_sample_mode: str = "hooks"):
+        from opacus.grad_sample.utils import prepare_module
+
+        self.model = model
+        self.grad_sample_mode = grad_sample_mode
+        self.wrapped: nn.Module = prepare_module(model, grad_sample_mode)
+
+    @staticmethod
+    def batches_per_epoch(loader: DataLoader) -> int:
+        return len(loader)
+
+    def private_loader(self, loader: DataLoader, generator: torch.Generator) -> DataLoader:
+        """Poisson-sampled version of ``loader`` (expected batch size unchanged)."""
+        from opacus.data_loader import DPDataLoader
+
+        return DPDataLoader.from_data_loader(loader, generator=generator)
+
+    def private_optimizer(self, optimizer: torch.optim.Optimizer, plan: RoundPlan, expected_batch_size: int,
+                          noise_generator: torch.Generator) -> Any:
+        """Wrap ``optimizer``: clip each example's gradient to ``plan.max_grad_norm`` and add
+        N(0, (noise_multiplier * max_grad_norm)^2) to the summed gradient before each step."""
+        from opacus.optimizers import DPOptimizer
+
+        return DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                           expected_batch_size=expected_batch_size, generator=noise_generator)
+
+    def clear(self) -> None:
+        """Drop stored per-sample gradients (memory) after a round."""
+        for param in self.model.parameters():
+            param.grad_sample = None
+            param.grad = None

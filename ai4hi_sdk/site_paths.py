@@ -1,0 +1,33 @@
+"""Where a site keeps its own state (policy, privacy budget, ledger, egress log).
+
+A site's state lives in ``<site workspace>/ai4hi/``. The site workspace is the NVFlare site's
+workspace root (its kit folder in a real deployment) unless ``AI4HI_SITE_WORKSPACE_ROOT`` is set,
+in which case it is ``$AI4HI_SITE_WORKSPACE_ROOT/<site name>`` — the simulator runner uses this so
+that site state outlives one simulated run, as it does at a real site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+SITE_WORKSPACE_ROOT_ENV = "AI4HI_SITE_WORKSPACE_ROOT"
+DATASET_ID_ENV = "AI4HI_DATASET_ID"
+STATE_DIR = "ai4hi"
+
+
+def site_workspace(site_name: str, default: str | Path) -> Path:
+    """The site's workspace: ``$AI4HI_SITE_WORKSPACE_ROOT/<site>`` if set, else ``default``."""
+    root = os.environ.get(SITE_WORKSPACE_ROOT_ENV)
+    return Path(root) / site_name if root else Path(default)
+
+
+def dataset_id_for(data_dir: str | Path) -> str:
+    """Identity of a site's dataset for privacy accounting: ``$AI4HI_DATASET_ID`` if the site sets
+    it, else the folder name plus a hash of its absolute path (stable across jobs, so epsilon
+    composes over every job trained on the same folder)."""
+    if os.environ.get(DATASET_ID_ENV):
+        return os.environ[DATASET_ID_ENV]
+    path = Path(data_dir).resolve()
+    return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
