@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(AI4HI) data synth $(DEMO)/data --sites 3 --studies-per-site 60 --seed 0 --overwrite
+	$(AI4HI) data synth $(DEMO)/data --sites 3 --studies-per-site 200 --seed 0 --overwrite
+	rm -rf $(DEMO)/run  # fresh sites: the regenerated data would otherwise meet its spent privacy budget
 	$(AI4HI) job simulate jobs/cxr_classification.yaml --data-root $(DEMO)/data --workspace $(DEMO)/run
 
 test: $(STAMP)
