@@ -260,7 +260,7 @@ class SiteTrainer:
         if client_dp is not None:
             from ai4hi_sdk.privacy.dp.client_level import privatize_delta, secure_generator
 
-            delta = privatize_delta(delta, client_dp.clip, client_dp.noise_multiplier, n_sites, secure_generator())
+            delta, _ = privatize_delta(delta, client_dp.clip, client_dp.noise_multiplier, n_sites, secure_generator())
         metrics["local_seconds"] = time.perf_counter() - fit_start
         if plan is not None:
             from ai4hi_sdk.privacy.egress import describe_payload
