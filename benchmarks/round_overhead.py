@@ -11,7 +11,7 @@ How it is measured:
   (client spawn, job deployment, final validation, shutdown).
 Round 0 also pays one-off site start-up (imports, DICOM decoding), so steady state = rounds >= 1.
 
-Usage: ``python benchmarks/round_overhead.py [--rounds 4] [--studies-per-site 60] [--out DIR]``
+Usage: ``python benchmarks/round_overhead.py [--rounds 4] [--studies-per-site 60] [--no-dp] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(spec, data_root: Path, workspace: Path, n_sites: int) -> dict:
+def run_one(spec, data_root: Path, workspace: Path, n_sites: int, site_policy: Path | None) -> dict:
+    import shutil
+
     from ai4hi_sdk.jobs.simulate import simulate
 
-    result = simulate(spec, data_root, workspace, n_sites=n_sites, timeout_s=1200)
+    shutil.rmtree(workspace, ignore_errors=True)  # fresh sites: a fresh privacy budget each run
+    result = simulate(spec, data_root, workspace, n_sites=n_sites, timeout_s=1200, site_policy=site_policy)
     if not result.ok:
         raise SystemExit(f"simulation with {n_sites} sites failed: {result.metrics.get('reason')}")
     rounds = []
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--studies-per-site", type=int, default=60)
     parser.add_argument("--out", type=Path, default=REPO / ".bench" / "round_overhead")
+    parser.add_argument("--no-dp", action="store_true",
+                        help="plain FedAvg (the job's privacy section removed; sites explicitly allow it)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -71,12 +76,19 @@ def main() -> None:
     from ai4hi_sdk.data.synth import synth_consortium
 
     spec = load_job_spec(REPO / "jobs" / "cxr_classification.yaml").with_overrides(rounds=args.rounds)
+    policy = None
+    if args.no_dp:
+        spec = spec.model_copy(update={"privacy": type(spec.privacy)()})
+        policy = args.out / "policy_without_dp.yaml"
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        policy.write_text("max_epsilon_per_dataset: 10.0\nrequire_dp: false\nrequire_secure_aggregation: false\n")
     data_root = args.out / "data"
     synth_consortium(data_root, sites=3, studies_per_site=args.studies_per_site, seed=0, overwrite=True)
-    runs = [run_one(spec, data_root, args.out / f"ws_{n}", n) for n in (2, 3)]
+    runs = [run_one(spec, data_root, args.out / f"ws_{n}", n, policy) for n in (2, 3)]
     print(json.dumps({
         "benchmark": "round_overhead",
         "job": spec.name,
+        "dp_sgd": spec.privacy.dp_sgd is not None,
         "studies_per_site": args.studies_per_site,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                     "cuda": torch.cuda.is_available()},
