@@ -20,7 +20,7 @@ from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
 from ai4hi_sdk.trainers.classification import ClassificationTrainer
 
 pytestmark = pytest.mark.e2e
-SIGMA, ROUNDS, DELTA = 1.0, 3, 1e-5
+SIGMA, ROUNDS, DELTA, CLIP = 1.0, 3, 1e-5, 0.05
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def run(tmp_path_factory):
         model={"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1},
         train={"rounds": ROUNDS, "local_epochs": 1, "batch_size": 8, "lr": 0.01, "optimizer": "adam", "threads": 1},
         data={"image_size": 32},
-        privacy={"dp_sgd": {"noise_multiplier": SIGMA, "max_grad_norm": 1.0}},
+        privacy={"dp_sgd": {"noise_multiplier": SIGMA, "max_grad_norm": 1.0},
+                 # wiring check of client-level DP: clipping only (its noise is tested in unit tests)
+                 "client_dp": {"clip": CLIP, "noise_multiplier": 0.0}},
     )
     # hospital-2's admin allows more than one round of this job but less than two
     trainer = ClassificationTrainer(spec, site_dir=root / "data" / "hospital-2", site_name="hospital-2", device="cpu")
@@ -45,7 +47,7 @@ def run(tmp_path_factory):
     policy.parent.mkdir(parents=True)
     policy.write_text(yaml.safe_dump(tiny))
     result = simulate(spec, root / "data", root / "ws", timeout_s=300)
-    return {"root": root, "result": result, "limit": tiny["max_epsilon_per_dataset"]}
+    return {"root": root, "result": result, "limit": tiny["max_epsilon_per_dataset"], "spec": spec}
 
 
 def test_job_continues_without_the_refusing_site(run):
@@ -94,3 +96,13 @@ def test_ledger_egress_matches_what_left(run):
     refusals = [r for r in h2 if r["task"] == "train" and r["round"] >= 1]
     assert refusals and all(r["tensors"] == [] and r["metric_names"] == [] for r in refusals)
     assert all("ai4hi_refused" in r["meta_keys"] for r in refusals)
+
+
+def test_client_level_clipping_bounds_every_round(run):
+    import torch
+
+    final = torch.load(run["result"].result_dir / "global_model.pt")
+    initial = ClassificationTrainer(run["spec"], device="cpu").initial_state()
+    moved = torch.sqrt(sum(((final[k] - initial[k]).double() ** 2).sum() for k in initial))
+    # each round adds a weighted mean of deltas clipped to CLIP: the model moves at most CLIP per round
+    assert 0 < moved <= ROUNDS * CLIP + 1e-6
