@@ -11,14 +11,22 @@ from typing import Mapping, Sequence
 import torch
 
 
-def check_update(delta: Mapping[str, object], reference: Mapping[str, torch.Tensor], num_samples: object) -> str | None:
+def check_update(delta: Mapping[str, object], reference: Mapping[str, torch.Tensor], num_samples: object,
+                 metrics: Mapping[str, object] | None = None, declared: frozenset[str] | None = None) -> str | None:
     """Return why a site's update must be rejected, or ``None`` if it is well-formed.
 
-    Checks: same tensor names as the global model, same shapes, floating dtype, finite values,
-    and a positive integer sample count.
+    Checks: a positive integer sample count; metric names within ``declared`` (when given) and
+    numeric; same tensor names as the global model, same shapes, floating dtype, finite values.
     """
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
         return f"sample count must be a positive integer, got {num_samples!r}"
+    if metrics and declared is not None:
+        undeclared = sorted(set(metrics) - declared)
+        if undeclared:
+            return f"undeclared metrics {undeclared[:3]} (a site may only send its trainer's declared metrics)"
+    for name, value in (metrics or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"metric '{name}' is {type(value).__name__}, expected a number"
     missing, extra = set(reference) - set(delta), set(delta) - set(reference)
     if missing or extra:
         return f"tensor names differ from the global model (missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]})"

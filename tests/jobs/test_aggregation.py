@@ -60,3 +60,11 @@ def test_weighted_metric_means():
     means = weighted_metric_means(per_site, "val_samples")
     assert means["val_auroc"] == pytest.approx((0.6 * 10 + 0.9 * 30) / 40)
     assert means["val_samples"] == 45
+
+
+def test_check_update_rejects_undeclared_or_non_numeric_metrics():
+    delta = {k: torch.ones_like(v) for k, v in REF.items()}
+    declared = frozenset({"train_loss", "val_auroc"})
+    assert check_update(delta, REF, 3, {"train_loss": 0.5}, declared) is None
+    assert "undeclared" in check_update(delta, REF, 3, {"patient_42_prob": 0.9}, declared)
+    assert "expected a number" in check_update(delta, REF, 3, {"train_loss": "0.5"}, declared)

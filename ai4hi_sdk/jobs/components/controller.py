@@ -58,6 +58,7 @@ class Ai4hiFedAvg(FedAvg):
         self.train_timeout = train_timeout
         self.validate_timeout = validate_timeout
         self._record: dict[str, Any] = {}
+        self._declared_metrics: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ persistence
     def load_model(self) -> FLModel:
@@ -65,6 +66,7 @@ class Ai4hiFedAvg(FedAvg):
 
         spec = read_spec_file(self._custom_dir())
         trainer = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu")
+        self._declared_metrics = trainer.declared_metrics()
         return FLModel(params=trainer.initial_state(), params_type=ParamsType.FULL)
 
     def save_model_file(self, model: FLModel, filepath: str) -> None:
@@ -151,7 +153,7 @@ class Ai4hiFedAvg(FedAvg):
                 reason = "second result from the same site in one round"
             else:
                 delta = {k: torch.as_tensor(v) for k, v in (result.params or {}).items()}
-                reason = check_update(delta, state, weight)
+                reason = check_update(delta, state, weight, result.metrics, self._declared_metrics)
             if reason:
                 self.warning(f"rejected update from {site} in round {round_index}: {reason}")
                 self._record["rejected"].append({"round": round_index, "site": site, "reason": reason})
