@@ -142,8 +142,10 @@ class SiteTrainer:
                           generator=generator, num_workers=0, pin_memory=self.device.type == "cuda")
 
     def autocast(self):
-        """Mixed-precision context on CUDA, a no-op on CPU."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+        """Mixed-precision context on CUDA, a no-op on CPU and under DP-SGD (per-example clipping
+        norms must not be computed from fp16 gradients)."""
+        enabled = self.use_amp and self.spec.privacy.dp_sgd is None
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=enabled)
 
     # ------------------------------------------------------------------ declared outputs
     @classmethod
@@ -227,7 +229,7 @@ class SiteTrainer:
         plan, forward_model = None, model
         if dp is not None:
             plan, loader, optimizer, forward_model = self._private_round(loader, optimizer, round_index, total_rounds)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and dp is None)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and dp is None)  # no AMP under DP-SGD
 
         start, losses, steps = time.perf_counter(), [], 0
         max_steps = train.max_steps_per_round or (plan.steps if plan else None)
