@@ -15,6 +15,7 @@ noise multiplier, are what the accountant composes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,9 @@ class DPSGDSession:
     def __init__(self, model: nn.Module, grad_sample_mode: str = "hooks"):
         from opacus.grad_sample.utils import prepare_module
 
+        # benign with opacus hooks on a first layer whose input needs no gradient; it would
+        # otherwise be printed at every step
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         self.model = model
         self.grad_sample_mode = grad_sample_mode
         self.wrapped: nn.Module = prepare_module(model, grad_sample_mode)
