@@ -1,1 +1,1 @@
-"""ai4hi_sdk.provision"""
+"""Consortium provisioning: NVFlare kits overlaid with the SDK's site configuration."""
