@@ -15,6 +15,8 @@ from pathlib import Path
 SITE_WORKSPACE_ROOT_ENV = "AI4HI_SITE_WORKSPACE_ROOT"
 DATASET_ID_ENV = "AI4HI_DATASET_ID"
 STATE_DIR = "ai4hi"
+#: the site admin's settings file in the site workspace (``data_dir: /path/to/dicom``)
+SITE_SETTINGS = Path(STATE_DIR) / "site.yaml"
 
 
 def site_workspace(site_name: str, default: str | Path) -> Path:
@@ -31,3 +33,14 @@ def dataset_id_for(data_dir: str | Path) -> str:
         return os.environ[DATASET_ID_ENV]
     path = Path(data_dir).resolve()
     return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+
+
+def configured_data_dir(workspace: str | Path) -> Path | None:
+    """``data_dir`` from the site's ``ai4hi/site.yaml``, if the site has one."""
+    import yaml
+
+    path = Path(workspace) / SITE_SETTINGS
+    if not path.is_file():
+        return None
+    value = (yaml.safe_load(path.read_text()) or {}).get("data_dir")
+    return Path(value) if value else None

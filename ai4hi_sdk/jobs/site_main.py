@@ -3,7 +3,8 @@
 The job ships a two-line script (``ai4hi_site_main.py``) that calls :func:`main` with the job's
 arguments. Where the site's data lives is the site's decision: ``AI4HI_SITE_DATA_DIR`` (this
 site's folder) or ``AI4HI_DATA_ROOT`` (a folder holding one sub-folder per site) set in the site's
-environment win over the ``--data-root`` the job was submitted with.
+environment, or ``data_dir`` in the site's ``ai4hi/site.yaml``, win over the ``--data-root`` the
+job was submitted with.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ai4hi_sdk.config.job_spec import JobSpec
-from ai4hi_sdk.site_paths import site_workspace
+from ai4hi_sdk.site_paths import configured_data_dir, site_workspace
 
 SITE_DATA_DIR_ENV = "AI4HI_SITE_DATA_DIR"
 DATA_ROOT_ENV = "AI4HI_DATA_ROOT"
@@ -39,11 +40,17 @@ def read_spec_file(folder: str | Path) -> JobSpec:
     return JobSpec.model_validate(data).model_copy(update={"base_dir": str(folder)})
 
 
-def resolve_site_dir(site_name: str, job_data_root: str | None) -> Path:
-    """The site's data folder: site environment first, then the job's ``--data-root``."""
+def resolve_site_dir(site_name: str, job_data_root: str | None, workspace: str | Path | None = None) -> Path:
+    """The site's data folder: the site's environment (``AI4HI_SITE_DATA_DIR``, then
+    ``AI4HI_DATA_ROOT``), then its ``ai4hi/site.yaml``, then the job's ``--data-root``."""
     if os.environ.get(SITE_DATA_DIR_ENV):
         return Path(os.environ[SITE_DATA_DIR_ENV])
-    root = os.environ.get(DATA_ROOT_ENV) or job_data_root
+    if os.environ.get(DATA_ROOT_ENV):
+        return Path(os.environ[DATA_ROOT_ENV]) / site_name
+    configured = configured_data_dir(workspace) if workspace is not None else None
+    if configured is not None:
+        return configured
+    root = job_data_root
     if not root:
         raise SystemExit(f"site {site_name}: no data folder; set {SITE_DATA_DIR_ENV} or {DATA_ROOT_ENV}")
     return Path(root) / site_name
@@ -62,7 +69,7 @@ def main(custom_dir: str | Path, argv: Sequence[str] | None = None) -> None:
     flare.init()
     site_name = flare.get_site_name()
     trainer_cls = spec.trainer_class()
-    trainer = trainer_cls(spec, site_dir=resolve_site_dir(site_name, args.data_root), site_name=site_name,
-                          device=args.device, site_workspace=site_workspace(site_name, Path.cwd()),
-                          job_id=flare.get_job_id())
+    workspace = site_workspace(site_name, Path.cwd())
+    trainer = trainer_cls(spec, site_dir=resolve_site_dir(site_name, args.data_root, workspace), site_name=site_name,
+                          device=args.device, site_workspace=workspace, job_id=flare.get_job_id())
     trainer.run_federated()

@@ -11,7 +11,8 @@ child process); this module only writes its input and overlays each kit's ``loca
   before the job's own);
 * ``authorization.json``: NVFlare's default policy, made active;
 * ``<kit>/ai4hi/site_policy.yaml``: the consortium's default privacy policy — written only if the
-  site has none, so re-provisioning never overwrites a site's policy or its ledgers.
+  site has none, so re-provisioning never overwrites a site's policy or its ledgers;
+* ``<kit>/ai4hi/site.yaml``: the site's settings (``data_dir``), also written only if absent.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import yaml
 from ai4hi_sdk.config.consortium import ConsortiumSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+from ai4hi_sdk.site_paths import SITE_SETTINGS
 
 #: SDK classes sites and server must be allowed to instantiate (NVFlare's class allow list)
 SDK_CLASSES = [
@@ -89,9 +91,14 @@ def _allow_sdk_classes(resources: dict[str, Any]) -> None:
     allow.extend(c for c in SDK_CLASSES if c not in allow)
 
 
-def overlay_site(kit: Path, site_gpus: int, policy: dict[str, Any]) -> dict[str, str]:
-    """Write the site's ``local/`` config and, if absent, its privacy policy. Returns what was done."""
+def overlay_site(kit: Path, site_gpus: int, policy: dict[str, Any], data_root: str) -> dict[str, str]:
+    """Write the site's ``local/`` config and, if absent, its privacy policy and site settings
+    (``ai4hi/site.yaml``: where the site's data lives). Returns what was done."""
     local, done = kit / "local", {}
+    settings = kit / SITE_SETTINGS
+    if not settings.exists():
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(yaml.safe_dump({"data_dir": data_root}))
     resources = _load_default(local, "resources.json")
     _allow_sdk_classes(resources)
     for component in resources.get("components", []):
@@ -151,7 +158,7 @@ def provision(consortium: ConsortiumSpec, out: str | Path) -> dict[str, Any]:
         kit = prod / site.name
         if previous is not None and (previous / site.name / "ai4hi").is_dir() and previous != prod:
             shutil.copytree(previous / site.name / "ai4hi", kit / "ai4hi", dirs_exist_ok=True)
-        kits["sites"][site.name] = {"kit": str(kit), **overlay_site(kit, site.gpus, policy)}
+        kits["sites"][site.name] = {"kit": str(kit), **overlay_site(kit, site.gpus, policy, site.data_root)}
     for person in consortium.people:
         kits["admins"][person.email] = str(prod / person.email)
     (out / "ai4hi_kits.json").write_text(json.dumps(kits, indent=2))

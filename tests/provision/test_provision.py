@@ -56,6 +56,8 @@ def test_sites_are_overlaid_with_sdk_config(kits):
         assert gpus == [0 if site == "hospital-1" else 1]
         policy = yaml.safe_load((Path(entry["kit"]) / "ai4hi" / "site_policy.yaml").read_text())
         assert policy["max_epsilon_per_dataset"] == 10.0 and policy["require_dp"] is True
+        settings = yaml.safe_load((Path(entry["kit"]) / "ai4hi" / "site.yaml").read_text())
+        assert settings["data_dir"] == {"hospital-1": "/data/cxr", "hospital-2": "/srv/dicom/cxr"}[site]
 
 
 def test_server_storage_stays_inside_the_kit(kits):
