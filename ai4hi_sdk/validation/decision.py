@@ -1,0 +1,216 @@
+"""Update decision engine and its signed, hash-chained decision log.
+
+``decide(evidence, policy)`` applies the policy's rules to per-site aggregate evidence and returns a
+:class:`Decision` with every rule's outcome. Precedence: ``retrain`` (a retrain rule fired) over
+``replace`` (every replace rule passed) over ``keep``.
+
+``DecisionLog`` appends decision records to a :class:`HashChainLog` and signs each record with an
+Ed25519 key; :func:`verify_log` checks the chain and every signature and names the first bad line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field
+
+from ai4hi_sdk.audit.hash_chain import ChainCheck, HashChainLog, verify_chain
+from ai4hi_sdk.validation.meta_analysis import random_effects
+from ai4hi_sdk.validation.update_policy import UpdatePolicy
+
+
+class SiteEvidence(BaseModel):
+    """One site's aggregates for the candidate and champion on its fixed test split."""
+
+    model_config = ConfigDict(extra="forbid")
+    site: str
+    n: int = Field(ge=0)
+    candidate_auroc: float
+    champion_auroc: float
+    auroc_delta: float
+    auroc_delta_ci: tuple[float, float]
+    auroc_delta_variance: float | None = None
+    candidate_subgroup_gap: float | None = None
+    champion_subgroup_gap: float | None = None
+    drift_alarm: bool = False
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sites: list[SiteEvidence]
+
+
+class RuleResult(BaseModel):
+    rule: str
+    passed: bool
+    detail: str
+
+
+class Decision(BaseModel):
+    decision: Literal["replace", "keep", "retrain"]
+    reasons: list[str]
+    rules: list[RuleResult]
+    sites_used: list[str]
+    sites_excluded: list[str] = []
+    pooled: dict[str, Any] | None = None
+
+
+def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
+    """Apply ``policy`` to ``evidence``; see the module doc for precedence."""
+    ev = evidence if isinstance(evidence, Evidence) else Evidence.model_validate(evidence)
+    rp, rt = policy.replace_if, policy.retrain_if
+    used = [s for s in ev.sites if s.n >= rp.min_site_support]
+    excluded = [s for s in ev.sites if s.n < rp.min_site_support]
+    reasons: list[str] = [f"site {s.site} excluded: support n={s.n} < min_site_support {rp.min_site_support}"
+                          for s in excluded]
+    rules: list[RuleResult] = []
+
+    def rule(name: str, passed: bool, detail: str) -> bool:
+        rules.append(RuleResult(rule=name, passed=passed, detail=detail))
+        return passed
+
+    ok = rule("replace_if.min_site_support", bool(used),
+              f"{len(used)} of {len(ev.sites)} sites have n >= {rp.min_site_support}")
+    if used:
+        bad = [s for s in used if not s.auroc_delta_ci[0] > rp.auroc_delta_lower_bound_gt]
+        ok &= rule("replace_if.auroc_delta_lower_bound_gt", not bad,
+                   "; ".join(f"{s.site}: lower bound {s.auroc_delta_ci[0]:.4f}" for s in used)
+                   + f" (must be > {rp.auroc_delta_lower_bound_gt})")
+        if rp.max_subgroup_gap_widening is not None:
+            parts, widened = [], []
+            for s in used:
+                if s.candidate_subgroup_gap is None or s.champion_subgroup_gap is None:
+                    parts.append(f"{s.site}: no subgroup gap available")
+                    continue
+                w = s.candidate_subgroup_gap - s.champion_subgroup_gap
+                parts.append(f"{s.site}: gap {s.champion_subgroup_gap:.4f} -> {s.candidate_subgroup_gap:.4f} ({w:+.4f})")
+                if w > rp.max_subgroup_gap_widening:
+                    widened.append(s.site)
+            ok &= rule("replace_if.max_subgroup_gap_widening", not widened,
+                       "; ".join(parts) + f" (widening must be <= {rp.max_subgroup_gap_widening})")
+    pooled = None
+    with_var = [s for s in used if s.auroc_delta_variance and s.auroc_delta_variance > 0]
+    if with_var:
+        pooled = random_effects([s.auroc_delta for s in with_var], [s.auroc_delta_variance for s in with_var])
+        pooled = {k: v for k, v in pooled.items() if k != "fixed"} | {"sites": [s.site for s in with_var]}
+    if rp.pooled_delta_lower_bound_gt is not None:
+        ok &= rule("replace_if.pooled_delta_lower_bound_gt",
+                   pooled is not None and pooled["ci"][0] > rp.pooled_delta_lower_bound_gt,
+                   "no site reported a variance" if pooled is None else
+                   f"random-effects pooled delta {pooled['estimate']:.4f}, lower bound {pooled['ci'][0]:.4f}"
+                   f" (must be > {rp.pooled_delta_lower_bound_gt})")
+    replace_ok = bool(ok)
+
+    retrain = False
+    if rt.drift_alarm:
+        alarmed = [s.site for s in ev.sites if s.drift_alarm]
+        fired = rule("retrain_if.drift_alarm", bool(alarmed),
+                     f"drift alarm at {', '.join(alarmed)}" if alarmed else "no drift alarm")
+        retrain |= fired
+    if rt.auroc_below is not None and used:
+        which = "candidate" if replace_ok else "champion"
+        low = [s for s in used if getattr(s, f"{which}_auroc") < rt.auroc_below]
+        fired = rule("retrain_if.auroc_below", bool(low),
+                     f"{which} (the model to deploy) AUROC "
+                     + "; ".join(f"{s.site}: {getattr(s, f'{which}_auroc'):.4f}" for s in used)
+                     + f" (floor {rt.auroc_below})")
+        retrain |= fired
+
+    if retrain:
+        decision = "retrain"
+        reasons += [f"{r.rule} fired: {r.detail}" for r in rules if r.rule.startswith("retrain_if") and r.passed]
+        if replace_ok:
+            reasons.append("candidate passed every replace rule, but a retrain rule takes precedence")
+    elif replace_ok:
+        decision = "replace"
+        reasons.append("every replace rule passed at every used site")
+    else:
+        decision = "keep"
+        reasons += [f"{r.rule} failed: {r.detail}" for r in rules if r.rule.startswith("replace_if") and not r.passed]
+    return Decision(decision=decision, reasons=reasons, rules=rules, sites_used=[s.site for s in used],
+                    sites_excluded=[s.site for s in excluded], pooled=pooled)
+
+
+# ---------------------------------------------------------------- signed decision log
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def public_key_hex(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def _as_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKey:
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    if isinstance(key, str):
+        key = bytes.fromhex(key)
+    return Ed25519PublicKey.from_public_bytes(key)
+
+
+class DecisionLog:
+    """Signed decision records appended to a hash-chained JSON-lines log.
+
+    Each chain record is ``{"body": {...}, "signer": <public key hex>, "signature": <base64>}`` where the
+    signature is Ed25519 over the canonical JSON of ``body``. ``body`` holds the decision, an evidence
+    summary and the model lineage (parent model sha256, model sha256, job id, data stats, epsilon spent).
+    """
+
+    def __init__(self, path: str | Path, signing_key: Ed25519PrivateKey):
+        self.chain = HashChainLog(path)
+        self.key = signing_key
+
+    def append(
+        self,
+        decision: Decision,
+        evidence: Evidence,
+        *,
+        parent_model_sha256: str | None,
+        model_sha256: str | None = None,
+        job_id: str | None = None,
+        data_stats: dict[str, Any] | None = None,
+        epsilon_spent: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "decision": decision.model_dump(mode="json"),
+            "evidence": evidence.model_dump(mode="json"),
+            "lineage": {"parent_model_sha256": parent_model_sha256, "model_sha256": model_sha256,
+                        "job_id": job_id, "data_stats": data_stats or {}, "epsilon_spent": epsilon_spent},
+        }
+        if extra:
+            body["extra"] = extra
+        body = json.loads(_canonical(body))
+        signature = base64.b64encode(self.key.sign(_canonical(body))).decode()
+        return self.chain.append({"body": body, "signer": public_key_hex(self.key), "signature": signature})
+
+
+def verify_log(path: str | Path, public_key: Ed25519PublicKey | bytes | str) -> ChainCheck:
+    """Verify the hash chain, then every record's Ed25519 signature by ``public_key``; name the first bad line."""
+    check = verify_chain(path)
+    if not check.ok:
+        return check
+    key = _as_public_key(public_key)
+    count = 0
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)["record"]
+            try:
+                sig = base64.b64decode(record["signature"], validate=True)
+                key.verify(sig, _canonical(record["body"]))
+            except (KeyError, TypeError, ValueError, InvalidSignature):
+                return ChainCheck(False, count, line_no, "signature missing or not valid for this public key")
+            count += 1
+    return ChainCheck(True, count)
