@@ -1,0 +1,60 @@
+"""Segmentation validation: Dice and HD95 of binary 3D masks via MONAI metrics, aggregates only.
+
+Per-case values are computed in memory and reduced to a mean and a support count; they are not returned.
+A case whose metric is undefined (empty ground truth for Dice; an empty mask on either side for HD95)
+is left out of that metric's mean and counted in ``*_undefined``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import warnings
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, compute_hausdorff_distance
+
+
+def _as_batch(masks) -> torch.Tensor:
+    """List of (H, W, D) masks or an array (B, H, W, D) -> float tensor (B, 1, H, W, D)."""
+    if isinstance(masks, (list, tuple)):
+        arr = np.stack([np.asarray(m) for m in masks])
+    else:
+        arr = np.asarray(masks)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise ValueError(f"expected binary 3D masks (B, H, W, D), got shape {arr.shape}")
+    return torch.as_tensor(arr != 0, dtype=torch.float32)[:, None]
+
+
+def segmentation_report(pred_masks, true_masks, *, spacing: Sequence[float] | None = None) -> dict:
+    """Mean Dice and mean HD95 (in the units of ``spacing``, voxels if None) over cases.
+
+    Returns ``{"n", "dice", "n_dice", "dice_undefined", "hd95", "n_hd95", "hd95_undefined", "spacing"}``.
+    """
+    pred, true = _as_batch(pred_masks), _as_batch(true_masks)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != ground truth shape {tuple(true.shape)}")
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true).ravel().numpy()
+    with warnings.catch_warnings():  # empty masks are handled below; MONAI's deprecation notice is internal
+        warnings.filterwarnings("ignore", message=".*is all 0.*")
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        hd = compute_hausdorff_distance(pred, true, include_background=True, percentile=95,
+                                        spacing=None if spacing is None else [float(s) for s in spacing])
+    hd = hd.ravel().numpy().astype(np.float64)
+    empty = (pred.flatten(1).sum(1) == 0) | (true.flatten(1).sum(1) == 0)
+    hd[empty.numpy()] = np.nan
+    dice_ok, hd_ok = np.isfinite(dice), np.isfinite(hd)
+    n = int(pred.shape[0])
+    return {
+        "n": n,
+        "dice": float(dice[dice_ok].mean()) if dice_ok.any() else float("nan"),
+        "n_dice": int(dice_ok.sum()),
+        "dice_undefined": int(n - dice_ok.sum()),
+        "hd95": float(hd[hd_ok].mean()) if hd_ok.any() else float("nan"),
+        "n_hd95": int(hd_ok.sum()),
+        "hd95_undefined": int(n - hd_ok.sum()),
+        "spacing": None if spacing is None else [float(s) for s in spacing],
+    }
