@@ -12,25 +12,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import norm, rankdata
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    n = len(x)
-    ranks = np.zeros(n)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and sorted_x[j] == sorted_x[i]:
-            j += 1
-        ranks[i:j] = 0.5 * (i + j - 1) + 1
-        i = j
-    out = np.empty(n)
-    out[order] = ranks
-    return out
+    """Midranks (ties get the average rank), 1-based."""
+    return rankdata(x, method="average")
 
 
 def delong_auc_cov(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,17 +64,39 @@ def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, n_bins: int
     return float(ece)
 
 
+def _bootstrap_ci(y: np.ndarray, p: np.ndarray, n_bootstrap: int, ci: float, seed: int) -> tuple[float, float, float]:
+    """Stratified (per-class) percentile bootstrap of the AUROC: (lo, hi, variance)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = p[y == 1], p[y == 0]
+    m, n = pos.size, neg.size
+    aucs = np.empty(n_bootstrap)
+    for b in range(n_bootstrap):
+        s = np.concatenate([rng.choice(pos, m), rng.choice(neg, n)])
+        ranks = _midrank(s)
+        aucs[b] = (ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
+    lo, hi = np.percentile(aucs, [50 * (1 - ci), 50 * (1 + ci)])
+    return float(lo), float(hi), float(aucs.var(ddof=1))
+
+
 def classification_report(
-    labels, prob, *, threshold: float = 0.5, n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0
+    labels,
+    prob,
+    *,
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    ci_method: str = "delong",
 ) -> dict:
     """Aggregate metrics of a binary classifier on a fixed test split.
 
     Returns ``{"n", "positives", "auroc", "auroc_ci": [lo, hi], "auroc_var", "ci_method",
     "threshold", "sensitivity", "specificity", "ece", "brier"}``. AUROC fields are NaN/None when only
-    one class is present. ``n_bootstrap``/``seed`` are accepted for API stability but the interval is
-    DeLong's (analytic), so they are unused; ``ci_method`` says so.
+    one class is present. ``ci_method="delong"`` (default, analytic; ``n_bootstrap``/``seed`` unused) or
+    ``"bootstrap"`` (stratified percentile bootstrap with ``n_bootstrap`` resamples from ``seed``).
     """
-    del n_bootstrap, seed
+    if ci_method not in ("delong", "bootstrap"):
+        raise ValueError("ci_method must be 'delong' or 'bootstrap'")
     y = np.asarray(labels).astype(int).ravel()
     p = np.asarray(prob, dtype=np.float64).ravel()
     if y.shape != p.shape:
@@ -98,16 +108,21 @@ def classification_report(
         "positives": positives,
         "threshold": float(threshold),
         "ci": float(ci),
-        "ci_method": "delong-logit",
+        "ci_method": "delong-logit" if ci_method == "delong" else "stratified-bootstrap",
         "sensitivity": float(pred[y == 1].mean()) if positives else float("nan"),
         "specificity": float((~pred[y == 0]).mean()) if n - positives else float("nan"),
         "ece": expected_calibration_error(y, p) if n else float("nan"),
         "brier": float(brier_score_loss(y, p)) if n else float("nan"),
     }
     if 0 < positives < n:
-        aucs, cov = delong_auc_cov(y, p[None, :])
-        auc, var = float(aucs[0]), float(cov[0, 0])
-        out.update(auroc=float(roc_auc_score(y, p)), auroc_var=var, auroc_ci=list(_logit_ci(auc, var, ci)))
+        if ci_method == "delong":
+            aucs, cov = delong_auc_cov(y, p[None, :])
+            auc, var = float(aucs[0]), float(cov[0, 0])
+            interval = list(_logit_ci(auc, var, ci))
+        else:
+            lo, hi, var = _bootstrap_ci(y, p, n_bootstrap, ci, seed)
+            interval = [lo, hi]
+        out.update(auroc=float(roc_auc_score(y, p)), auroc_var=var, auroc_ci=interval)
     else:
         out.update(auroc=float("nan"), auroc_var=float("nan"), auroc_ci=None)
     return out

@@ -92,3 +92,14 @@ def test_ece_hand_computed():
 def test_one_class_has_no_auroc():
     r = classification_report(np.ones(5), np.linspace(0.1, 0.9, 5))
     assert np.isnan(r["auroc"]) and r["auroc_ci"] is None and r["n"] == 5
+
+
+def test_bootstrap_ci_option_agrees_with_delong():
+    y, p = _data(n=400, seed=1)
+    d = classification_report(y, p)
+    b = classification_report(y, p, ci_method="bootstrap", n_bootstrap=500, seed=3)
+    assert b["ci_method"] == "stratified-bootstrap" and d["ci_method"] == "delong-logit"
+    assert b["auroc"] == d["auroc"]
+    assert b["auroc_ci"][0] == pytest.approx(d["auroc_ci"][0], abs=0.015)
+    assert b["auroc_ci"][1] == pytest.approx(d["auroc_ci"][1], abs=0.015)
+    assert b == classification_report(y, p, ci_method="bootstrap", n_bootstrap=500, seed=3)
