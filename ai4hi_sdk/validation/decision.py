@@ -40,6 +40,29 @@ class SiteEvidence(BaseModel):
     champion_subgroup_gap: float | None = None
     drift_alarm: bool = False
 
+    @classmethod
+    def from_results(
+        cls,
+        site: str,
+        paired: dict,
+        *,
+        candidate_audit: dict | None = None,
+        champion_audit: dict | None = None,
+        gap_metric: str = "auroc",
+        drift_alarm: bool = False,
+    ) -> "SiteEvidence":
+        """Build from :func:`paired_auroc_difference` output and the two models' :func:`subgroup_audit`."""
+        from ai4hi_sdk.validation.subgroups import max_gap
+
+        return cls(
+            site=site, n=paired["n"], candidate_auroc=paired["auroc_candidate"],
+            champion_auroc=paired["auroc_champion"], auroc_delta=paired["delta"],
+            auroc_delta_ci=tuple(paired["ci"]), auroc_delta_variance=paired["variance"],
+            candidate_subgroup_gap=max_gap(candidate_audit, gap_metric) if candidate_audit else None,
+            champion_subgroup_gap=max_gap(champion_audit, gap_metric) if champion_audit else None,
+            drift_alarm=drift_alarm,
+        )
+
 
 class Evidence(BaseModel):
     model_config = ConfigDict(extra="forbid")

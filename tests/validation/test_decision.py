@@ -138,3 +138,28 @@ def test_tampering_detected(tmp_path):
     assert not check.ok and check.bad_line == 3
     # wrong key
     assert verify_log(_log(tmp_path / "c", key), Ed25519PrivateKey.generate().public_key()).bad_line == 1
+
+
+def test_evidence_from_site_results_end_to_end():
+    import numpy as np
+
+    from ai4hi_sdk.validation.classification import paired_auroc_difference
+    from ai4hi_sdk.validation.decision import SiteEvidence
+    from ai4hi_sdk.validation.subgroups import subgroup_audit
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    sex = np.where(rng.random(n) < 0.5, "F", "M")
+    champ = rng.normal(size=n) + 1.0 * y
+    # candidate: much better for M, unchanged for F -> better on average, subgroup gap widens
+    cand = np.where(sex == "M", rng.normal(size=n) * 0.3 + 1.0 * y, champ)
+    paired = paired_auroc_difference(y, cand, champ)
+    ev = SiteEvidence.from_results(
+        "A", paired,
+        candidate_audit=subgroup_audit(y, cand, {"sex": sex.tolist()}),
+        champion_audit=subgroup_audit(y, champ, {"sex": sex.tolist()}),
+    )
+    assert ev.auroc_delta > 0 and ev.auroc_delta_ci[0] > -0.01
+    d = decide(Evidence(sites=[ev]), POLICY)
+    assert d.decision == "keep" and not rule(d, "replace_if.max_subgroup_gap_widening").passed
