@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ai4hi_sdk.config.loader import load_yaml_model
+from ai4hi_sdk.config.loader import StrictModel, load_yaml_model
 from ai4hi_sdk.privacy.dp.policy import SitePrivacyPolicy
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -22,11 +22,7 @@ _ORG = re.compile(r"^[A-Za-z0-9_]+$")  # NVFlare's rule for organisation names
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerSpec(_Strict):
+class ServerSpec(StrictModel):
     """The aggregation server. ``host: localhost`` binds 127.0.0.1 (tests, demos)."""
 
     host: str
@@ -56,7 +52,7 @@ def _check_org(value: str) -> str:
     return value
 
 
-class SiteSpec(_Strict):
+class SiteSpec(StrictModel):
     """One hospital site."""
 
     name: str
@@ -75,7 +71,7 @@ class SiteSpec(_Strict):
     _org = field_validator("org")(classmethod(lambda cls, v: _check_org(v)))
 
 
-class PersonSpec(_Strict):
+class PersonSpec(StrictModel):
     email: str
     org: str
     role: Literal["lead", "site_admin", "project_admin", "member"]
@@ -90,7 +86,7 @@ class PersonSpec(_Strict):
         return value
 
 
-class ConsortiumSpec(_Strict):
+class ConsortiumSpec(StrictModel):
     """A consortium: server, sites, people, default site privacy policy."""
 
     name: str

@@ -13,20 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ai4hi_sdk.config.loader import load_yaml_model
+from ai4hi_sdk.config.loader import StrictModel, load_yaml_model
 from ai4hi_sdk.errors import ConfigError
 
 _JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     """Local training settings, identical at every site."""
 
     rounds: int = Field(3, ge=1, le=10_000, description="federated rounds")
@@ -42,14 +38,14 @@ class TrainSpec(_Strict):
     threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads per site (None: torch default)")
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """How a site turns its DICOM folder into tensors."""
 
     image_size: int = Field(64, ge=8, le=2048, description="images are resized to image_size x image_size pixels")
     label_column: str = "label"
 
 
-class DPSGDSpec(_Strict):
+class DPSGDSpec(StrictModel):
     """Patient-level DP-SGD (opacus) at every site: Poisson sampling, per-sample clipping, noise.
 
     Give ``noise_multiplier`` or ``target_epsilon`` (the epsilon the whole job may spend per
@@ -72,7 +68,7 @@ class DPSGDSpec(_Strict):
         return self
 
 
-class ClientDPSpec(_Strict):
+class ClientDPSpec(StrictModel):
     """Client-level (distributed) DP: each site clips its delta to L2 norm ``clip`` and adds
     Gaussian noise so that the sum over sites carries N(0, (noise_multiplier * clip)^2)."""
 
@@ -80,14 +76,14 @@ class ClientDPSpec(_Strict):
     noise_multiplier: float = Field(ge=0, le=1000)
 
 
-class PrivacySpec(_Strict):
+class PrivacySpec(StrictModel):
     """Privacy protections the job asks for (a site's policy may demand more)."""
 
     dp_sgd: DPSGDSpec | None = None
     client_dp: ClientDPSpec | None = None
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """A federated job: what to train, on which task, for how long."""
 
     name: str

@@ -17,6 +17,12 @@ from ai4hi_sdk.errors import ConfigError
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
 
+class StrictModel(pydantic.BaseModel):
+    """Base of every config schema: unknown keys are errors, values are immutable."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
 def _field_path(loc: tuple) -> str:
     return ".".join(str(part) for part in loc) or "<root>"
 

@@ -150,7 +150,7 @@ def run_simulator(job_dir: Path, sim_workspace: Path, sites: list[str], log_path
     return proc.returncode
 
 
-def collect_results(workspace: Path, sites: list[str], return_code: int) -> dict:
+def collect_results(workspace: Path, sites: list[str], return_code: int, extra: dict | None = None) -> dict:
     """Copy model, metrics and logs from the simulator workspace into ``WS/result`` and return
     the metrics record (with pointers to the egress logs)."""
     sim, result = workspace / "simulate", workspace / "result"
@@ -180,6 +180,7 @@ def collect_results(workspace: Path, sites: list[str], return_code: int) -> dict
             (result / "privacy").mkdir(exist_ok=True)
             shutil.copy2(ledger, result / "privacy" / f"{site}.jsonl")
             metrics.setdefault("privacy", {})[site] = _privacy_summary(ledger)
+    metrics.update(extra or {})
     (result / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
@@ -229,7 +230,5 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
     code = run_simulator(job_dir, workspace / "simulate", chosen, workspace / "simulate.log",
                          simulator_env(workspace, len(chosen)), timeout_s,
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
-    metrics = collect_results(workspace, chosen, code)
-    metrics["site_policies"] = policies
-    (workspace / "result" / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    metrics = collect_results(workspace, chosen, code, extra={"site_policies": policies})
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)
