@@ -197,6 +197,23 @@ def _privacy_summary(ledger_path: Path) -> dict:
     return out
 
 
+def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str], *, timeout_s: float = 1800,
+                     sites_root: str | Path | None = None,
+                     on_poll: Callable[[Path], None] | None = None) -> int:
+    """Run an already-built NVFlare job folder in the simulator, every path redirected under
+    ``workspace`` (``WS/simulate/``, ``WS/simulate.log``, caches, temp files). Sites keep their state
+    in ``sites_root/<site>`` (default ``WS/sites``). Returns the simulator's exit code (124: killed
+    after ``timeout_s``); ``on_poll`` gets the server run folder about twice a second."""
+    workspace = Path(workspace).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    env = simulator_env(workspace, len(sites))
+    if sites_root is not None:
+        env[SITE_WORKSPACE_ROOT_ENV] = str(Path(sites_root).resolve())
+    run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
+    return run_simulator(Path(job_dir), workspace / "simulate", sites, workspace / "simulate.log", env, timeout_s,
+                         on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
+
+
 def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
              n_sites: int | None = None, timeout_s: float = 1800, site_policy: str | Path | None = None,
              on_poll: Callable[[Path], None] | None = None) -> SimulationResult:
@@ -225,10 +242,7 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
     workspace.mkdir(parents=True, exist_ok=True)
     policies = install_site_policies(workspace, chosen, site_policy)
     job_dir = export_job(spec, workspace / "job", data_root=data_root)
-    run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
     started = time.monotonic()
-    code = run_simulator(job_dir, workspace / "simulate", chosen, workspace / "simulate.log",
-                         simulator_env(workspace, len(chosen)), timeout_s,
-                         on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
+    code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll)
     metrics = collect_results(workspace, chosen, code, extra={"site_policies": policies})
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)

@@ -300,6 +300,37 @@ class SiteTrainer:
         load_exchanged_state(self.model, global_state)
         return _finite({f"val_{k}": v for k, v in self._evaluate_split(self.model).items()})
 
+    def predict_test(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Any, Any, dict[str, list[str]]]:
+        """Per-study predictions of ``global_state`` on this site's fixed test split — for local
+        validation only: the caller reduces them to aggregates, they never leave the site.
+
+        Returns ``(scores, labels, attributes)``: float64 array ``(n,)`` of P(class 1) (softmax of
+        2+ logits, sigmoid of one), int array ``(n,)``, and attribute name -> ``n`` subgroup
+        strings (``dataset.attributes(i)``; empty if the dataset has none). Assumes batches of
+        ``(images, labels)``; override for other tasks.
+        """
+        import numpy as np
+
+        self.guard.check_job("validate")
+        load_exchanged_state(self.model, global_state)
+        dataset = self.datasets.test
+        scores, labels = [], []
+        self.model.eval()
+        with torch.no_grad():
+            for images, targets in self.loader(dataset, shuffle=False):
+                with self.autocast():
+                    logits = self.model(self.to_device(images)).float()
+                prob = torch.softmax(logits, 1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
+                scores.append(prob.cpu().numpy())
+                labels.append(targets.numpy())
+        attributes: dict[str, list[str]] = {}
+        if hasattr(dataset, "attributes"):
+            for i in range(len(dataset)):
+                for name, value in dataset.attributes(i).items():
+                    attributes.setdefault(name, []).append(str(value))
+        return (np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
+                np.concatenate(labels).astype(int) if labels else np.zeros(0, int), attributes)
+
     def _evaluate_split(self, model: nn.Module) -> dict[str, float]:
         dataset = self.datasets.val
         model.eval()

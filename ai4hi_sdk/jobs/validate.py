@@ -1,0 +1,100 @@
+"""Run a validation / monitoring job in the NVFlare simulator and collect its record.
+
+Workspace layout::
+
+    WS/job/<name>/                 the exported NVFlare job
+    WS/simulate/, WS/simulate.log  the simulator's workspace and output
+    WS/result/validation.json      the server's record: per-site aggregate reports, drift statistics,
+                                   refusals and rejections, model hashes
+    WS/result/egress/<site>.jsonl  copy of each site's hash-chained egress log
+    WS/result/receipts.jsonl       what the server received (descriptions only)
+
+Site state (policy, egress log, drift references) lives in ``sites_root/<site>/ai4hi/`` — by
+default ``WS/sites`` — so a continuous loop shares it between its training, validation and
+monitoring jobs, as a real site does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.config.validation_spec import ValidationSpec
+from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
+from ai4hi_sdk.jobs.components.validation_controller import RESULT_FILE
+from ai4hi_sdk.jobs.simulate import DEFAULT_SITE_POLICY, SIM_JOB_ID, discover_sites, simulate_job_dir
+from ai4hi_sdk.jobs.validation_builder import export_validation_job
+from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+
+RESULT_JSON = "validation.json"
+
+
+@dataclass
+class ValidationRun:
+    """Where a validation job's record is and how it ended."""
+
+    result_dir: Path
+    record: dict
+    return_code: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.return_code == 0 and self.record.get("status") == "completed"
+
+
+def run_validation(spec: JobSpec, config: ValidationSpec, data_root: str | Path, workspace: str | Path, *,
+                   champion: Mapping[str, torch.Tensor] | str | Path,
+                   candidate: Mapping[str, torch.Tensor] | str | Path | None = None,
+                   tasks: Sequence[str] = ("validate",), sites: list[str] | None = None,
+                   sites_root: str | Path | None = None, timeout_s: float = 600) -> ValidationRun:
+    """Export and simulate a validation and/or monitoring job over the site folders of ``data_root``.
+
+    A simulated site without a privacy policy gets the SDK default (which allows ``validate`` and
+    ``monitor``); a site's own policy is kept and enforced.
+    """
+    data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
+    sites_root = Path(sites_root).resolve() if sites_root is not None else workspace / "sites"
+    chosen = sites or discover_sites(data_root)
+    for stale in ("job", "simulate", "result"):
+        shutil.rmtree(workspace / stale, ignore_errors=True)
+    workspace.mkdir(parents=True, exist_ok=True)
+    for site in chosen:
+        policy = sites_root / site / SITE_POLICY
+        if not policy.exists():
+            policy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(DEFAULT_SITE_POLICY, policy)
+    job_dir = export_validation_job(spec, config, workspace / "job", champion=champion, candidate=candidate,
+                                    tasks=tasks, data_root=data_root)
+    started = time.monotonic()
+    code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, sites_root=sites_root)
+    seconds = time.monotonic() - started
+    result = workspace / "result"
+    result.mkdir(parents=True, exist_ok=True)
+    run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
+    src = run_dir / RESULT_FILE
+    record = json.loads(src.read_text()) if src.exists() else {
+        "status": "failed", "reason": f"the simulator ended (exit code {code}) before the job wrote results"}
+    if code != 0 and record.get("status") in ("running", "completed"):
+        record["status"] = "failed"
+        record["reason"] = f"simulator exit code {code}" + (" (timed out)" if code == 124 else "")
+    if (run_dir / RECEIPT_LOG).exists():
+        shutil.copy2(run_dir / RECEIPT_LOG, result / "receipts.jsonl")
+        record["receipt_log"] = "receipts.jsonl"
+    record["egress_logs"] = {}
+    for site in chosen:
+        log = sites_root / site / EGRESS_LOG
+        if log.exists():
+            (result / "egress").mkdir(exist_ok=True)
+            shutil.copy2(log, result / "egress" / f"{site}.jsonl")
+            record["egress_logs"][site] = {"copy": f"egress/{site}.jsonl", "site_log": str(log)}
+    record["seconds"] = round(seconds, 3)
+    (result / RESULT_JSON).write_text(json.dumps(record, indent=2, sort_keys=True))
+    return ValidationRun(result, record, code, seconds)
