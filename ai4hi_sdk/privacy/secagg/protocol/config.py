@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..primitives.keystream import CIPHERS, DEFAULT_CIPHER
 from ..primitives.quantize import check_no_overflow
 
 
@@ -14,7 +15,7 @@ class SecAggConfig:
     clip: float = 1.0
     scale: float = 2.0**16
     bits: int = 32
-    cipher: str = "aes-ctr"
+    cipher: str = DEFAULT_CIPHER  # AES-128-CTR: 128-bit security, as X25519 gives
     advertise_timeout_s: float = 60.0
     share_timeout_s: float = 60.0
     input_timeout_s: float = 600.0
@@ -26,6 +27,8 @@ class SecAggConfig:
             raise ValueError(f"neighbours (k) must be None or an int >= 2, got {self.neighbours!r}")
         if self.threshold is not None and (not isinstance(self.threshold, int) or self.threshold < 2):
             raise ValueError(f"threshold (t) must be None or an int >= 2, got {self.threshold!r}")
+        if self.cipher not in CIPHERS:
+            raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, got {self.cipher!r}")
         if self.bits != 32:
             raise ValueError(f"only 32-bit quantisation is supported, got bits={self.bits!r}")
         for name in ("advertise_timeout_s", "share_timeout_s", "input_timeout_s", "unmask_timeout_s"):

@@ -1,0 +1,143 @@
+"""What a site's masked vector carries, and how the server reads the unmasked sum (pure numpy).
+
+One uint32 vector per site and round (:class:`~..primitives.quantize.VectorLayout`)::
+
+    delta          n_params  clip(delta) * (w / w_max), fixed point, stochastic rounding
+    weight         1         w (training examples), exact integer
+    metric_sums    m         clip(metric value), fixed point         (secure metrics only)
+    metric_counts  m         1 if the site reported the metric, else 0 (secure metrics only)
+
+so the server learns the weighted mean delta, the total weight and each metric's mean over the
+sites that reported it -- never one site's delta, weight or metric. ``w_max``
+(``max_samples_per_site``) is public job configuration; the weight is folded in as a multiplier
+``w / w_max <= 1`` so no site's weight leaves in the clear.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..primitives.quantize import (QuantizationConfig, VectorLayout, decode_count_sums, dequantize_sum,
+                                   dequantize_weighted_mean, encode_counts, quantize, weight_multiplier,
+                                   weighted_error_bound)
+
+#: metric values are clipped to +- this before quantisation (losses, AUROC, seconds, epsilon fit)
+METRIC_CLIP = 1.0e4
+
+
+@dataclass(frozen=True)
+class DecodedSum:
+    """The server's view after unmasking.
+
+    Attributes:
+        mean_delta: name -> float32 array, the sample-weighted mean of the survivors' clipped deltas.
+        total_weight: sum of the survivors' training-example counts.
+        metric_means: metric -> mean over the survivors that reported it (secure metrics only).
+        metric_counts: metric -> how many survivors reported it.
+    """
+
+    mean_delta: dict[str, np.ndarray]
+    total_weight: int
+    metric_means: dict[str, float]
+    metric_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PayloadCodec:
+    """Packs (delta, weight, metrics) into the vector a site masks; unpacks the server's sum.
+
+    Args:
+        tensors: ``(name, shape)`` of every exchanged float entry, in a fixed order.
+        n_sites: the most vectors ever summed (the job's site count: the overflow guard uses it).
+        clip: every delta element is clipped to ``[-clip, clip]``.
+        max_weight: the largest training-set size a site may have (``w_max``).
+        metric_names: metrics that travel masked (empty: none).
+    """
+
+    tensors: tuple[tuple[str, tuple[int, ...]], ...]
+    n_sites: int
+    clip: float
+    max_weight: int
+    metric_names: tuple[str, ...] = ()
+
+    @cached_property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(shape, dtype=np.int64)) for _, shape in self.tensors)
+
+    @cached_property
+    def layout(self) -> VectorLayout:
+        m = len(self.metric_names)
+        return VectorLayout((("delta", sum(self.sizes)), ("weight", 1), ("metric_sums", m), ("metric_counts", m)))
+
+    @cached_property
+    def delta_config(self) -> QuantizationConfig:
+        return QuantizationConfig(clip=self.clip, n_sites=self.n_sites)
+
+    @cached_property
+    def metric_config(self) -> QuantizationConfig:
+        return QuantizationConfig(clip=METRIC_CLIP, n_sites=self.n_sites)
+
+    @property
+    def length(self) -> int:
+        """uint32 coordinates per vector."""
+        return self.layout.total
+
+    def encode(self, delta: Mapping[str, np.ndarray], weight: int, metrics: Mapping[str, float]) -> np.ndarray:
+        """The site's vector (before masking). Raises ValueError for a missing/misshapen entry,
+        non-finite values, or a weight outside ``[1, max_weight]`` (fail closed)."""
+        vec = self.layout.allocate()
+        flat = np.empty(sum(self.sizes), dtype=np.float32)
+        off = 0
+        for (name, shape), size in zip(self.tensors, self.sizes):
+            if name not in delta:
+                raise ValueError(f"delta lacks '{name}'")
+            arr = np.asarray(delta[name], dtype=np.float32)
+            if arr.shape != tuple(shape):
+                raise ValueError(f"delta '{name}' has shape {arr.shape}, expected {tuple(shape)}")
+            flat[off:off + size] = arr.reshape(-1)
+            off += size
+        extra = set(delta) - {n for n, _ in self.tensors}
+        if extra:
+            raise ValueError(f"delta has unexpected entries {sorted(extra)}")
+        if not isinstance(weight, (int, np.integer)) or not 1 <= weight <= self.max_weight:
+            raise ValueError(f"training examples {weight!r} outside [1, max_samples_per_site={self.max_weight}]")
+        quantize(flat, self.delta_config, multiplier=weight_multiplier(float(weight), float(self.max_weight)),
+                 out=self.layout.view(vec, "delta"))
+        encode_counts([int(weight)], n_sites=self.n_sites, max_value=self.max_weight, out=self.layout.view(vec, "weight"))
+        if self.metric_names:
+            values = np.array([float(metrics.get(k, 0.0)) for k in self.metric_names], dtype=np.float32)
+            present = [1 if k in metrics else 0 for k in self.metric_names]
+            quantize(values, self.metric_config, out=self.layout.view(vec, "metric_sums"))
+            encode_counts(present, n_sites=self.n_sites, max_value=1, out=self.layout.view(vec, "metric_counts"))
+        return vec
+
+    def decode(self, total: np.ndarray, n_summed: int) -> DecodedSum:
+        """Read the unmasked sum of ``n_summed`` vectors."""
+        parts = self.layout.split(np.ascontiguousarray(total, dtype=np.uint32))
+        total_weight = int(decode_count_sums(parts["weight"])[0])
+        if not 1 <= total_weight <= n_summed * self.max_weight:
+            raise ValueError(f"unmasked total weight {total_weight} is impossible for {n_summed} sites "
+                             "(wrong masks or a corrupted input)")
+        flat = dequantize_weighted_mean(np.ascontiguousarray(parts["delta"]), self.delta_config, n_summed,
+                                        total_weight=float(total_weight), max_weight=float(self.max_weight))
+        mean_delta, off = {}, 0
+        for (name, shape), size in zip(self.tensors, self.sizes):
+            mean_delta[name] = flat[off:off + size].reshape(shape)
+            off += size
+        means: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        if self.metric_names:
+            sums = dequantize_sum(np.ascontiguousarray(parts["metric_sums"]), self.metric_config, n_summed)
+            cnt = decode_count_sums(np.ascontiguousarray(parts["metric_counts"]))
+            for name, s, c in zip(self.metric_names, sums, cnt):
+                counts[name] = int(c)
+                if c > 0:
+                    means[name] = float(s) / int(c)
+        return DecodedSum(mean_delta, total_weight, means, counts)
+
+    def error_bound(self, n_summed: int, total_weight: int) -> float:
+        """Per-element bound on ``|mean_delta - weighted mean of the clipped deltas|``."""
+        return weighted_error_bound(self.delta_config, n_summed, float(total_weight), float(self.max_weight))
