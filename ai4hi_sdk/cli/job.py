@@ -37,6 +37,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     exp.add_argument("--data-root", type=Path, default=None,
                      help="default data root for sites that do not set AI4HI_DATA_ROOT themselves")
     exp.set_defaults(func=_export)
+    __import__("ai4hi_sdk.cli.job_admin", fromlist=["_"]).register_admin_commands(commands)  # deployment commands
 
 
 def _simulate(args: argparse.Namespace) -> int:

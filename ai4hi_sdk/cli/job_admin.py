@@ -1,0 +1,173 @@
+"""``ai4hi job submit|status|wait|download|abort|list``: a consortium lead runs jobs on a real
+deployment through their admin kit (NVFlare's Session API; see :mod:`ai4hi_sdk.deploy.admin`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def _admin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin", type=Path, required=True, help="your admin kit folder (from 'ai4hi provision')")
+    parser.add_argument("--username", default=None, help="your e-mail in the consortium (default: the kit's)")
+    parser.add_argument("--connect-timeout", type=float, default=15,
+                        help="seconds to try reaching the server before giving up")
+
+
+def register_admin_commands(commands: argparse._SubParsersAction) -> None:
+    """Add the deployment sub-commands to the ``ai4hi job`` group."""
+    submit = commands.add_parser("submit", help="build a job spec and submit it to the consortium server")
+    submit.add_argument("spec", type=Path, help="job spec YAML (e.g. jobs/cxr_classification.yaml)")
+    _admin_args(submit)
+    submit.add_argument("--rounds", type=int, default=None, help="override train.rounds")
+    submit.add_argument("--data-root", type=Path, default=None,
+                        help="data root for sites that configure none themselves (sites normally do)")
+    submit.add_argument("--train-timeout", type=int, default=3600, help="seconds the server waits for a round")
+    submit.add_argument("--sites-timeout", type=float, default=60,
+                        help="wait this long for min_sites sites to be connected before submitting")
+    submit.set_defaults(func=_submit)
+
+    for name, func, helptext in (("status", _status, "show a job's status and progress"),
+                                 ("wait", _wait, "wait for a job to finish, showing rounds done and sites"),
+                                 ("abort", _abort, "abort a running job")):
+        cmd = commands.add_parser(name, help=helptext)
+        cmd.add_argument("job_id")
+        _admin_args(cmd)
+        if name == "wait":
+            cmd.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
+        cmd.set_defaults(func=func)
+
+    download = commands.add_parser("download", help="download a finished job into OUT/result/ (as simulate writes)")
+    download.add_argument("job_id")
+    _admin_args(download)
+    download.add_argument("--out", type=Path, required=True, help="folder to write result/ (and server/) into")
+    download.set_defaults(func=_download)
+
+    listing = commands.add_parser("list", help="list the consortium's jobs")
+    _admin_args(listing)
+    listing.set_defaults(func=_list)
+
+
+def _session(args: argparse.Namespace):
+    from ai4hi_sdk.deploy.admin import AdminSession
+
+    return AdminSession(args.admin, username=args.username, timeout_s=args.connect_timeout)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.config.job_spec import load_job_spec
+    from ai4hi_sdk.errors import UserError
+
+    spec = load_job_spec(args.spec)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise UserError("--rounds must be at least 1")
+        spec = spec.with_overrides(rounds=args.rounds)
+    console = Console()
+    with _session(args) as session:
+        with console.status(f"waiting for {spec.min_sites} sites to connect ..."):
+            deadline = time.monotonic() + args.sites_timeout
+            while len(connected := session.connected_sites()) < spec.min_sites:
+                if time.monotonic() > deadline:
+                    raise UserError(f"job '{spec.name}' needs {spec.min_sites} sites but only {len(connected)} are "
+                                    f"connected ({', '.join(connected) or 'none'}); start the sites first")
+                time.sleep(1)
+        job_id = session.submit(spec, data_root=args.data_root, train_timeout=args.train_timeout)
+    console.print(f"submitted '{spec.name}' ({spec.train.rounds} rounds) to {', '.join(connected)}: job id")
+    print(job_id)
+    return 0
+
+
+def _progress_line(progress) -> str:
+    line = progress.status
+    if progress.rounds_done is not None:
+        line += f", round {progress.rounds_done}/{progress.rounds_total} done"
+    if progress.sites_active is not None:
+        line += f", sites active: {', '.join(progress.sites_active) or 'none'}"
+    for refusal in progress.refused or []:
+        line += f"; {refusal['site']} refused round {refusal['round']}: {refusal['reason']}"
+    return line
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _session(args) as session:
+        meta = session.job_meta(args.job_id)
+        progress = session.progress(args.job_id)
+    table = Table(title=f"job {args.job_id}")
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key in ("name", "status", "submitter_name", "submit_time_iso", "start_time", "duration", "job_clients"):
+        if key in meta:
+            table.add_row(key, escape(str(meta[key])))
+    table.add_row("progress", escape(_progress_line(progress)))
+    Console().print(table)
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    console = Console()
+    last: dict = {}
+    with _session(args) as session, console.status(f"job {args.job_id} ...") as status:
+
+        def show(progress) -> None:
+            if progress.rounds_done is not None:
+                last["progress"] = progress
+            status.update(f"job {args.job_id}: {escape(_progress_line(progress))}")
+
+        meta = session.wait(args.job_id, timeout_s=args.timeout, on_progress=show)
+    final = meta.get("status")
+    seen = last.get("progress")
+    if seen is not None:
+        console.print(f"last progress seen: {escape(_progress_line(seen))}")
+    for refusal in (seen.refused if seen else None) or []:
+        console.print(f"[yellow]{refusal['site']} refused round {refusal['round']} for policy reasons:[/] "
+                      f"{escape(refusal['reason'])}")
+    ok = final == "FINISHED:COMPLETED"
+    console.print(f"job {args.job_id} {'[green]' if ok else '[red]'}{final}[/]; results: "
+                  f"'ai4hi job download {args.job_id} --admin {args.admin} --out DIR'")
+    return 0 if ok else 1
+
+
+def _download(args: argparse.Namespace) -> int:
+    console = Console()
+    with _session(args) as session, console.status(f"downloading job {args.job_id} ..."):
+        metrics = session.download_result(args.job_id, args.out)
+    rounds = [r for r in metrics.get("rounds", []) if r.get("status") == "completed"]
+    console.print(f"job {args.job_id}: {metrics.get('status')} ({escape(str(metrics.get('reason', '')))}), "
+                  f"{len(rounds)} rounds completed with sites {', '.join(metrics.get('sites', []))}")
+    for site, privacy in sorted((metrics.get("privacy") or {}).items()):
+        for _, spent in privacy["datasets"].items():
+            console.print(f"privacy: {site}: epsilon {spent['epsilon_spent']:.3g} spent on its dataset (delta "
+                          f"{spent['delta']}) as reported with its updates, {spent['rounds']} rounds, "
+                          f"{spent['refused']} refused")
+    for refusal in metrics.get("refused", []):
+        console.print(f"[yellow]{refusal['site']} refused round {refusal['round']}:[/] {escape(refusal['reason'])}")
+    result = Path(args.out).resolve() / "result"
+    console.print(f"results: {result} (global_model.pt, metrics.json, receipts.jsonl); server logs: "
+                  f"{Path(args.out).resolve() / 'server'}")
+    return 0 if metrics.get("status") == "completed" else 1
+
+
+def _abort(args: argparse.Namespace) -> int:
+    with _session(args) as session:
+        session.abort(args.job_id)
+    Console().print(f"abort requested for job {args.job_id}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _session(args) as session:
+        jobs = session.list_jobs()
+    table = Table(title="jobs")
+    for column in ("job id", "name", "status", "submitter", "submitted"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        table.add_row(job.get("job_id", ""), job.get("name", ""), job.get("status", ""),
+                      job.get("submitter_name", ""), str(job.get("submit_time_iso", "")))
+    Console().print(table)
+    return 0

@@ -1,0 +1,99 @@
+"""``ai4hi site``: a site admin checks, starts and stops their site (or the server) from its kit."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+_STYLE = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    site = groups.add_parser("site", help="check, start and stop a provisioned site or server")
+    commands = site.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    check = commands.add_parser("check", help="readiness report: certificates, GPUs, NVFlare preflight, DICOM, policy")
+    check.add_argument("kit", type=Path, help="the site's (or server's) kit folder from 'ai4hi provision'")
+    check.add_argument("--data", type=Path, default=None,
+                       help="the site's DICOM folder (default: data_dir in the kit's ai4hi/site.yaml)")
+    check.set_defaults(func=_check)
+
+    start = commands.add_parser("start", help="start the site (or server) in the background from its kit")
+    start.add_argument("kit", type=Path)
+    start.add_argument("--timeout", type=float, default=90, help="seconds to wait for NVFlare to come up")
+    start.set_defaults(func=_start)
+
+    stop = commands.add_parser("stop", help="stop every process of the site (or server); none is left behind")
+    stop.add_argument("kit", type=Path)
+    stop.set_defaults(func=_stop)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.deploy.kit import load_kit
+    from ai4hi_sdk.deploy.readiness import site_readiness
+
+    kit = load_kit(args.kit, expect=("site", "server"))
+    console = Console()
+    with console.status(f"checking {kit.kind} '{kit.name}' ..."):
+        report = site_readiness(kit, args.data)
+    table = Table(title=f"{kit.kind} '{kit.name}' ({kit.path})")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for check in report.checks:
+        table.add_row(check.name, _STYLE[check.level], escape(check.detail))
+    console.print(table)
+    if report.data_summary:
+        subgroups = report.data_summary.get("subgroup_counts", {})
+        data = Table(title="DICOM summary (counts of studies)")
+        data.add_column("attribute")
+        data.add_column("counts", overflow="fold")
+        for attr, counts in subgroups.items():
+            data.add_row(attr, escape(", ".join(f"{k}: {v}" for k, v in counts.items())))
+        console.print(data)
+    if report.policy:
+        policy = Table(title=f"privacy policy in force ({kit.path / 'ai4hi' / 'site_policy.yaml'})")
+        policy.add_column("setting")
+        policy.add_column("value")
+        for key, value in report.policy.items():
+            policy.add_row(key, escape(str(value)))
+        console.print(policy)
+    if not report.ready:
+        reasons = "; ".join(f"{c.name}: {c.detail}" for c in report.failures)
+        Console(stderr=True).print(f"[bold red]not ready:[/] {escape(reasons)}", highlight=False)
+        return 1
+    console.print(f"[green]ready[/]: start it with 'ai4hi site start {kit.path}'")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.deploy.kit import load_kit
+    from ai4hi_sdk.deploy.processes import LOG_FILE, start_kit
+
+    kit = load_kit(args.kit, expect=("site", "server"))
+    console = Console()
+    with console.status(f"starting {kit.kind} '{kit.name}' ..."):
+        pid = start_kit(kit, timeout_s=args.timeout)
+    console.print(f"{kit.kind} '{kit.name}' started (NVFlare pid {pid}); logs: {kit.path / 'log.txt'}, "
+                  f"{kit.path / LOG_FILE}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.deploy.kit import load_kit
+    from ai4hi_sdk.deploy.processes import stop_kit
+
+    kit = load_kit(args.kit, expect=("site", "server"))
+    report = stop_kit(kit)
+    ended = sorted(set(report.terminated) | set(report.killed))
+    if not ended:
+        Console().print(f"{kit.kind} '{kit.name}' was not running")
+    else:
+        Console().print(f"{kit.kind} '{kit.name}' stopped ({len(ended)} processes"
+                        + (f", {len(report.killed)} had to be killed" if report.killed else "") + ")")
+    return 0

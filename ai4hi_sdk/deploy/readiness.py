@@ -1,0 +1,199 @@
+"""The site admin's readiness report (``ai4hi site check KIT --data DIR``).
+
+Each check says what was checked, whether it passed and why. A ``fail`` makes the site not
+ready (non-zero exit); a ``warn`` is reported but does not (e.g. the server is not up yet).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ai4hi_sdk.deploy.kit import Check, Kit, check_certificates
+from ai4hi_sdk.deploy.processes import is_running
+from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
+from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.site_paths import configured_data_dir
+
+EGRESS_FILTER_SUFFIX = "EgressLogFilter"
+
+
+@dataclass
+class Readiness:
+    """All checks of one kit, plus the DICOM summary and the policy in force (for display)."""
+
+    kit: Kit
+    checks: list[Check] = field(default_factory=list)
+    data_summary: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def host_gpus() -> tuple[int, str]:
+    """GPUs NVFlare's GPUResourceManager will see (nvidia-smi, restricted by CUDA_VISIBLE_DEVICES),
+    and how they were found."""
+    try:
+        from nvflare.app_common.resource_managers.gpu_resource_manager import _get_managed_host_gpu_ids
+        from nvflare.fuel.utils.gpu_utils import get_host_gpu_ids, has_nvidia_smi
+    except ImportError:  # pragma: no cover - NVFlare moved its helpers
+        return 0, "cannot query GPUs the way NVFlare does"
+    if not has_nvidia_smi():
+        return 0, "no nvidia-smi on PATH"
+    try:
+        return len(_get_managed_host_gpu_ids(get_host_gpu_ids())), "nvidia-smi"
+    except Exception as err:  # nvidia-smi present but failing (driver problem)
+        return 0, f"nvidia-smi failed: {err}"
+
+
+def check_gpus(kit: Kit, available: int | None = None, how: str = "") -> list[Check]:
+    """The GPUs the kit's resources.json asks for vs what this machine has. NVFlare's resource
+    manager refuses to start a site that asks for more GPUs than it can see."""
+    requested = kit.requested_gpus
+    if available is None:
+        available, how = host_gpus()
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        cuda = False
+    checks = []
+    if requested > available:
+        checks.append(Check("GPUs", "fail",
+                            f"local/resources.json asks for {requested} GPU(s) (num_of_gpus) but this machine has "
+                            f"{available} ({how}): NVFlare's GPUResourceManager will refuse to start the site. "
+                            f"Install the GPU/driver, or set num_of_gpus to {available} in {kit.path}/local/resources.json"))
+    else:
+        checks.append(Check("GPUs", "ok", f"{requested} requested, {available} available ({how})"))
+    if requested > 0 and not cuda:
+        checks.append(Check("CUDA", "warn", "the installed torch cannot use CUDA: training will run on CPU "
+                                            "(install the CUDA build of torch into the site's environment)"))
+    elif available > 0 and requested == 0:
+        checks.append(Check("CUDA", "warn", f"{available} GPU(s) present but the kit requests none"))
+    else:
+        checks.append(Check("CUDA", "ok", "torch can use CUDA" if cuda else "CPU training (no GPU requested)"))
+    return checks
+
+
+def check_nvflare_preflight(kit: Kit) -> list[Check]:
+    """NVFlare's own preflight rules that are quick and side-effect free (``nvflare preflight_check``
+    also dry-runs the site, which would register a second client with a live server and cleans up
+    with ``pkill -f``; we leave that out): server reachable (site), ports free (server)."""
+    from nvflare.tool.package_checker.check_rule import CHECK_PASSED, CheckAddressBinding, CheckServerAvailable
+
+    if kit.kind == "site":
+        result = CheckServerAvailable("server available", role="client")(str(kit.path), None)
+        host, port = kit.server_target
+        if result.problem == CHECK_PASSED:
+            return [Check("server reachable", "ok", f"NVFlare preflight: server at {host}:{port} accepts connections")]
+        return [Check("server reachable", "warn",
+                      f"NVFlare preflight: {result.problem} (fine if the server is not started yet; the site "
+                      "keeps retrying once started)")]
+    if is_running(kit):
+        return [Check("ports", "ok", "the server is running from this kit")]
+    checks = []
+    for port in (kit.server_target[1], kit.admin_port):
+        result = CheckAddressBinding("bind", lambda _p, port=port: ("127.0.0.1", port))(str(kit.path))
+        checks.append(Check(f"port {port}", "ok" if result.problem == CHECK_PASSED else "fail",
+                            "free" if result.problem == CHECK_PASSED else f"NVFlare preflight: {result.problem}"))
+    return checks
+
+
+def check_site_config(kit: Kit) -> list[Check]:
+    """The site-enforced privacy scope (privacy.json) and class allow list written by ``ai4hi provision``."""
+    privacy = kit.path / "local" / "privacy.json"
+    if not privacy.is_file():
+        return [Check("site-enforced filters", "fail",
+                      f"{privacy} is missing: the site's egress log would depend on each job; re-run 'ai4hi provision'")]
+    try:
+        config = json.loads(privacy.read_text())
+        scopes = {s["name"]: s for s in config.get("scopes", [])}
+        default = scopes[config["default_scope"]]
+        paths = [f.get("path", "") for f in default.get("task_result_filters", [])]
+    except (ValueError, KeyError, TypeError) as err:
+        return [Check("site-enforced filters", "fail", f"{privacy} is not a valid NVFlare privacy config: {err}")]
+    if not any(p.endswith(EGRESS_FILTER_SUFFIX) for p in paths):
+        return [Check("site-enforced filters", "fail",
+                      f"the default privacy scope of {privacy} does not log egress (filters: {paths})")]
+    return [Check("site-enforced filters", "ok", f"privacy.json scope '{config['default_scope']}' logs every egress")]
+
+
+def check_data(kit: Kit, data_dir: Path) -> tuple[list[Check], dict[str, Any] | None]:
+    """DICOM scan summary of the site's data folder (``<dir>/dicom`` if present, else ``<dir>``)."""
+    from ai4hi_sdk.data.scan import scan_directory
+
+    checks = []
+    if not data_dir.is_dir():
+        return [Check("data folder", "fail", f"'{data_dir}' is not a folder")], None
+    configured = configured_data_dir(kit.path)
+    if configured is not None and configured.resolve() != data_dir.resolve():
+        checks.append(Check("data folder", "warn",
+                            f"the site reads '{configured}' (data_dir in {kit.path / 'ai4hi/site.yaml'}), "
+                            f"not '{data_dir}'; edit that file if '{data_dir}' is the right folder"))
+    root = data_dir / "dicom" if (data_dir / "dicom").is_dir() else data_dir
+    report = scan_directory(root)
+    summary = report.summary()
+    if report.files_read == 0:
+        checks.append(Check("DICOM", "fail", f"no readable DICOM under '{root}' ({report.files_skipped} files skipped: "
+                                             f"{report.skipped_by_reason or 'none found'})"))
+    else:
+        skipped = f", {report.files_skipped} skipped {report.skipped_by_reason}" if report.files_skipped else ""
+        checks.append(Check("DICOM", "ok", f"{report.files_read} files, {summary['studies']} studies, "
+                                           f"{summary['series']} series, modalities {summary['modalities']}{skipped}"))
+    labels = data_dir / "labels.csv"
+    checks.append(Check("labels", "ok" if labels.is_file() else "warn",
+                        f"{labels}" if labels.is_file() else f"no {labels}: training jobs need labels"))
+    return checks, summary
+
+
+def check_policy(kit: Kit) -> tuple[list[Check], dict[str, Any] | None]:
+    """The site privacy policy in force, and the state of its privacy ledger."""
+    path = kit.path / SITE_POLICY
+    if not path.is_file():
+        return [Check("privacy policy", "fail", f"no {path}: a site without a policy refuses to train")], None
+    try:
+        policy = load_site_policy(path)
+    except UserError as err:
+        return [Check("privacy policy", "fail", str(err))], None
+    checks = [Check("privacy policy", "ok",
+                    f"epsilon <= {policy.max_epsilon_per_dataset:g} per dataset, delta {policy.delta:g}, "
+                    f"DP {'required' if policy.require_dp else 'optional'}")]
+    ledger = kit.path / PRIVACY_LEDGER
+    if ledger.is_file():
+        check = PrivacyLedger(ledger).verify()
+        checks.append(Check("privacy ledger", "ok" if check.ok else "fail",
+                            "hash chain verified" if check.ok else f"{ledger}: {check}"))
+    return checks, policy.model_dump(mode="json")
+
+
+def site_readiness(kit: Kit, data_dir: str | Path | None = None, now: datetime | None = None,
+                   gpus: int | None = None) -> Readiness:
+    """Every check for ``kit`` (a site or the server). ``data_dir`` defaults to the site's configured folder."""
+    report = Readiness(kit)
+    report.checks += check_certificates(kit, now)
+    if kit.kind == "admin":
+        return report
+    report.checks += check_gpus(kit, available=gpus, how="given") if gpus is not None else check_gpus(kit)
+    report.checks += check_nvflare_preflight(kit)
+    if kit.kind == "site":
+        report.checks += check_site_config(kit)
+        folder = Path(data_dir) if data_dir is not None else configured_data_dir(kit.path)
+        if folder is None:
+            report.checks.append(Check("data folder", "fail", "no --data given and no data_dir in ai4hi/site.yaml"))
+        else:
+            checks, report.data_summary = check_data(kit, folder)
+            report.checks += checks
+        checks, report.policy = check_policy(kit)
+        report.checks += checks
+    return report
