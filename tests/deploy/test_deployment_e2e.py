@@ -1,0 +1,168 @@
+"""Acceptance: a real 2-hospital consortium on 127.0.0.1, provisioned, started from its kits,
+running a DP job submitted by the lead, downloaded in the ``result/`` layout, then stopped with
+nothing left behind. Also: a site's own privacy.json / policy applies to a job that does not ask
+for it (no egress filter, no DP) — same deployment, to keep the test to about a minute."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain
+from ai4hi_sdk.config.consortium import load_consortium
+from ai4hi_sdk.config.job_spec import load_job_spec
+from ai4hi_sdk.data.synth import synth_consortium
+from ai4hi_sdk.deploy.admin import AdminSession
+from ai4hi_sdk.deploy.kit import load_kit
+from ai4hi_sdk.deploy.processes import kit_processes, start_kit, stop_kit
+from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG
+from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
+from ai4hi_sdk.provision.provision import provision
+from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
+from tests.deploy.conftest import write_consortium
+
+pytestmark = pytest.mark.deploy
+REPO = Path(__file__).resolve().parents[2]
+SITES = ["hospital-1", "hospital-2"]
+LEAD = "lead@consortium.example.org"
+JOB_TIMEOUT_S = 300
+
+
+def _tmp_nvflare_state() -> list[str] | None:
+    root = Path("/tmp/nvflare")
+    return sorted(str(p) for p in root.rglob("*")) if root.exists() else None
+
+
+def small_spec(name: str, dp: bool):
+    """The demo job, shrunk to run in seconds on 2 cores (2 rounds, 32 px, a tiny DenseNet)."""
+    spec = load_job_spec(REPO / "jobs" / "cxr_classification.yaml")
+    privacy = {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}} if dp else {}
+    return spec.model_validate({
+        **spec.model_dump(mode="json"), "name": name,
+        "model": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1,
+                  "norm": ["group", {"num_groups": 2}]},
+        "train": {**spec.train.model_dump(), "rounds": 2, "local_epochs": 1, "batch_size": 8,
+                  "max_steps_per_round": 3, "threads": 1},
+        "data": {"image_size": 32}, "privacy": privacy})
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    before_tmp = _tmp_nvflare_state()
+    root = tmp_path_factory.mktemp("deploy")
+    synth_consortium(root / "data", sites=2, studies_per_site=40, seed=3)
+    kits = provision(load_consortium(write_consortium(root / "consortium.yaml", root / "data")), root / "ws")
+    server = load_kit(kits["server"], expect="server")
+    sites = {s: load_kit(kits["sites"][s]["kit"], expect="site") for s in SITES}
+    admin = Path(kits["admins"][LEAD])
+    all_kits = [server, *sites.values()]
+    env = {TORCH_THREADS_ENV: "1"}
+    try:
+        started = time.monotonic()
+        start_kit(server, timeout_s=120, extra_env=env)
+        with ThreadPoolExecutor(len(sites)) as pool:  # each site's supervisor waits 5 s before starting
+            list(pool.map(lambda k: start_kit(k, timeout_s=120, extra_env=env), sites.values()))
+        # NVFlare's scheduler backs off for minutes if a job's site is missing: wait for both first
+        with AdminSession(admin, timeout_s=60) as session:
+            session.wait_for_sites(SITES, timeout_s=120)
+        yield {"root": root, "server": server, "sites": sites, "admin": admin, "kits": all_kits,
+               "before_tmp": before_tmp, "startup_s": time.monotonic() - started, "jobs": {}}
+    finally:
+        for kit in all_kits:
+            stop_kit(kit)
+
+
+def test_dp_job_runs_and_downloads_in_the_simulate_layout(deployment):
+    spec = small_spec("deploy-dp", dp=True)
+    with AdminSession(deployment["admin"], timeout_s=60) as session:
+        job_id = session.submit(spec)
+        deployment["jobs"]["dp"] = job_id
+        seen = []
+        meta = session.wait(job_id, timeout_s=JOB_TIMEOUT_S, on_progress=seen.append)
+        assert meta["status"] == "FINISHED:COMPLETED", meta
+        assert any(p.rounds_done is not None for p in seen)  # progress was visible while it ran
+        metrics = session.download_result(job_id, deployment["root"] / "download")
+    result = deployment["root"] / "download" / "result"
+    assert metrics["status"] == "completed", metrics
+    assert json.loads((result / "metrics.json").read_text())["job_id"] == job_id
+    assert [r["status"] for r in metrics["rounds"]] == ["completed", "completed"]
+    assert set(metrics["sites"]) == set(SITES) and not metrics["refused"]
+    state = torch.load(result / "global_model.pt")
+    assert state and all(torch.isfinite(v).all() for v in state.values())
+    assert (result / "receipts.jsonl").is_file()
+    for site in SITES:
+        assert metrics["privacy"][site]["datasets"]["reported"]["epsilon_spent"] > 0
+        assert metrics["privacy"][site]["datasets"]["reported"]["rounds"] == 2
+    assert set(metrics["final_validation"]["sites"]) == set(SITES)
+
+
+def test_each_sites_ledger_is_a_valid_chain_matching_what_it_reported(deployment):
+    job_id = deployment["jobs"].get("dp")
+    if job_id is None:
+        pytest.skip("the DP job did not run")
+    metrics = json.loads((deployment["root"] / "download" / "result" / "metrics.json").read_text())
+    for site, kit in deployment["sites"].items():
+        ledger = PrivacyLedger(kit.path / PRIVACY_LEDGER)
+        assert ledger.verify().ok
+        spent = [r for r in ledger.records() if r["status"] == "spent" and r["job_id"] == job_id]
+        assert len(spent) == 2
+        reported = metrics["privacy"][site]["datasets"]["reported"]["epsilon_spent"]
+        assert spent[-1]["epsilon_after"] == pytest.approx(reported, rel=1e-6)
+        assert verify_chain(kit.path / EGRESS_LOG).ok
+
+
+def _drop_job_filters(job_dir: Path) -> None:
+    """Export as a job that brings no egress filter of its own (as any non-SDK job would)."""
+    for config in job_dir.rglob("config_fed_client.json"):
+        data = json.loads(config.read_text())
+        data["task_result_filters"] = []
+        config.write_text(json.dumps(data, indent=2))
+
+
+def test_site_policy_applies_to_a_job_that_does_not_ask_for_it(deployment):
+    spec = small_spec("deploy-no-dp", dp=False)
+    with AdminSession(deployment["admin"], timeout_s=60) as session:
+        job_id = session.submit(spec, prepare=_drop_job_filters)
+        session.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+        metrics = session.download_result(job_id, deployment["root"] / "download-no-dp")
+    # every site's policy requires DP-SGD: both refuse, the job stops with the reason
+    assert metrics["status"] == "stopped", metrics
+    assert {r["site"] for r in metrics["refused"]} == set(SITES)
+    assert all("differential privacy" in r["reason"] for r in metrics["refused"])
+    assert metrics["rounds"][0]["status"] == "abandoned" and metrics["rounds"][0]["sites"] == {}
+    for site, kit in deployment["sites"].items():
+        # the job had no egress filter, yet the site's privacy.json scope logged what left: the refusal
+        records = [e["record"] for e in read_entries(kit.path / EGRESS_LOG) if e["record"]["job_id"] == job_id]
+        assert records and all(r["tensors"] == [] for r in records), records
+        assert verify_chain(kit.path / EGRESS_LOG).ok
+        refused = [r for r in PrivacyLedger(kit.path / PRIVACY_LEDGER).records() if r["job_id"] == job_id]
+        assert all(r["status"] != "spent" for r in refused)
+
+
+def test_stop_leaves_no_process_port_or_tmp_file_behind(deployment):
+    kits = deployment["kits"]
+    for kit in kits:
+        stop_kit(kit)
+    for kit in kits:
+        assert kit_processes(kit) == []
+        assert not (kit.path / "pid.fl").exists() and not (kit.path / "daemon_pid.fl").exists()
+    root = str(deployment["root"])
+    strays = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(root in part for part in proc.info["cmdline"] or []):
+                strays.append(proc.info)
+        except psutil.Error:
+            continue
+    assert strays == []
+    for port in (deployment["server"].server_target[1], deployment["server"].admin_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert _tmp_nvflare_state() == deployment["before_tmp"]
