@@ -135,7 +135,9 @@ def load_kit(path: str | Path, expect: KitKind | tuple[KitKind, ...] | None = No
     kit = Kit(path, kinds[0])  # type: ignore[arg-type]
     wanted = (expect,) if isinstance(expect, str) else expect
     if wanted and kit.kind not in wanted:
-        raise UserError(f"'{path}' is a {kit.kind} kit; this command needs a {' or '.join(wanted)} kit")
+        article = "an" if wanted[0] == "admin" else "a"
+        raise UserError(f"'{path}' is {'an' if kit.kind == 'admin' else 'a'} {kit.kind} kit; this command needs "
+                        f"{article} {' or '.join(wanted)} kit")
     return kit
 
 

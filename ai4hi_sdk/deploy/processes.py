@@ -131,6 +131,16 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def _listens_on(pid: int, ports: set[int]) -> bool:
+    """Whether process ``pid`` itself listens on all ``ports`` (not some other program)."""
+    try:
+        listening = {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return ports <= listening
+
+
 def _remove_pid_files(kit: Kit) -> None:
     for name in (DAEMON_PID_FILE, PROCESS_PID_FILE, *_FLAG_FILES):
         kit.pid_file(name).unlink(missing_ok=True)
@@ -149,6 +159,10 @@ def start_kit(kit: Kit, timeout_s: float = 60, extra_env: dict[str, str] | None 
         pid = _read_pid(kit.pid_file(DAEMON_PID_FILE))
         raise UserError(f"{kit.kind} '{kit.name}' is already running (supervisor pid {pid}); "
                         f"stop it first with 'ai4hi site stop {kit.path}'")
+    ports = {kit.server_target[1], kit.admin_port or 0} if kit.kind == "server" else set()
+    busy = sorted(p for p in ports if _port_open("127.0.0.1", p))
+    if busy:
+        raise UserError(f"port(s) {busy} of server '{kit.name}' are already in use by another program")
     _remove_pid_files(kit)  # stale files would make sub_start.sh refuse or stop at once
     log_path = kit.path / LOG_FILE
     with open(log_path, "ab") as log:
@@ -161,8 +175,7 @@ def start_kit(kit: Kit, timeout_s: float = 60, extra_env: dict[str, str] | None 
     while time.monotonic() < deadline:
         pid = _read_pid(kit.pid_file(PROCESS_PID_FILE))
         if _alive(pid):
-            if kit.kind != "server" or all(_port_open("127.0.0.1", p)
-                                           for p in (kit.server_target[1], kit.admin_port or 0)):
+            if not ports or _listens_on(int(pid), ports):  # type: ignore[arg-type]
                 return int(pid)  # type: ignore[arg-type]
         elif pid is not None and not _alive(_read_pid(kit.pid_file(DAEMON_PID_FILE))):
             break  # the supervisor gave up

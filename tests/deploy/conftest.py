@@ -41,3 +41,14 @@ def write_consortium(path: Path, data_root: Path, sites: int = 2, gpus: dict[str
     }
     path.write_text(yaml.safe_dump(consortium, sort_keys=False))
     return path
+
+
+def provision_example(out: Path, data_root: Path | None = None) -> dict:
+    """Provision a 2-hospital consortium (hospital-2 asks for 1 GPU) with the real ``nvflare provision``."""
+    from ai4hi_sdk.config.consortium import load_consortium
+    from ai4hi_sdk.provision.provision import provision
+
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = data_root or out / "data"
+    path = write_consortium(out / "consortium.yaml", data_root, gpus={"hospital-2": 1})
+    return provision(load_consortium(path), out / "ws")
