@@ -1,0 +1,257 @@
+"""Regenerate model cards and the HTML report of a result folder (``ai4hi report RESULT_DIR``).
+
+A result folder (written by the continuous loop, :mod:`ai4hi_sdk.jobs.continuous`) holds::
+
+    history.json              what happened, in order: train / validate / decide / monitor steps,
+                              model versions (sha256, training sites and data, epsilon spent)
+    validation-<i>.json       the server's record of each validation job (aggregates from sites)
+    monitor-<i>.json          ... of each monitoring job (drift statistics and p-values)
+    decisions.jsonl (+ .pub)  the signed, hash-chained decision log
+
+and gets::
+
+    report.html               self-contained (plots embedded as base64 PNG), readable by a clinician
+    model_cards/<model>.md    one model card per model version: intended use, training sites and
+    model_cards/<model>.json  data, privacy spent, per-site and subgroup performance, limitations
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.reports import plots
+
+HISTORY = "history.json"
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _ci(rep: dict) -> str:
+    ci = rep.get("auroc_ci")
+    return f"{_fmt(rep.get('auroc'))} ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else _fmt(rep.get("auroc"))
+
+
+def load_history(result_dir: str | Path) -> tuple[dict, dict[str, dict]]:
+    """``(history, {record file: record})`` of a result folder; :class:`UserError` if it is not one."""
+    result_dir = Path(result_dir)
+    path = result_dir / HISTORY
+    if not path.is_file():
+        raise UserError(f"'{result_dir}' is not a result folder: no {HISTORY} (run 'ai4hi continuous run' first)")
+    history = json.loads(path.read_text())
+    records = {}
+    for step in history.get("steps", []):
+        if step.get("record"):
+            file = result_dir / step["record"]
+            if not file.is_file():
+                raise UserError(f"{path}: step {step.get('kind')} refers to missing file {file.name}")
+            records[step["record"]] = json.loads(file.read_text())
+    return history, records
+
+
+# ------------------------------------------------------------------ model cards
+
+
+def model_card(history: dict, records: dict[str, dict], model: str) -> dict:
+    """Model card of ``model`` (a label in ``history["models"]``) as a JSON-able dict."""
+    info = history["models"][model]
+    card: dict[str, Any] = {
+        "model": model,
+        "sha256": info.get("sha256"),
+        "intended_use": history.get("intended_use", ""),
+        "training": info.get("training", {}),
+        "privacy": info.get("training", {}).get("privacy", {}),
+        "validations": [],
+        "decisions": [],
+        "limitations": list(history.get("limitations", [])),
+    }
+    for step in history.get("steps", []):
+        if step["kind"] == "validate" and step.get("candidate") == model:
+            rec = records[step["record"]]
+            per_site = {}
+            for site, rep in sorted((rec.get("validation") or {}).items()):
+                cand = rep["candidate"]
+                per_site[site] = {
+                    "n": cand.get("n"), "auroc": cand.get("auroc"), "auroc_ci": cand.get("auroc_ci"),
+                    "sensitivity": cand.get("sensitivity"), "specificity": cand.get("specificity"),
+                    "threshold": cand.get("threshold"), "ece": cand.get("ece"), "brier": cand.get("brier"),
+                    "auroc_change_vs_champion": rep.get("paired", {}).get("delta"),
+                    "auroc_change_ci": rep.get("paired", {}).get("ci"),
+                    "subgroups": {a: d.get("cells", {}) for a, d in cand.get("subgroups", {}).items()},
+                    "suppressed_subgroup_cells": {a: d.get("suppressed_cells", 0)
+                                                  for a, d in cand.get("subgroups", {}).items()},
+                }
+                if (cand.get("n") or 0) < 50:
+                    card["limitations"].append(f"{site}: only {cand.get('n')} test studies in {step['record']}; "
+                                               "its intervals are wide")
+            for r in rec.get("refused", []) + rec.get("rejected", []):
+                card["limitations"].append(f"{r['site']}: no validation result ({r['reason']})")
+            card["validations"].append({"record": step["record"], "champion": step.get("champion"),
+                                        "data_version": step.get("data_version"), "sites": per_site,
+                                        "k": next(iter(rec.get("validation", {}).values()), {}).get("meta", {}).get("k")})
+        if step["kind"] == "decision" and step.get("candidate") == model:
+            card["decisions"].append({k: step.get(k) for k in ("decision", "reasons", "log_seq", "stage")})
+    return card
+
+
+def model_card_markdown(card: dict) -> str:
+    """Markdown rendering of :func:`model_card`."""
+    lines = [f"# Model card: {card['model']}", "", f"sha256 `{card['sha256']}`", "", "## Intended use", "",
+             card["intended_use"] or "(not stated)", "", "## Training", ""]
+    tr = card["training"]
+    lines.append(f"Job `{tr.get('job', '?')}`, {tr.get('rounds', '?')} federated rounds on data version "
+                 f"`{tr.get('data_version', '?')}` at sites: {', '.join(tr.get('sites', [])) or '?'}.")
+    lines += ["", "| site | training studies | epsilon spent (delta) |", "|---|---|---|"]
+    for site in tr.get("sites", []):
+        eps = card["privacy"].get(site, {})
+        lines.append(f"| {site} | {_fmt(tr.get('data', {}).get(site, {}).get('train_samples'), 0)} | "
+                     f"{_fmt(eps.get('epsilon'))} ({_fmt(eps.get('delta'), 6)}) |")
+    for v in card["validations"]:
+        lines += ["", f"## Performance on each site's fixed test split ({v['record']}, vs champion "
+                      f"`{v['champion']}`, data `{v['data_version']}`)", "",
+                  "| site | n | AUROC (95 % CI) | change vs champion (95 % CI) | sensitivity | specificity | ECE | Brier |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for site, s in v["sites"].items():
+            ci = s.get("auroc_change_ci") or [None, None]
+            lines.append(f"| {site} | {s['n']} | {_ci(s)} | {_fmt(s['auroc_change_vs_champion'])} "
+                         f"({_fmt(ci[0])}–{_fmt(ci[1])}) | {_fmt(s['sensitivity'])} | {_fmt(s['specificity'])} | "
+                         f"{_fmt(s['ece'])} | {_fmt(s['brier'])} |")
+        lines += ["", f"Subgroups (cells with fewer than k={v['k']} studies are suppressed and not named):", "",
+                  "| site | attribute | group | n | AUROC | sensitivity | specificity |", "|---|---|---|---|---|---|---|"]
+        for site, s in v["sites"].items():
+            for attr, cells in s["subgroups"].items():
+                for group, c in cells.items():
+                    lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | {_fmt(c.get('auroc'))} | "
+                                 f"{_fmt(c.get('sensitivity'))} | {_fmt(c.get('specificity'))} |")
+                hidden = s["suppressed_subgroup_cells"].get(attr, 0)
+                if hidden:
+                    lines.append(f"| {site} | {attr} | ({hidden} suppressed) | – | – | – | – |")
+    lines += ["", "## Update decisions", ""]
+    for d in card["decisions"]:
+        lines.append(f"* **{d['decision']}** (decision log entry {d['log_seq']}): " + "; ".join(d.get("reasons") or []))
+    lines += ["", "## Limitations", ""] + [f"* {x}" for x in card["limitations"]]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ HTML
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f0f0f0}.replace{color:#070}.keep{color:#555}.retrain{color:#b50}figure{display:inline-block;margin:.5em}
+figcaption{font-size:12px;color:#555}img{max-width:100%}"""
+
+
+def html_report(history: dict, records: dict[str, dict], verification: dict | None = None) -> str:
+    """Self-contained HTML report (plots inline)."""
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(history.get('name', 'report'))}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(history.get('name', 'ai4hi report'))}</h1>",
+             f"<p>{html.escape(history.get('intended_use', ''))}</p>",
+             "<p>Everything below was computed from aggregates the sites sent (no image, label or per-patient "
+             "prediction left a site). Subgroup cells and calibration bins with fewer than k studies were "
+             "suppressed at the site.</p>", "<h2 id='timeline'>Timeline and decisions</h2>"]
+    rows = []
+    for i, step in enumerate(history.get("steps", [])):
+        what = {"train": lambda s: f"trained {s.get('model')} on data {s.get('data_version')}",
+                "validate": lambda s: f"{s.get('candidate')} vs champion {s.get('champion')} at every site",
+                "monitor": lambda s: f"drift of data {s.get('data_version')} vs reference, model {s.get('model')}",
+                "decision": lambda s: f"{s.get('decision', '').upper()}: " + "; ".join(s.get("reasons", [])[:3]),
+                "inject_drift": lambda s: s.get("description", "")}.get(step["kind"], lambda s: "")(step)
+        rows.append([str(i + 1), step["kind"], what])
+    parts.append(_table(["#", "step", "what"], rows))
+    if verification is not None:
+        status = "intact" if verification.get("ok") else f"TAMPERED at line {verification.get('bad_line')}: {verification.get('reason')}"
+        parts.append(f"<p>Decision log <code>{html.escape(str(history.get('decision_log')))}</code>: "
+                     f"{verification.get('entries')} signed entries, {html.escape(status)}.</p>")
+    pooled_by_validation: dict[str, dict | None] = {}
+    steps = history.get("steps", [])
+    for i, step in enumerate(steps):
+        if step["kind"] == "validate":
+            nxt = next((s for s in steps[i + 1:] if s["kind"] == "decision"), None)
+            pooled_by_validation[step["record"]] = (nxt or {}).get("pooled")
+    monitors = []
+    for step in steps:
+        if step["kind"] == "validate":
+            rec = records[step["record"]]
+            val = rec.get("validation") or {}
+            title = f"{step['candidate']} vs {step['champion']} ({step['record']})"
+            parts.append(f"<h2>Validation: {html.escape(title)}</h2>")
+            trows = []
+            for site, rep in sorted(val.items()):
+                for role in ("candidate", "champion"):
+                    r = rep[role]
+                    trows.append([site, role, _fmt(r.get("n")), _ci(r), _fmt(r.get("sensitivity")),
+                                  _fmt(r.get("specificity")), _fmt(r.get("ece")), _fmt(r.get("brier"))])
+            parts.append(_table(["site", "model", "n", "AUROC (95 % CI)", "sensitivity", "specificity", "ECE", "Brier"],
+                                trows))
+            if any("delta" in rep.get("paired", {}) for rep in val.values()):
+                parts.append(_img(plots.forest_plot(val, pooled_by_validation.get(step["record"]),
+                                                    "per-site AUROC change"), "forest plot: per-site AUROC change"))
+            if val:
+                parts.append(_img(plots.subgroup_gap_plot(val, "subgroup AUROC gaps"), "subgroup gaps"))
+                parts.append(_img(plots.calibration_plot(val, "calibration"), "calibration curves"))
+        if step["kind"] == "monitor":
+            drift = records[step["record"]].get("drift") or {}
+            monitors.append((step.get("label", step["record"]), drift))
+            parts.append(f"<h2>Drift monitoring ({html.escape(step['record'])})</h2>")
+            drows = []
+            for site, rep in sorted(drift.items()):
+                for test, r in sorted(rep.get("tests", {}).items()):
+                    drows.append([site, test, _fmt(r.get("statistic"), 4), f"{r.get('p_value', float('nan')):.3g}",
+                                  "ALARM" if test in rep.get("triggered", {}) else ""])
+            parts.append(_table(["site", "test", "statistic", "p-value", ""], drows))
+            if drift:
+                parts.append(_img(plots.drift_tests_plot(drift, "drift tests"), "drift tests per site"))
+    if monitors:
+        parts.append("<h2>Drift over time</h2>" + _img(plots.drift_plot(monitors), "drift over time"))
+    parts.append("<h2>Model cards</h2><ul>" + "".join(
+        f"<li><a href='model_cards/{html.escape(m)}.md'>{html.escape(m)}</a> "
+        f"(<a href='model_cards/{html.escape(m)}.json'>JSON</a>)</li>" for m in history.get("models", {})) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def generate_reports(result_dir: str | Path) -> dict[str, Any]:
+    """Write ``report.html`` and ``model_cards/*`` into ``result_dir``; returns their paths."""
+    from ai4hi_sdk.validation.decision import verify_log
+
+    result_dir = Path(result_dir)
+    history, records = load_history(result_dir)
+    verification = None
+    log = result_dir / history.get("decision_log", "decisions.jsonl")
+    pub = log.with_name(log.name + ".pub")
+    if log.is_file() and pub.is_file():
+        check = verify_log(log, pub.read_text().strip())
+        verification = {"ok": check.ok, "entries": check.entries, "bad_line": check.bad_line, "reason": check.reason}
+    cards_dir = result_dir / "model_cards"
+    cards_dir.mkdir(exist_ok=True)
+    cards = {}
+    for model in history.get("models", {}):
+        card = model_card(history, records, model)
+        (cards_dir / f"{model}.json").write_text(json.dumps(card, indent=2, sort_keys=True))
+        (cards_dir / f"{model}.md").write_text(model_card_markdown(card))
+        cards[model] = {"markdown": str(cards_dir / f"{model}.md"), "json": str(cards_dir / f"{model}.json")}
+    report = result_dir / "report.html"
+    report.write_text(html_report(history, records, verification), encoding="utf-8")
+    return {"report": str(report), "model_cards": cards, "decision_log": verification}

@@ -1,0 +1,102 @@
+"""Update decisions from what sites sent: evidence, policy, signed record (pure core + files).
+
+* :func:`evidence_from_validation` turns a validation job's record (per-site aggregate reports, as
+  the server received them) and, optionally, a monitoring job's drift statistics into the
+  decision engine's :class:`~ai4hi_sdk.validation.decision.Evidence`;
+* :func:`make_decision` applies the update policy (per-site rules and the random-effects pooled
+  delta, :func:`~ai4hi_sdk.validation.decision.decide`) and appends the signed record — decision,
+  evidence, lineage — to the hash-chained decision log;
+* :func:`load_or_create_signing_key` keeps the lead's Ed25519 key next to the log (``0600``) and
+  its public key as ``<log>.pub`` for ``ai4hi audit verify``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ai4hi_sdk.validation.decision import Decision, DecisionLog, Evidence, SiteEvidence, decide, public_key_hex
+from ai4hi_sdk.validation.update_policy import UpdatePolicy
+
+
+def audit_cells(subgroups: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Egress form ``{attr: {"cells": {...}, "suppressed_cells": k}}`` -> ``subgroup_audit`` form."""
+    return {attr: dict(d.get("cells", {})) for attr, d in (subgroups or {}).items()}
+
+
+def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None, *,
+                             gap_metric: str = "auroc") -> tuple[Evidence, list[str]]:
+    """Evidence for :func:`decide` from a validation record (``record["validation"][site]``) and
+    per-site drift reports (``{site: {"alarm": bool, ...}}``).
+
+    Returns ``(evidence, notes)``; a site whose paired AUROC test is undefined (one class in its
+    test split) or that refused is left out and named in ``notes``.
+    """
+    drift = drift or {}
+    sites, notes = [], []
+    for refusal in record.get("refused", []):
+        notes.append(f"site {refusal['site']} refused {refusal.get('task', 'the task')}: {refusal['reason']}")
+    for rejected in record.get("rejected", []):
+        notes.append(f"result of site {rejected['site']} rejected: {rejected['reason']}")
+    for site, rep in sorted((record.get("validation") or {}).items()):
+        paired = rep.get("paired", {})
+        if "delta" not in paired or "auroc" not in rep.get("candidate", {}) or "auroc" not in rep.get("champion", {}):
+            notes.append(f"site {site} left out: AUROC undefined (one class in its test split)")
+            continue
+        sites.append(SiteEvidence.from_results(
+            site,
+            {"n": paired["n"], "auroc_candidate": rep["candidate"]["auroc"], "auroc_champion": rep["champion"]["auroc"],
+             "delta": paired["delta"], "ci": paired["ci"], "variance": paired["variance"]},
+            candidate_audit=audit_cells(rep["candidate"].get("subgroups", {})) or None,
+            champion_audit=audit_cells(rep["champion"].get("subgroups", {})) or None,
+            gap_metric=gap_metric, drift_alarm=bool((drift.get(site) or {}).get("alarm", False))))
+    for site in sorted(set(drift) - {s.site for s in sites}):
+        if drift[site].get("alarm"):
+            notes.append(f"drift alarm at {site}, which has no validation evidence in this decision")
+    return Evidence(sites=sites), notes
+
+
+def with_drift(evidence: Evidence, drift: dict[str, dict]) -> Evidence:
+    """The same evidence with each site's drift alarm set from a monitoring job's reports."""
+    return Evidence(sites=[s.model_copy(update={"drift_alarm": bool((drift.get(s.site) or {}).get("alarm", False))})
+                           for s in evidence.sites])
+
+
+def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
+    """The decision signer's Ed25519 key (PKCS#8 PEM, created with mode 0600 if absent)."""
+    path = Path(path)
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    return key
+
+
+def make_decision(evidence: Evidence, policy: UpdatePolicy, log_path: str | Path, key: Ed25519PrivateKey, *,
+                  parent_model_sha256: str | None, model_sha256: str | None, job_id: str | None,
+                  data_stats: dict[str, Any] | None = None, epsilon_spent: float | None = None,
+                  notes: list[str] | None = None, extra: dict[str, Any] | None = None) -> tuple[Decision, dict]:
+    """Decide, append the signed record to ``log_path`` (and write ``<log>.pub``); returns
+    ``(decision, chain entry)``."""
+    decision = decide(evidence, policy)
+    if notes:
+        decision = decision.model_copy(update={"reasons": decision.reasons + notes})
+    log_path = Path(log_path)
+    entry = DecisionLog(log_path, key).append(
+        decision, evidence, parent_model_sha256=parent_model_sha256, model_sha256=model_sha256, job_id=job_id,
+        data_stats=data_stats, epsilon_spent=epsilon_spent,
+        extra={"policy": policy.model_dump(mode="json"), **(extra or {})})
+    log_path.with_name(log_path.name + ".pub").write_text(public_key_hex(key) + "\n")
+    return decision, entry
