@@ -69,7 +69,7 @@ def _verify(args: argparse.Namespace) -> int:
         check = verify_chain(log)
     result = {"log": str(log), "ok": check.ok, "entries": check.entries, "signed": signed,
               "bad_line": check.bad_line, "reason": check.reason}
-    console = Console()
+    console = Console(soft_wrap=True)
     if args.json:
         console.print_json(json.dumps(result))
     elif check.ok:

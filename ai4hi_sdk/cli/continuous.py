@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     from ai4hi_sdk.jobs.continuous import run_continuous
 
     spec = load_continuous_spec(args.spec)
-    console = Console()
+    console = Console(soft_wrap=True)
     out = run_continuous(spec, args.data_root, args.workspace, say=lambda s: console.print(escape(s), highlight=False))
     check = out["decision_log"] or {}
     console.print(f"loop finished in {out['seconds']} s; deployed model: {out['deployed']}", highlight=False)

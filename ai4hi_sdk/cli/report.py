@@ -18,7 +18,7 @@ def _report(args: argparse.Namespace) -> int:
     from ai4hi_sdk.reports.report import generate_reports
 
     out = generate_reports(args.result_dir)
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"report: {out['report']}", highlight=False)
     for model, paths in out["model_cards"].items():
         console.print(f"model card {model}: {paths['markdown']} (+ .json)", highlight=False)

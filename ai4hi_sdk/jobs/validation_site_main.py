@@ -74,6 +74,7 @@ class ValidationSite:
     def __init__(self, trainer: Any, config: ValidationSpec):
         self.trainer = trainer
         self.config = config
+        self._base: tuple[Any, DriftFeatures] | None = None  # (dataset of all images, model-free features)
 
     # ------------------------------------------------------------------ drift features
     def _all_images_dataset(self) -> Any:
@@ -89,8 +90,11 @@ class ValidationSite:
         """Metadata, intensity and model-output features of every current image (stay local)."""
         from ai4hi_sdk.trainers.state import load_exchanged_state
 
-        dataset = self._all_images_dataset()
-        features = header_and_intensity_features([it.path for it in dataset.items])
+        if self._base is None:  # headers and pixels are read once per job, whatever the number of models
+            dataset = self._all_images_dataset()
+            self._base = (dataset, header_and_intensity_features([it.path for it in dataset.items]))
+        dataset, base = self._base
+        features = DriftFeatures(categorical=dict(base.categorical), numeric=dict(base.numeric))
         load_exchanged_state(self.trainer.model, state)
         score, embedding = model_output_features(self.trainer.model, self.trainer.loader(dataset, shuffle=False),
                                                  self.trainer.device)
