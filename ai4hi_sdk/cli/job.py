@@ -28,6 +28,10 @@ def register(groups: argparse._SubParsersAction) -> None:
     sim.add_argument("--site-policy", type=Path, default=None,
                      help="privacy policy YAML to install at every simulated site (default: keep a site's "
                           "own, else the SDK default: DP-SGD required, epsilon <= 10 per dataset)")
+    sim.add_argument("--drop", default=None, metavar="SITE:STAGE[@ROUND]",
+                     help="secure aggregation fault injection (tests, demos): drop a site at a protocol stage, "
+                          "e.g. hospital-2:after-shares (stages: after-advertise, after-shares, after-input); "
+                          "comma-separate several")
     sim.add_argument("--json", action="store_true", help="print the result record as JSON")
     sim.set_defaults(func=_simulate)
 
@@ -60,7 +64,7 @@ def _simulate(args: argparse.Namespace) -> int:
                               f"{len(record.get('sites', []))} sites")
 
         result = simulate(spec, args.data_root, args.workspace, n_sites=args.sites, timeout_s=args.timeout,
-                          site_policy=args.site_policy, on_poll=progress)
+                          site_policy=args.site_policy, on_poll=progress, drops=args.drop)
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:

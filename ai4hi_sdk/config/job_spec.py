@@ -76,11 +76,42 @@ class ClientDPSpec(StrictModel):
     noise_multiplier: float = Field(ge=0, le=1000)
 
 
+class SecureAggregationSpec(StrictModel):
+    """SecAgg+ secure aggregation: the server sees only the sum of the sites' updates.
+
+    Each delta element is clipped to ``[-clip, clip]`` and quantised to 32-bit fixed point; a
+    site's weight (training examples, at most ``max_samples_per_site``) is folded in and sent as one
+    more masked coordinate, so no site's update, size or (with ``secure_metrics``) metric leaves in
+    the clear. ``neighbours`` (k) and ``threshold`` (t) default to the full graph and a majority.
+    """
+
+    neighbours: int | None = Field(None, ge=2, description="k of the k-regular masking graph (default: all)")
+    threshold: int | None = Field(None, ge=2, description="shares needed to unmask (default: majority)")
+    clip: float = Field(1.0, gt=0, le=1e6, description="per-element clip of the delta before quantisation")
+    max_samples_per_site: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="public bound on any site's training examples; the aggregate's precision scales with "
+                    "n_sites x max_samples_per_site / total examples")
+    secure_metrics: bool = Field(True, description="training metrics travel masked too (consortium means only)")
+    cipher: Literal["aes-128-ctr", "aes-256-ctr", "chacha20"] = "aes-128-ctr"
+    key_timeout_s: float = Field(120, gt=0, le=86_400, description="wait for keys/shares/unmask replies")
+
+    def protocol_config(self) -> Any:
+        """The pure protocol's configuration (raises ValueError for an unusable combination)."""
+        from ai4hi_sdk.privacy.secagg.protocol.config import SecAggConfig
+
+        return SecAggConfig(neighbours=self.neighbours, threshold=self.threshold, clip=self.clip,
+                            cipher=self.cipher, advertise_timeout_s=self.key_timeout_s,
+                            share_timeout_s=self.key_timeout_s, unmask_timeout_s=self.key_timeout_s,
+                            secure_metrics=self.secure_metrics)
+
+
 class PrivacySpec(StrictModel):
     """Privacy protections the job asks for (a site's policy may demand more)."""
 
     dp_sgd: DPSGDSpec | None = None
     client_dp: ClientDPSpec | None = None
+    secure_aggregation: SecureAggregationSpec | None = None
 
 
 class JobSpec(StrictModel):
@@ -100,6 +131,13 @@ class JobSpec(StrictModel):
     )
     #: folder of the spec file; set by load_job_spec, used to resolve ``code``
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _secure_aggregation_needs_two_survivors(self) -> "JobSpec":
+        # a "sum" of one update is that update; the protocol itself needs 3 sites to exchange keys
+        if self.privacy.secure_aggregation is not None and self.min_sites < 2:
+            raise ValueError("privacy.secure_aggregation needs min_sites >= 2 (the sum of one update is the update)")
+        return self
 
     def code_paths(self) -> list[Path]:
         """Absolute paths of the ``code`` files."""

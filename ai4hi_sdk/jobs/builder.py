@@ -20,12 +20,14 @@ from nvflare.recipe.spec import Recipe
 
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.jobs.components.controller import Ai4hiFedAvg
+from ai4hi_sdk.jobs.components.secagg_wire import PROTOCOL_TASKS
 from ai4hi_sdk.jobs.components.payload_log import EgressLogFilter, ReceiptLogFilter
 from ai4hi_sdk.jobs.site_main import SPEC_FILE, write_spec_file
 from ai4hi_sdk.trainers.site_trainer import TRAIN_TASK, VALIDATE_TASK
 
 ENTRY_SCRIPT = Path(__file__).with_name("ai4hi_site_main.py")
-SITE_TASKS = [TRAIN_TASK, VALIDATE_TASK]
+# the protocol tasks only ever reach sites when the job turns secure aggregation on
+SITE_TASKS = [TRAIN_TASK, VALIDATE_TASK, *PROTOCOL_TASKS]
 TASK_REQUEST_INTERVAL_S = 0.5
 
 

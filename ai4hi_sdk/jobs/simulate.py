@@ -199,7 +199,8 @@ def _privacy_summary(ledger_path: Path) -> dict:
 
 def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str], *, timeout_s: float = 1800,
                      sites_root: str | Path | None = None,
-                     on_poll: Callable[[Path], None] | None = None) -> int:
+                     on_poll: Callable[[Path], None] | None = None,
+                     extra_env: dict[str, str] | None = None) -> int:
     """Run an already-built NVFlare job folder in the simulator, every path redirected under
     ``workspace`` (``WS/simulate/``, ``WS/simulate.log``, caches, temp files). Sites keep their state
     in ``sites_root/<site>`` (default ``WS/sites``). Returns the simulator's exit code (124: killed
@@ -209,6 +210,7 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
     env = simulator_env(workspace, len(sites))
     if sites_root is not None:
         env[SITE_WORKSPACE_ROOT_ENV] = str(Path(sites_root).resolve())
+    env.update(extra_env or {})
     run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
     return run_simulator(Path(job_dir), workspace / "simulate", sites, workspace / "simulate.log", env, timeout_s,
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
@@ -216,7 +218,7 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
 
 def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
              n_sites: int | None = None, timeout_s: float = 1800, site_policy: str | Path | None = None,
-             on_poll: Callable[[Path], None] | None = None) -> SimulationResult:
+             on_poll: Callable[[Path], None] | None = None, drops: str | None = None) -> SimulationResult:
     """Export ``spec`` as an NVFlare job, run it in the simulator over the site folders of
     ``data_root`` and collect the results (see the module docstring for the layout).
 
@@ -228,6 +230,8 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
             :func:`install_site_policies`); sites keep their state (policy, privacy budget, ledger,
             egress log) in ``WS/sites/<site>/ai4hi/`` across simulations, as real sites do.
         on_poll: called about twice a second with the server run folder (for progress display).
+        drops: secure-aggregation fault injection, ``"SITE:STAGE[@ROUND],..."`` with STAGE one of
+            ``after-advertise``, ``after-shares``, ``after-input`` (tests and demos).
     """
     data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
     chosen = sites or discover_sites(data_root)
@@ -241,8 +245,30 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         shutil.rmtree(workspace / stale, ignore_errors=True)
     workspace.mkdir(parents=True, exist_ok=True)
     policies = install_site_policies(workspace, chosen, site_policy)
+    extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
     job_dir = export_job(spec, workspace / "job", data_root=data_root)
     started = time.monotonic()
-    code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll)
+    code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll, extra_env=extra_env)
     metrics = collect_results(workspace, chosen, code, extra={"site_policies": policies})
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)
+
+
+def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], drops: str | None) -> dict[str, str]:
+    """Simulated sites have no provisioned identity: give each one from a CA made for this run
+    (``WS/sites/<site>/startup/``, where a real kit keeps it), so key signing and verification run
+    exactly as in a deployment. Returns the environment for fault injection."""
+    from ai4hi_sdk.jobs.components.secagg_wire import DROP_ENV, parse_drops
+    from ai4hi_sdk.privacy.secagg.protocol.identity import make_throwaway_ca
+
+    if drops:
+        if spec.privacy.secure_aggregation is None:
+            raise UserError("--drop injects faults into secure aggregation, which this job does not use")
+        try:
+            unknown = set(parse_drops(drops)) - set(sites)
+        except ValueError as err:
+            raise UserError(f"--drop: {err}") from None
+        if unknown:
+            raise UserError(f"--drop names unknown sites {sorted(unknown)}; sites are {', '.join(sites)}")
+    if spec.privacy.secure_aggregation is not None:
+        make_throwaway_ca(sites, {site: workspace / "sites" / site / "startup" for site in sites})
+    return {DROP_ENV: drops} if drops else {}

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -59,6 +59,19 @@ class LocalUpdate:
     delta: dict[str, torch.Tensor]
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: exactly what leaves the site: ``(params, metrics, meta)`` (see :data:`PayloadEncoder`)
+    payload: tuple[dict[str, Any], dict[str, float], dict[str, Any]] | None = None
+
+
+#: ``encode(delta, metrics, num_samples) -> (params, metrics, meta)``: turns a round's result into
+#: the payload that leaves the site (plain: the delta itself; secure aggregation: a masked vector)
+PayloadEncoder = Callable[[dict[str, torch.Tensor], dict[str, float], int],
+                          tuple[dict[str, Any], dict[str, float], dict[str, Any]]]
+
+
+def plain_payload(delta: dict[str, torch.Tensor], metrics: dict[str, float], num_samples: int):
+    """The default :data:`PayloadEncoder`: the float delta, the metrics and the FedAvg weight."""
+    return delta, metrics, {NUM_SAMPLES_KEY: num_samples}
 
 
 class SiteTrainer:
@@ -198,7 +211,7 @@ class SiteTrainer:
 
     # ------------------------------------------------------------------ core, framework-free
     def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int, *, total_rounds: int | None = None,
-            n_sites: int = 1) -> LocalUpdate:
+            n_sites: int = 1, encode: PayloadEncoder | None = None) -> LocalUpdate:
         """Train locally from ``global_state`` for one round and return the delta and metrics.
 
         Metrics: ``global_val_*`` of the received model, ``train_loss`` (mean over steps),
@@ -210,10 +223,14 @@ class SiteTrainer:
         with client-level DP the delta is clipped and noised. Raises
         :class:`~ai4hi_sdk.privacy.dp.site_guard.RoundRefused` when the site must not train or
         send (policy, budget): nothing is returned then, so nothing can leave.
+
+        ``encode`` builds the outgoing payload (default :func:`plain_payload`; secure aggregation
+        passes its quantise-and-mask step). It runs once, after the privacy spend, and the ledger
+        records the description of exactly that payload.
         """
         fit_start = time.perf_counter()
         train, dp = self.spec.train, self.spec.privacy.dp_sgd
-        self.guard.check_job("train")
+        self.guard.check_job("train", secure_aggregation=self.spec.privacy.secure_aggregation is not None)
         model = self.model
         load_exchanged_state(model, global_state)
         metrics = {f"global_val_{k}": v for k, v in self._evaluate_split(model).items()}
@@ -264,14 +281,20 @@ class SiteTrainer:
 
             delta, _ = privatize_delta(delta, client_dp.clip, client_dp.noise_multiplier, n_sites, secure_generator())
         metrics["local_seconds"] = time.perf_counter() - fit_start
+        payload: list = []
+
+        def package(extra: Mapping[str, float]) -> tuple:
+            if not payload:  # once: masking consumes the round's protocol state
+                payload.append((encode or plain_payload)(delta, _finite({**metrics, **extra}), len(dataset)))
+            return payload[0]
+
         if plan is not None:
             from ai4hi_sdk.privacy.egress import describe_payload
 
             # spend before anything leaves; the ledger records the description of the payload sent
             metrics.update(self.guard.commit_round(
-                plan, steps, round_index, describe=lambda dp_metrics: describe_payload(
-                    delta, _finite({**metrics, **dp_metrics}))))
-        return LocalUpdate(delta=delta, num_samples=len(dataset), metrics=_finite(metrics))
+                plan, steps, round_index, describe=lambda dp_metrics: describe_payload(*package(dp_metrics)[:2])))
+        return LocalUpdate(delta=delta, num_samples=len(dataset), metrics=_finite(metrics), payload=package({}))
 
     def _private_round(self, loader: DataLoader, optimizer: torch.optim.Optimizer, round_index: int,
                        total_rounds: int | None) -> tuple[Any, DataLoader, Any, nn.Module]:
@@ -345,10 +368,12 @@ class SiteTrainer:
 
     # ------------------------------------------------------------------ NVFlare Client API loop
     def run_federated(self) -> None:
-        """Serve ``train`` and ``validate`` tasks until the job ends (runs inside an NVFlare site).
+        """Serve the job's tasks until it ends (runs inside an NVFlare site): ``train``,
+        ``validate`` and, with secure aggregation, the protocol's key/share/unmask tasks.
 
-        A refused round (site policy, privacy budget) is answered with an empty result that only
-        carries the reason (meta ``ai4hi_refused``): no model, no metrics.
+        A refused round (site policy, privacy budget, a secure-aggregation step that cannot be done
+        safely) is answered with an empty result that only carries the reason (meta
+        ``ai4hi_refused``): no model, no metrics.
         """
         import nvflare.client as flare
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
@@ -358,26 +383,58 @@ class SiteTrainer:
         flare.init()
         if self.dp_model_changes:
             print(f"[ai4hi] {self.site_name}: model made DP-SGD compatible: " + "; ".join(self.dp_model_changes))
+        secure = self._secure_aggregation_site()
         while flare.is_running():
             incoming = flare.receive()
             if incoming is None:
                 break
-            state = {k: torch.as_tensor(v) for k, v in (incoming.params or {}).items()}
             meta = incoming.meta or {}
+            task = flare.get_task_name()
             try:
+                if secure is not None and secure.dropped:  # fault injection: behave as if gone
+                    from ai4hi_sdk.jobs.components.secagg_wire import DROPPED_KEY
+
+                    flare.send(FLModel(metrics={}, meta={DROPPED_KEY: "fault injection"}))
+                    continue
+                state = {k: torch.as_tensor(v) for k, v in (incoming.params or {}).items()}
                 if flare.is_evaluate():
                     flare.send(FLModel(metrics=self.validate(state)))
                     continue
                 if not flare.is_train():
+                    if secure is None:
+                        raise RoundRefused(f"task {task!r} needs secure aggregation, which this job does not use")
+                    flare.send(FLModel(params=secure.handle(task, self._secagg_meta(meta)),
+                                       params_type=ParamsType.DIFF, metrics={}))
                     continue
+                encode = secure.package(self._secagg_meta(meta)) if secure is not None else None
                 update = self.fit(state, int(incoming.current_round or 0), total_rounds=incoming.total_rounds,
-                                  n_sites=int(meta.get(NUM_SITES_KEY, 1)))
+                                  n_sites=int(meta.get(NUM_SITES_KEY, 1)), encode=encode)
             except RoundRefused as refusal:
-                print(f"[ai4hi] {self.site_name}: refused round {incoming.current_round}: {refusal}")
+                print(f"[ai4hi] {self.site_name}: refused {task} (round {incoming.current_round}): {refusal}")
                 flare.send(FLModel(metrics={}, meta={REFUSED_KEY: str(refusal)}))
                 continue
-            flare.send(FLModel(params=update.delta, params_type=ParamsType.DIFF, metrics=update.metrics,
-                               meta={NUM_SAMPLES_KEY: update.num_samples}))
+            params, metrics, result_meta = update.payload
+            flare.send(FLModel(params=params, params_type=ParamsType.DIFF, metrics=metrics, meta=result_meta))
+            if secure is not None:
+                secure.after_train(self._secagg_meta(meta))
+
+    def _secure_aggregation_site(self) -> Any:
+        if self.spec.privacy.secure_aggregation is None:
+            return None
+        from ai4hi_sdk.jobs.components.secagg_site import SecureAggregationSite
+
+        return SecureAggregationSite(self)
+
+    @staticmethod
+    def _secagg_meta(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+        from ai4hi_sdk.jobs.components.secagg_wire import SECAGG_META
+
+        value = meta.get(SECAGG_META)
+        if not isinstance(value, Mapping):
+            from ai4hi_sdk.privacy.dp.site_guard import RoundRefused
+
+            raise RoundRefused("secure aggregation: the task carries no protocol data")
+        return value
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:

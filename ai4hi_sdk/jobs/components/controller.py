@@ -25,6 +25,7 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
+from ai4hi_sdk.jobs.components.secagg_wire import DROPPED_KEY
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
 from ai4hi_sdk.trainers.site_trainer import NUM_SAMPLES_KEY, NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK
 
@@ -59,12 +60,13 @@ class Ai4hiFedAvg(FedAvg):
         self.validate_timeout = validate_timeout
         self._record: dict[str, Any] = {}
         self._declared_metrics: frozenset[str] | None = None
+        self._spec: Any = None
 
     # ------------------------------------------------------------------ persistence
     def load_model(self) -> FLModel:
         from ai4hi_sdk.jobs.site_main import read_spec_file
 
-        spec = read_spec_file(self._custom_dir())
+        spec = self._spec = read_spec_file(self._custom_dir())
         trainer = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu")
         self._declared_metrics = trainer.declared_metrics()
         return FLModel(params=trainer.initial_state(), params_type=ParamsType.FULL)
@@ -95,6 +97,9 @@ class Ai4hiFedAvg(FedAvg):
             self._finish("failed", f"only {len(sites)} sites connected, job needs {self.min_sites}")
             return
         self.save_model(FLModel(params=state))
+        if self._spec.privacy.secure_aggregation is not None:
+            self._run_secure(state, sites)
+            return
         completed = 0
         for round_index in range(self.num_rounds):
             if self.abort_signal.triggered:
@@ -133,6 +138,63 @@ class Ai4hiFedAvg(FedAvg):
             self._write_record()
         self._final_validation(state, sites)
         self._finish("completed", f"{completed} rounds")
+
+    def _run_secure(self, state: dict[str, torch.Tensor], sites: list[str]) -> None:
+        """The training loop with secure aggregation: the server only ever holds the sum."""
+        from ai4hi_sdk.jobs.components.secagg_server import SecureRounds
+        from ai4hi_sdk.privacy.secagg.protocol import RoundAbandoned
+
+        def log(level: str, message: str) -> None:
+            (self.warning if level == "warning" else self.info)(message)
+
+        secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state, self._declared_metrics,
+                              self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
+        self._record["secure_aggregation"] = {"clip": secure.codec.clip, "payload_length": secure.codec.length,
+                                              "max_samples_per_site": secure.codec.max_weight,
+                                              "rejected": secure.rejections}
+        completed = 0
+        self.current_round = 0
+        try:
+            live = secure.setup(sites)
+            for round_index in range(self.num_rounds):
+                if self.abort_signal.triggered:
+                    self._finish("aborted", "abort requested")
+                    return
+                if len(live) < self.min_sites:
+                    raise RoundAbandoned(f"round {round_index}: {len(live)} sites hold keys and shares, "
+                                         f"{self.min_sites} needed")
+                self.current_round = round_index
+                started = time.time()
+                try:
+                    outcome = secure.train_round(state, round_index, self.num_rounds, self.train_timeout,
+                                                 min_inputs=self.min_sites)
+                finally:
+                    self._record["refused"] = list(secure.refused)
+                state = apply_delta(state, outcome.mean_delta)
+                round_record = {
+                    "round": round_index, "status": "completed", "seconds": round(time.time() - started, 3),
+                    "sites": {n: outcome.clear_metrics.get(n, {}) for n in outcome.survivors},
+                    "dropped": outcome.dropped, "total_weight": outcome.total_weight,
+                    "consortium_metrics": outcome.metric_means, "quantisation_error_bound": outcome.error_bound}
+                if outcome.metric_means and self._record["rounds"]:
+                    self._record["rounds"][-1]["global_validation"] = {"sites": {}, "weighted_mean": {
+                        k[len("global_"):]: v for k, v in outcome.metric_means.items() if k.startswith("global_val_")}}
+                else:
+                    self._attach_global_validation(round_index - 1, {n: {"metrics": m} for n, m in
+                                                                     outcome.clear_metrics.items()})
+                self._record["rounds"].append(round_record)
+                self.save_model(FLModel(params=state))
+                completed += 1
+                self._write_record()
+                live = sorted(secure._inboxes)
+        except RoundAbandoned as err:
+            self._record["rounds"].append({"round": self.current_round, "status": "abandoned", "reason": str(err)})
+            refused = [r for r in secure.refused if r["round"] == self.current_round]
+            self._finish("stopped" if refused else "failed",
+                         f"{err}; nothing individual was revealed and the last good model is kept")
+            return
+        self._final_validation(state, live or sites)
+        self._finish("completed", f"{completed} rounds (secure aggregation)")
 
     def _accept(self, results: list[FLModel], state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
         accepted: dict[str, dict] = {}
@@ -175,7 +237,7 @@ class Ai4hiFedAvg(FedAvg):
         results = self.send_model_and_wait(task_name=VALIDATE_TASK, data=FLModel(params=state), targets=sites,
                                            min_responses=len(sites), timeout=self.validate_timeout)
         per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results
-                    if not (r.meta or {}).get(REFUSED_KEY)}
+                    if not (r.meta or {}).get(REFUSED_KEY) and not (r.meta or {}).get(DROPPED_KEY)}
         record = {"sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
         self._record["final_validation"] = record
         if self._record["rounds"]:
