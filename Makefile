@@ -23,6 +23,8 @@ demo: $(STAMP)
 	$(AI4HI) data synth $(DEMO)/data --sites 3 --studies-per-site 200 --seed 0 --overwrite
 	rm -rf $(DEMO)/run  # fresh sites: the regenerated data would otherwise meet its spent privacy budget
 	$(AI4HI) job simulate jobs/cxr_classification.yaml --data-root $(DEMO)/data --workspace $(DEMO)/run
+	# continuous loop: train -> validate everywhere -> decide -> drift at one site -> monitor -> retrain -> decide
+	$(AI4HI) continuous run jobs/continuous.yaml --data-root $(DEMO)/loop_data --workspace $(DEMO)/loop
 
 test: $(STAMP)
 	$(PY) -m pytest
