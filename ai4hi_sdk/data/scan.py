@@ -288,7 +288,9 @@ def _read_instance(path: Path, rel: str, *, verify_pixels: bool = False) -> Inst
     # YBR_FULL_422 stores chroma at half horizontal resolution: 2 samples per pixel on disk.
     stored_samples = 2 if _text(ds.get("PhotometricInterpretation")) == "YBR_FULL_422" else samples
     _check_length(ds, path, ts, rows * columns * frames * stored_samples, bits)
-    if verify_pixels:
+    # compressed data is always trial-decoded: an installed decoder (e.g. Pillow's JPEG 2000)
+    # says nothing about whether this file's stream is intact
+    if verify_pixels or _is_encapsulated(ds):
         _verify_decode(ds)
 
     years = parse_age_years(ds.get("PatientAge"))
@@ -444,6 +446,11 @@ def _check_length(ds: Dataset, path: Path, ts: str, n_samples: int, bits: int) -
         available = min(elem.length, path.stat().st_size - value_tell)
     if available < expected:
         raise _Skip("truncated", f"pixel data has {available} bytes, image needs {expected}")
+
+
+def _is_encapsulated(ds: Dataset) -> bool:
+    elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    return elem is not None and elem.length == _UNDEFINED_LENGTH
 
 
 def _verify_decode(ds: Dataset) -> None:
