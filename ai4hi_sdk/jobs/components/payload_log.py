@@ -29,6 +29,8 @@ from ai4hi_sdk.site_paths import site_workspace
 
 EGRESS_LOG = Path("ai4hi") / "egress_log.jsonl"
 RECEIPT_LOG = "ai4hi_receipts.jsonl"
+#: shareable header: SHA-256 of the payload description the egress log already holds
+LOGGED_HEADER = "ai4hi_egress_logged"
 
 
 def describe_shareable(shareable: Shareable, fl_ctx: FLContext) -> dict[str, Any]:
@@ -61,9 +63,15 @@ class EgressLogFilter(Filter):
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         record = describe_shareable(shareable, fl_ctx)
+        # the site's privacy.json scope and the job may both install this filter: log a payload once,
+        # unless a filter between the two changed it (then the later, outgoing form is logged too)
+        if record.get("sha256") and shareable.get_header(LOGGED_HEADER) == record["sha256"]:
+            return shareable
         record["site"] = fl_ctx.get_identity_name()
         root = site_workspace(record["site"], fl_ctx.get_engine().get_workspace().get_root_dir())
         HashChainLog(root / EGRESS_LOG).append(record)
+        if record.get("sha256"):
+            shareable.set_header(LOGGED_HEADER, record["sha256"])
         return shareable
 
 
