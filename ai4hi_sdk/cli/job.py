@@ -95,8 +95,15 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
     console.print(table)
     if rounds:
         last = rounds[-1]
-        train = {s: m.get("train_loss") for s, m in last.get("sites", {}).items()}
-        console.print("last round training loss: " + ", ".join(f"{s} {_fmt(v)}" for s, v in sorted(train.items())))
+        train = {s: m.get("train_loss") for s, m in last.get("sites", {}).items() if m.get("train_loss") is not None}
+        if train:
+            console.print("last round training loss: " + ", ".join(f"{s} {_fmt(v)}" for s, v in sorted(train.items())))
+        if "consortium_metrics" in last:  # secure aggregation: the server only knows sums
+            consortium = last["consortium_metrics"]
+            console.print(f"secure aggregation: last round mean training loss {_fmt(consortium.get('train_loss'))} "
+                          f"over {len(last.get('sites', {}))} sites (no site's own figures left it); "
+                          f"dropped: {', '.join(last.get('dropped') or []) or 'none'}; "
+                          f"quantisation error bound {_fmt(last.get('quantisation_error_bound'))}")
     for site, privacy in sorted((metrics.get("privacy") or {}).items()):
         for dataset, spent in privacy["datasets"].items():
             console.print(f"privacy: {site} dataset {dataset}: epsilon {spent['epsilon_spent']:.3g} spent "
