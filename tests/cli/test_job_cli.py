@@ -70,3 +70,39 @@ def test_export_writes_a_submittable_job(tmp_path, capsys):
     # the SDK is installed at sites: none of its code is copied into the job
     assert not list(custom.rglob("ai4hi_sdk"))
     assert not (tmp_path / "out" / ".ai4hi_staging").exists()
+
+
+def _three_site_folders(root):
+    for i in range(3):
+        site = root / "data" / f"hospital-{i + 1}"
+        site.mkdir(parents=True)
+        (site / "labels.csv").write_text("StudyInstanceUID,label\n")
+    return root / "data"
+
+
+def test_drop_needs_secure_aggregation(tmp_path, capsys):
+    data = _three_site_folders(tmp_path)
+    rc = main(["job", "simulate", str(JOB), "--data-root", str(data), "--workspace", str(tmp_path / "ws"),
+               "--drop", "hospital-2:after-shares"])
+    assert rc == 2
+    assert "does not use" in _err(capsys)
+
+
+def test_bad_drop_names_the_problem(tmp_path, capsys):
+    data = _three_site_folders(tmp_path)
+    spec = tmp_path / "secure.yaml"
+    spec.write_text("name: secure\nmin_sites: 2\nprivacy: {secure_aggregation: {clip: 1.0}}\n")
+    for drop, message in [("hospital-2:after-lunch", "STAGE one of"), ("hospital-9:after-shares", "unknown sites")]:
+        rc = main(["job", "simulate", str(spec), "--data-root", str(data), "--workspace", str(tmp_path / "ws"),
+                   "--drop", drop])
+        assert rc == 2
+        assert message in _err(capsys)
+
+
+def test_secure_aggregation_spec_errors_name_the_field(tmp_path, capsys):
+    spec = tmp_path / "secure.yaml"
+    spec.write_text("name: secure\nmin_sites: 1\nprivacy: {secure_aggregation: {clip: -1, neighbours: 1}}\n")
+    rc = main(["job", "export", str(spec), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    err = _err(capsys)
+    assert "privacy.secure_aggregation.clip" in err and "privacy.secure_aggregation.neighbours" in err

@@ -68,3 +68,14 @@ def test_overrides():
     spec = load_job_spec(REPO / "jobs" / "cxr_classification.yaml")
     assert spec.with_overrides(rounds=1, lr=None).train.rounds == 1
     assert spec.with_overrides(rounds=1).train.lr == spec.train.lr
+
+
+def test_secure_aggregation_needs_two_surviving_sites():
+    import pytest as _pytest
+    from pydantic import ValidationError
+
+    with _pytest.raises(ValidationError, match="min_sites >= 2"):
+        JobSpec(name="x", min_sites=1, privacy={"secure_aggregation": {}})
+    spec = JobSpec(name="x", min_sites=2, privacy={"secure_aggregation": {"neighbours": 4, "threshold": 3}})
+    config = spec.privacy.secure_aggregation.protocol_config()
+    assert (config.neighbours, config.threshold, config.cipher) == (4, 3, "aes-128-ctr")
