@@ -71,10 +71,11 @@ def test_overrides():
 
 
 def test_secure_aggregation_needs_two_surviving_sites():
-    import pytest as _pytest
     from pydantic import ValidationError
 
-    with _pytest.raises(ValidationError, match="min_sites >= 2"):
+    from ai4hi_sdk.config.job_spec import JobSpec
+
+    with pytest.raises(ValidationError, match="min_sites >= 2"):
         JobSpec(name="x", min_sites=1, privacy={"secure_aggregation": {}})
     spec = JobSpec(name="x", min_sites=2, privacy={"secure_aggregation": {"neighbours": 4, "threshold": 3}})
     config = spec.privacy.secure_aggregation.protocol_config()
