@@ -186,7 +186,7 @@ class Ai4hiFedAvg(FedAvg):
                 self.save_model(FLModel(params=state))
                 completed += 1
                 self._write_record()
-                live = sorted(secure._inboxes)
+                live = secure.next_participants
         except RoundAbandoned as err:
             self._record["rounds"].append({"round": self.current_round, "status": "abandoned", "reason": str(err)})
             refused = [r for r in secure.refused if r["round"] == self.current_round]

@@ -116,6 +116,11 @@ class SecureRounds:
                 self.log("warning", f"secure aggregation rejected {rejection['site']} at {rejection['step']} "
                          f"in round {rejection['round']}: {rejection['reason']}")
 
+    @property
+    def next_participants(self) -> list[str]:
+        """Sites holding keys and shares for the next round (they can take part in it)."""
+        return sorted(self._inboxes)
+
     # ---------------------------------------------------------------- once per job
     def setup(self, sites: list[str]) -> list[str]:
         """Keys and shares for round 0; returns the sites that can take part in it."""
