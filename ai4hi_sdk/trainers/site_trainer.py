@@ -413,7 +413,10 @@ class SiteTrainer:
                 print(f"[ai4hi] {self.site_name}: refused {task} (round {incoming.current_round}): {refusal}")
                 flare.send(FLModel(metrics={}, meta={REFUSED_KEY: str(refusal)}))
                 continue
-            params, metrics, result_meta = update.payload
+            if secure is None:  # plain FedAvg: the delta and metrics as returned (a subclass may post-process)
+                params, metrics, result_meta = plain_payload(update.delta, update.metrics, update.num_samples)
+            else:  # the masked payload fit built (and the privacy ledger described)
+                params, metrics, result_meta = update.payload
             flare.send(FLModel(params=params, params_type=ParamsType.DIFF, metrics=metrics, meta=result_meta))
             if secure is not None:
                 secure.after_train(self._secagg_meta(meta))
