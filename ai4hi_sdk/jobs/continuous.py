@@ -116,13 +116,17 @@ class ContinuousLoop:
         shutil.copy2(result.result_dir / "global_model.pt", self._model_path(label))
         shutil.copy2(result.result_dir / "metrics.json", self.report / f"train-{label}.json")
         metrics = result.metrics
-        last = metrics["rounds"][-1]["sites"] if metrics.get("rounds") else {}
+        last_round = metrics["rounds"][-1] if metrics.get("rounds") else {}
+        last = last_round.get("sites", {})
         state = torch.load(self._model_path(label), map_location="cpu", weights_only=True)
         self.history["models"][label] = {"sha256": model_sha256(state), "training": {
             "job": self.job.name, "rounds": len(metrics.get("rounds", [])), "sites": metrics.get("sites", []),
             "data_version": data_version,
             "data": {s: {"train_samples": m.get("train_samples")} for s, m in last.items()},
-            "privacy": {s: {"epsilon": m.get("dp_epsilon"), "delta": m.get("dp_delta")} for s, m in last.items()},
+            # under secure aggregation only the total is known; per-site sizes never left the sites
+            "total_train_samples": last_round.get("total_weight"),
+            "secure_aggregation": "total_weight" in last_round,
+            "privacy": _site_privacy(metrics, last),
             "record": f"train-{label}.json"}}
         self._step(kind="train", model=label, data_version=data_version, seconds=round(result.seconds, 1),
                    record=None)
@@ -232,3 +236,16 @@ def run_continuous(spec: ContinuousSpec, data_root: str | Path, workspace: str |
                    say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the loop; returns the report paths, the deployed model and the seconds it took."""
     return ContinuousLoop(spec, data_root, workspace, say).run()
+
+
+def _site_privacy(metrics: dict, last_sites: dict) -> dict[str, dict]:
+    """Epsilon (and delta) per site: what the site reported with its update, else (secure
+    aggregation hides per-site metrics) the site's own ledger summary the simulator collected."""
+    out = {s: {"epsilon": m.get("dp_epsilon"), "delta": m.get("dp_delta")} for s, m in last_sites.items()
+           if m.get("dp_epsilon") is not None}
+    for site, summary in (metrics.get("privacy") or {}).items():
+        if site not in out:
+            spent = list((summary.get("datasets") or {}).values())
+            if spent:
+                out[site] = {"epsilon": max(d["epsilon_spent"] for d in spent), "delta": spent[0].get("delta")}
+    return out

@@ -111,6 +111,9 @@ def model_card_markdown(card: dict) -> str:
     tr = card["training"]
     lines.append(f"Job `{tr.get('job', '?')}`, {tr.get('rounds', '?')} federated rounds on data version "
                  f"`{tr.get('data_version', '?')}` at sites: {', '.join(tr.get('sites', [])) or '?'}.")
+    if tr.get("secure_aggregation"):
+        lines += ["", f"Trained with secure aggregation: the server learnt only the total of "
+                      f"{_fmt(tr.get('total_train_samples'), 0)} training studies, not each site's."]
     lines += ["", "| site | training studies | epsilon spent (delta) |", "|---|---|---|"]
     for site in tr.get("sites", []):
         eps = card["privacy"].get(site, {})
