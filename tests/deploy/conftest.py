@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+LEAD = "lead@consortium.example.org"
 
 
 def free_ports(n: int) -> list[int]:
@@ -52,3 +59,63 @@ def provision_example(out: Path, data_root: Path | None = None) -> dict:
     data_root = data_root or out / "data"
     path = write_consortium(out / "consortium.yaml", data_root, gpus={"hospital-2": 1})
     return provision(load_consortium(path), out / "ws")
+
+
+def tmp_nvflare_state() -> list[str] | None:
+    """Everything under ``/tmp/nvflare`` (None if absent): a deployment must not add to it."""
+    root = Path("/tmp/nvflare")
+    return sorted(str(p) for p in root.rglob("*")) if root.exists() else None
+
+
+def small_spec(name: str, dp: bool, privacy: dict | None = None):
+    """The demo job, shrunk to run in seconds on 2 cores (2 rounds, 32 px, a tiny DenseNet).
+    ``privacy`` is added to the job's privacy section (DP-SGD when ``dp``)."""
+    from ai4hi_sdk.config.job_spec import load_job_spec
+
+    spec = load_job_spec(REPO / "jobs" / "cxr_classification.yaml")
+    privacy = {**({"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}} if dp else {}), **(privacy or {})}
+    return spec.model_validate({
+        **spec.model_dump(mode="json"), "name": name,
+        "model": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1,
+                  "norm": ["group", {"num_groups": 2}]},
+        "train": {**spec.train.model_dump(), "rounds": 2, "local_epochs": 1, "batch_size": 8,
+                  "max_steps_per_round": 3, "threads": 1},
+        "data": {"image_size": 32}, "privacy": privacy})
+
+
+@contextmanager
+def running_consortium(root: Path, n_sites: int, studies_per_site: int = 40) -> Iterator[dict]:
+    """Synthesise data, provision ``hospital-1..n_sites`` on 127.0.0.1 (free ports), start the
+    server and every site from their kits, wait until all sites are connected; stop every kit on
+    exit, whatever happened. Yields ``root, server, sites, admin, kits, before_tmp, startup_s, jobs``."""
+    from ai4hi_sdk.config.consortium import load_consortium
+    from ai4hi_sdk.data.synth import synth_consortium
+    from ai4hi_sdk.deploy.admin import AdminSession
+    from ai4hi_sdk.deploy.kit import load_kit
+    from ai4hi_sdk.deploy.processes import start_kit, stop_kit
+    from ai4hi_sdk.provision.provision import provision
+    from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
+
+    before_tmp = tmp_nvflare_state()
+    names = [f"hospital-{i + 1}" for i in range(n_sites)]
+    synth_consortium(root / "data", sites=n_sites, studies_per_site=studies_per_site, seed=3)
+    kits = provision(load_consortium(write_consortium(root / "consortium.yaml", root / "data", sites=n_sites)),
+                     root / "ws")
+    server = load_kit(kits["server"], expect="server")
+    sites = {s: load_kit(kits["sites"][s]["kit"], expect="site") for s in names}
+    admin = Path(kits["admins"][LEAD])
+    all_kits = [server, *sites.values()]
+    env = {TORCH_THREADS_ENV: "1"}
+    try:
+        started = time.monotonic()
+        start_kit(server, timeout_s=120, extra_env=env)
+        with ThreadPoolExecutor(len(sites)) as pool:  # each site's supervisor waits 5 s before starting
+            list(pool.map(lambda k: start_kit(k, timeout_s=120, extra_env=env), sites.values()))
+        # NVFlare's scheduler backs off for minutes if a job's site is missing: wait for all first
+        with AdminSession(admin, timeout_s=60) as session:
+            session.wait_for_sites(names, timeout_s=120)
+        yield {"root": root, "server": server, "sites": sites, "admin": admin, "kits": all_kits,
+               "before_tmp": before_tmp, "startup_s": time.monotonic() - started, "jobs": {}}
+    finally:
+        for kit in all_kits:
+            stop_kit(kit)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -16,67 +14,21 @@ import pytest
 import torch
 
 from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain
-from ai4hi_sdk.config.consortium import load_consortium
-from ai4hi_sdk.config.job_spec import load_job_spec
-from ai4hi_sdk.data.synth import synth_consortium
 from ai4hi_sdk.deploy.admin import AdminSession
-from ai4hi_sdk.deploy.kit import load_kit
-from ai4hi_sdk.deploy.processes import kit_processes, start_kit, stop_kit
+from ai4hi_sdk.deploy.processes import kit_processes, stop_kit
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.provision.provision import provision
-from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
-from tests.deploy.conftest import write_consortium
+from tests.deploy.conftest import running_consortium, small_spec, tmp_nvflare_state
 
 pytestmark = pytest.mark.deploy
-REPO = Path(__file__).resolve().parents[2]
 SITES = ["hospital-1", "hospital-2"]
-LEAD = "lead@consortium.example.org"
 JOB_TIMEOUT_S = 300
-
-
-def _tmp_nvflare_state() -> list[str] | None:
-    root = Path("/tmp/nvflare")
-    return sorted(str(p) for p in root.rglob("*")) if root.exists() else None
-
-
-def small_spec(name: str, dp: bool):
-    """The demo job, shrunk to run in seconds on 2 cores (2 rounds, 32 px, a tiny DenseNet)."""
-    spec = load_job_spec(REPO / "jobs" / "cxr_classification.yaml")
-    privacy = {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}} if dp else {}
-    return spec.model_validate({
-        **spec.model_dump(mode="json"), "name": name,
-        "model": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1,
-                  "norm": ["group", {"num_groups": 2}]},
-        "train": {**spec.train.model_dump(), "rounds": 2, "local_epochs": 1, "batch_size": 8,
-                  "max_steps_per_round": 3, "threads": 1},
-        "data": {"image_size": 32}, "privacy": privacy})
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    before_tmp = _tmp_nvflare_state()
-    root = tmp_path_factory.mktemp("deploy")
-    synth_consortium(root / "data", sites=2, studies_per_site=40, seed=3)
-    kits = provision(load_consortium(write_consortium(root / "consortium.yaml", root / "data")), root / "ws")
-    server = load_kit(kits["server"], expect="server")
-    sites = {s: load_kit(kits["sites"][s]["kit"], expect="site") for s in SITES}
-    admin = Path(kits["admins"][LEAD])
-    all_kits = [server, *sites.values()]
-    env = {TORCH_THREADS_ENV: "1"}
-    try:
-        started = time.monotonic()
-        start_kit(server, timeout_s=120, extra_env=env)
-        with ThreadPoolExecutor(len(sites)) as pool:  # each site's supervisor waits 5 s before starting
-            list(pool.map(lambda k: start_kit(k, timeout_s=120, extra_env=env), sites.values()))
-        # NVFlare's scheduler backs off for minutes if a job's site is missing: wait for both first
-        with AdminSession(admin, timeout_s=60) as session:
-            session.wait_for_sites(SITES, timeout_s=120)
-        yield {"root": root, "server": server, "sites": sites, "admin": admin, "kits": all_kits,
-               "before_tmp": before_tmp, "startup_s": time.monotonic() - started, "jobs": {}}
-    finally:
-        for kit in all_kits:
-            stop_kit(kit)
+    with running_consortium(tmp_path_factory.mktemp("deploy"), n_sites=len(SITES)) as running:
+        yield running
 
 
 def test_dp_job_runs_and_downloads_in_the_simulate_layout(deployment):
@@ -165,4 +117,4 @@ def test_stop_leaves_no_process_port_or_tmp_file_behind(deployment):
     for port in (deployment["server"].server_target[1], deployment["server"].admin_port):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
-    assert _tmp_nvflare_state() == deployment["before_tmp"]
+    assert tmp_nvflare_state() == deployment["before_tmp"]

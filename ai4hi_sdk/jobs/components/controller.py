@@ -151,7 +151,9 @@ class Ai4hiFedAvg(FedAvg):
                               self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
         self._record["secure_aggregation"] = {"clip": secure.codec.clip, "payload_length": secure.codec.length,
                                               "max_samples_per_site": secure.codec.max_weight,
-                                              "rejected": secure.rejections}
+                                              "rejected": secure.rejections,
+                                              # the server checks key signatures against its kit's rootCA.pem
+                                              "server_checks_signatures": secure.verify is not None}
         completed = 0
         self.current_round = 0
         try:
