@@ -19,7 +19,7 @@ def _variant(tmp_path, change):
 
 def test_example_is_valid():
     consortium = load_consortium(EXAMPLE)
-    assert [s.name for s in consortium.sites] == ["hospital-1", "hospital-2"]
+    assert [s.name for s in consortium.sites] == ["hospital-1", "hospital-2", "hospital-3"]
     assert consortium.default_privacy_policy.require_dp
 
 

@@ -53,11 +53,12 @@ def test_sites_are_overlaid_with_sdk_config(kits):
         resources = json.loads((local / "resources.json").read_text())
         assert set(SDK_CLASSES) <= set(resources["class_allow_list"])
         gpus = [c["args"]["num_of_gpus"] for c in resources["components"] if c["id"] == "resource_manager"]
-        assert gpus == [0 if site == "hospital-1" else 1]
+        assert gpus == [1 if site == "hospital-2" else 0]
         policy = yaml.safe_load((Path(entry["kit"]) / "ai4hi" / "site_policy.yaml").read_text())
         assert policy["max_epsilon_per_dataset"] == 10.0 and policy["require_dp"] is True
         settings = yaml.safe_load((Path(entry["kit"]) / "ai4hi" / "site.yaml").read_text())
-        assert settings["data_dir"] == {"hospital-1": "/data/cxr", "hospital-2": "/srv/dicom/cxr"}[site]
+        assert settings["data_dir"] == {"hospital-1": "/data/cxr", "hospital-2": "/srv/dicom/cxr",
+                                        "hospital-3": "/data/dicom"}[site]
 
 
 def test_server_storage_stays_inside_the_kit(kits):
