@@ -198,6 +198,10 @@ class ContinuousLoop:
         self.say(f"decision ({stage}): {decision.decision.upper()} -> deployed model: {self.champion}")
         for reason in decision.reasons:
             self.say(f"  - {reason}")
+        if decision.decision != "replace" and candidate:  # why the candidate was not deployed
+            for rule in decision.rules:
+                if rule.rule.startswith("replace_if.") and not rule.passed:
+                    self.say(f"  - not replaced: {rule.rule} failed: {rule.detail}")
         return decision.decision
 
     # ------------------------------------------------------------------ the loop
