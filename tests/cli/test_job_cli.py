@@ -82,7 +82,9 @@ def _three_site_folders(root):
 
 def test_drop_needs_secure_aggregation(tmp_path, capsys):
     data = _three_site_folders(tmp_path)
-    rc = main(["job", "simulate", str(JOB), "--data-root", str(data), "--workspace", str(tmp_path / "ws"),
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: plain\nmin_sites: 2\n")
+    rc = main(["job", "simulate", str(plain), "--data-root", str(data), "--workspace", str(tmp_path / "ws"),
                "--drop", "hospital-2:after-shares"])
     assert rc == 2
     assert "does not use" in _err(capsys)
