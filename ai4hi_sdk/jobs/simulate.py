@@ -10,7 +10,8 @@ Workspace layout::
     WS/simulate/              the simulator's workspace (server/ and one folder per site)
     WS/simulate.log           the simulator's output
     WS/result/global_model.pt final global model (state dict of float tensors)
-    WS/result/metrics.json    per round: per-site training/validation metrics, global validation
+    WS/result/metrics.json    per round: per-site training/validation metrics, global validation;
+                              ``initial_model``: source and sha256 of the round-0 global model
     WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
     WS/result/receipts.jsonl  what the server received (descriptions only)
     WS/sites/<site>/ai4hi/    each site's own state, kept across simulations: site_policy.yaml,
@@ -34,7 +35,8 @@ import psutil
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job
-from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
+from ai4hi_sdk.jobs.components.controller import (INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE,
+                                                   initial_state_mismatch)
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
@@ -218,7 +220,8 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
 
 def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
              n_sites: int | None = None, timeout_s: float = 1800, site_policy: str | Path | None = None,
-             on_poll: Callable[[Path], None] | None = None, drops: str | None = None) -> SimulationResult:
+             on_poll: Callable[[Path], None] | None = None, drops: str | None = None,
+             initial_model: str | Path | None = None) -> SimulationResult:
     """Export ``spec`` as an NVFlare job, run it in the simulator over the site folders of
     ``data_root`` and collect the results (see the module docstring for the layout).
 
@@ -232,6 +235,9 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         on_poll: called about twice a second with the server run folder (for progress display).
         drops: secure-aggregation fault injection, ``"SITE:STAGE[@ROUND],..."`` with STAGE one of
             ``after-advertise``, ``after-shares``, ``after-input`` (tests and demos).
+        initial_model: warm start: a state dict file (``torch.save``) of the job's architecture,
+            e.g. the deployed champion's ``global_model.pt``, used as the round-0 global model
+            instead of the seeded one (see :func:`install_initial_model`).
     """
     data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
     chosen = sites or discover_sites(data_root)
@@ -247,10 +253,49 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
     policies = install_site_policies(workspace, chosen, site_policy)
     extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
     job_dir = export_job(spec, workspace / "job", data_root=data_root)
+    extra: dict = {"site_policies": policies}
+    if initial_model is not None:
+        extra["initial_model_file"] = str(Path(initial_model).resolve())
+        extra["initial_model_file_sha256"] = install_initial_model(spec, job_dir, initial_model)
     started = time.monotonic()
     code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll, extra_env=extra_env)
-    metrics = collect_results(workspace, chosen, code, extra={"site_policies": policies})
+    metrics = collect_results(workspace, chosen, code, extra=extra)
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)
+
+
+def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str | Path) -> str:
+    """Ship ``initial_model`` with the exported job as its initial global model (warm start).
+
+    The file must be a ``torch.save``d state dict whose floating-point entries are exactly the
+    exchanged state of the job's freshly built model (same names and shapes; other entries are
+    ignored), e.g. a previous job's ``global_model.pt``. It is checked here (UserError naming the
+    file and the mismatch) and again by the server, then written as float32 next to the job's spec
+    file (``app*/custom/ai4hi_initial_model.pt``), where the server's controller loads it instead of
+    the seeded model. Returns the sha256 of the installed state (:func:`describe_payload` digest).
+    """
+    import torch
+
+    from ai4hi_sdk.jobs.site_main import SPEC_FILE
+    from ai4hi_sdk.privacy.egress import describe_payload
+
+    path = Path(initial_model)
+    if not path.is_file():
+        raise UserError(f"initial model '{path}' not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"initial model '{path}' is not a torch state dict file: {err}") from None
+    reference = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu").initial_state()
+    problem = initial_state_mismatch(state, reference)
+    if problem:
+        raise UserError(f"initial model '{path}' cannot start job '{spec.name}': {problem}")
+    state = {name: state[name].detach().to(torch.float32).contiguous() for name in reference}
+    targets = sorted(Path(job_dir).glob(f"*/custom/{SPEC_FILE}"))
+    if not targets:
+        raise UserError(f"no app with a job spec ({SPEC_FILE}) under '{job_dir}'")
+    for spec_file in targets:
+        torch.save(state, spec_file.with_name(INITIAL_MODEL_FILE))
+    return describe_payload(state)["sha256"]
 
 
 def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], drops: str | None) -> dict[str, str]:

@@ -10,7 +10,11 @@ Differences from NVFlare's stock ``FedAvg`` loop, each for a reason:
 * averaging is weighted by each site's training-set size (classic FedAvg), in float64;
 * after the last round every site validates the final model on its held-out validation split;
 * results are written to the run folder as ``global_model.pt`` (state dict) and
-  ``ai4hi_metrics.json`` (per round: per-site training/validation metrics, global metrics).
+  ``ai4hi_metrics.json`` (per round: per-site training/validation metrics, global metrics);
+* the initial global model is the spec's seeded model, unless the job ships a state dict of the
+  same architecture as ``ai4hi_initial_model.pt`` next to its spec (warm start, e.g. from the
+  deployed champion: ``simulate(..., initial_model=...)``); the record's ``initial_model`` gives
+  its source and the sha256 of the round-0 global model.
 """
 
 from __future__ import annotations
@@ -31,6 +35,26 @@ from ai4hi_sdk.trainers.site_trainer import NUM_SAMPLES_KEY, NUM_SITES_KEY, REFU
 
 METRICS_FILE = "ai4hi_metrics.json"
 MODEL_FILE = "global_model.pt"
+INITIAL_MODEL_FILE = "ai4hi_initial_model.pt"  # optional warm start, shipped next to the job spec
+
+
+def initial_state_mismatch(state: Any, reference: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` cannot be the initial global model of a job whose freshly built model has the
+    exchanged state ``reference`` (None: it can). Entries that are not floating point (e.g. BatchNorm
+    counters) are not exchanged and are ignored."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        return "not a state dict (a mapping of names to tensors)"
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    missing, unexpected = sorted(set(reference) - set(floats)), sorted(set(floats) - set(reference))
+    if missing or unexpected:
+        return (f"not the job's architecture: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for name, ref in reference.items():
+        if tuple(floats[name].shape) != tuple(ref.shape):
+            return f"'{name}' has shape {tuple(floats[name].shape)}, the job's model has {tuple(ref.shape)}"
+        if not bool(torch.isfinite(floats[name]).all()):
+            return f"'{name}' has non-finite values"
+    return None
 
 
 class Ai4hiFedAvg(FedAvg):
@@ -61,6 +85,7 @@ class Ai4hiFedAvg(FedAvg):
         self._record: dict[str, Any] = {}
         self._declared_metrics: frozenset[str] | None = None
         self._spec: Any = None
+        self._initial_source = "seeded (the spec's train.seed)"
 
     # ------------------------------------------------------------------ persistence
     def load_model(self) -> FLModel:
@@ -69,7 +94,20 @@ class Ai4hiFedAvg(FedAvg):
         spec = self._spec = read_spec_file(self._custom_dir())
         trainer = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu")
         self._declared_metrics = trainer.declared_metrics()
-        return FLModel(params=trainer.initial_state(), params_type=ParamsType.FULL)
+        state = trainer.initial_state()
+        given = Path(self._custom_dir()) / INITIAL_MODEL_FILE
+        self._initial_source = "seeded (the spec's train.seed)"
+        if given.is_file():  # warm start: checked again here, whatever wrote the file
+            try:
+                loaded = torch.load(given, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unreadable file fails the job the same way
+                raise ValueError(f"{INITIAL_MODEL_FILE}: not a readable state dict: {err}") from None
+            problem = initial_state_mismatch(loaded, state)
+            if problem:
+                raise ValueError(f"{INITIAL_MODEL_FILE}: {problem}")
+            state = {name: loaded[name].float() for name in state}
+            self._initial_source = f"{INITIAL_MODEL_FILE} (shipped with the job)"
+        return FLModel(params=state, params_type=ParamsType.FULL)
 
     def save_model_file(self, model: FLModel, filepath: str) -> None:
         _atomic_torch_save({k: torch.as_tensor(v) for k, v in model.params.items()}, filepath)
@@ -88,11 +126,19 @@ class Ai4hiFedAvg(FedAvg):
         from nvflare.app_opt.pt.decomposers import TensorDecomposer
         from nvflare.fuel.utils import fobs
 
+        from ai4hi_sdk.privacy.egress import describe_payload
+
         fobs.register(TensorDecomposer)
         sites = sorted(self.sample_clients(None))
-        state = {k: torch.as_tensor(v).float() for k, v in self.load_model().params.items()}
         self._record = {"sites": sites, "num_rounds": self.num_rounds, "min_sites": self.min_sites,
                         "rounds": [], "status": "running", "rejected": [], "refused": []}
+        try:
+            state = {k: torch.as_tensor(v).float() for k, v in self.load_model().params.items()}
+        except ValueError as err:
+            self._finish("failed", f"initial model: {err}")
+            return
+        self._record["initial_model"] = {"source": self._initial_source,
+                                         "sha256": describe_payload(state)["sha256"]}
         if len(sites) < self.min_sites:
             self._finish("failed", f"only {len(sites)} sites connected, job needs {self.min_sites}")
             return
