@@ -111,6 +111,8 @@ class ValidationSite:
     def cross_validate(self, candidate: Mapping[str, torch.Tensor], champion: Mapping[str, torch.Tensor]) -> dict:
         """Nested aggregate report of both models on the fixed test split; saves drift references."""
         cfg = self.config
+        if self.trainer.spec.task == "segmentation":
+            return self._cross_validate_segmentation(candidate, champion)
         p_cand, labels, attrs = self.trainer.predict_test(candidate)
         p_champ, labels_again, _ = self.trainer.predict_test(champion)
         assert (labels == labels_again).all()
@@ -124,8 +126,24 @@ class ValidationSite:
                 self.current_features(state).save(reference_path(self._workspace(), model_sha256(state)))
         return report
 
+    def _cross_validate_segmentation(self, candidate: Mapping[str, torch.Tensor],
+                                     champion: Mapping[str, torch.Tensor]) -> dict:
+        """Segmentation: Dice / HD95 aggregates of both models' test-split masks (no drift reference:
+        monitoring is classification-only)."""
+        from ai4hi_sdk.validation.segmentation_site import site_segmentation_report
+
+        cfg = self.config
+        pred_cand, true, attrs = self.trainer.predict_test(candidate)
+        pred_champ, _, _ = self.trainer.predict_test(champion)
+        attributes = {a: attrs.get(a, ["unknown"] * len(true)) for a in cfg.attributes}
+        spacing = self.trainer.test_spacing() if hasattr(self.trainer, "test_spacing") else None
+        return site_segmentation_report(true, pred_cand, pred_champ, attributes, min_count=cfg.min_count, ci=cfg.ci,
+                                        spacing=spacing, dp_count_epsilon=cfg.dp_count_epsilon, seed=cfg.seed)
+
     def monitor(self, deployed: Mapping[str, torch.Tensor]) -> dict:
         """Drift tests of the current data against the reference saved when ``deployed`` was validated."""
+        if self.trainer.spec.task == "segmentation":
+            raise ValueError("drift monitoring is classification-only in this SDK version (segmentation job)")
         sha = model_sha256(deployed)
         ref_file = reference_path(self._workspace(), sha)
         if not ref_file.exists():

@@ -39,6 +39,9 @@ class SiteEvidence(BaseModel):
     candidate_subgroup_gap: float | None = None
     champion_subgroup_gap: float | None = None
     drift_alarm: bool = False
+    #: the performance metric in the ``*_auroc`` fields: "dice" for segmentation (mean Dice, paired
+    #: t interval of the mean Dice change); the policy's AUROC rules then apply to it
+    metric: Literal["auroc", "dice"] = "auroc"
 
     @classmethod
     def from_results(
@@ -100,6 +103,10 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
 
     ok = rule("replace_if.min_site_support", bool(used),
               f"{len(used)} of {len(ev.sites)} sites have n >= {rp.min_site_support}")
+    label = {"auroc": "AUROC", "dice": "Dice"}
+    metrics = sorted({label[s.metric] for s in ev.sites})
+    if metrics and metrics != ["AUROC"]:
+        reasons.append(f"performance metric: {'/'.join(metrics)} (the policy's AUROC thresholds apply to it)")
     if used:
         bad = [s for s in used if not s.auroc_delta_ci[0] > rp.auroc_delta_lower_bound_gt]
         ok &= rule("replace_if.auroc_delta_lower_bound_gt", not bad,
@@ -140,7 +147,7 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
         which = "candidate" if replace_ok else "champion"
         low = [s for s in used if getattr(s, f"{which}_auroc") < rt.auroc_below]
         fired = rule("retrain_if.auroc_below", bool(low),
-                     f"{which} (the model to deploy) AUROC "
+                     f"{which} (the model to deploy) {'/'.join(sorted({label[s.metric] for s in used}))} "
                      + "; ".join(f"{s.site}: {getattr(s, f'{which}_auroc'):.4f}" for s in used)
                      + f" (floor {rt.auroc_below})")
         retrain |= fired

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ai4hi_sdk.validation.decision import Decision, DecisionLog, Evidence, SiteEvidence, decide, public_key_hex
+from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
 
@@ -44,6 +45,11 @@ def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None,
         notes.append(f"result of site {rejected['site']} rejected: {rejected['reason']}")
     for site, rep in sorted((record.get("validation") or {}).items()):
         paired = rep.get("paired", {})
+        if is_segmentation_report(rep):
+            evidence = _segmentation_evidence(site, rep, bool((drift.get(site) or {}).get("alarm", False)), notes)
+            if evidence is not None:
+                sites.append(evidence)
+            continue
         if "delta" not in paired or "auroc" not in rep.get("candidate", {}) or "auroc" not in rep.get("champion", {}):
             notes.append(f"site {site} left out: AUROC undefined (one class in its test split)")
             continue
@@ -58,6 +64,25 @@ def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None,
         if drift[site].get("alarm"):
             notes.append(f"drift alarm at {site}, which has no validation evidence in this decision")
     return Evidence(sites=sites), notes
+
+
+def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[str]) -> SiteEvidence | None:
+    """Segmentation site report -> evidence on mean Dice (the policy's AUROC rules apply to Dice;
+    the subgroup gap is the largest Dice gap between shown subgroups)."""
+    from ai4hi_sdk.validation.subgroups import max_gap
+
+    paired, cand, champ = rep.get("paired", {}), rep.get("candidate", {}), rep.get("champion", {})
+    if "delta" not in paired or "dice" not in cand or "dice" not in champ:
+        notes.append(f"site {site} left out: mean Dice change undefined (fewer than 2 test cases with a lesion)")
+        return None
+    cand_audit = audit_cells(cand.get("subgroups", {}))
+    champ_audit = audit_cells(champ.get("subgroups", {}))
+    return SiteEvidence(site=site, n=int(paired["n"]), candidate_auroc=cand["dice"], champion_auroc=champ["dice"],
+                        auroc_delta=paired["delta"], auroc_delta_ci=tuple(paired["ci"]),
+                        auroc_delta_variance=paired.get("variance"),
+                        candidate_subgroup_gap=max_gap(cand_audit, "dice") if cand_audit else None,
+                        champion_subgroup_gap=max_gap(champ_audit, "dice") if champ_audit else None,
+                        drift_alarm=drift_alarm, metric="dice")
 
 
 def with_drift(evidence: Evidence, drift: dict[str, dict]) -> Evidence:
