@@ -84,6 +84,8 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
     final = metrics.get("final_validation") or {}
     table = Table(title="final global model, validated at each site (validation split)")
     names = ["val_auroc", "val_accuracy", "val_loss", "val_samples"]
+    if any("val_dice" in v for v in (final.get("sites") or {}).values()):  # segmentation job
+        names = ["val_dice", "val_hd95", "val_loss", "val_samples"]
     table.add_column("site")
     for name in names:
         table.add_column(name, justify="right")
