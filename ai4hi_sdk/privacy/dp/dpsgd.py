@@ -7,6 +7,11 @@
 * :class:`DPSGDSession` wraps the model once for per-sample gradients and, each round, gives a
   Poisson-sampled data loader and a noisy, clipping optimizer. The state that leaves the site is
   the inner module's (no ``_module.`` prefix).
+* ``grad_sample_mode="ghost"`` is opacus's Fast Gradient / Ghost Clipping: per-sample gradient
+  *norms* (ghost norms for Linear/Embedding; for other layers the layer's per-sample gradients are
+  computed, reduced to norms and dropped), then a second backward pass of the clipped, weighted
+  per-sample losses gives the sum of clipped gradients. The loss must then be computed through
+  :meth:`DPSGDSession.private_loss` (per-sample losses, ``loss.backward()`` runs both passes).
 
 Sampling rate ``q = 1 / len(loader)`` (opacus's ``DPDataLoader``: each example is in each batch
 independently with probability q); ``steps`` = optimizer steps actually taken. These, with the
@@ -58,12 +63,43 @@ class RoundPlan:
     max_grad_norm: float
 
 
+class PerSampleLoss(nn.Module):
+    """A loss with a ``reduction`` attribute whose ``"none"`` gives one value per example.
+
+    opacus's ghost clipping asks the criterion for ``reduction="none"`` and expects shape
+    ``[batch]``; losses such as voxel-wise cross-entropy return ``[batch, ...]``, which this
+    averages over the non-batch dimensions. With ``"mean"`` it is the wrapped loss unchanged (for
+    an unweighted loss, the mean over the batch of the per-example means).
+    """
+
+    def __init__(self, loss_fn: nn.Module):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.reduction = "mean"
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.reduction == "mean":
+            return self.loss_fn(*args, **kwargs)
+        if self.reduction != "none":
+            raise ValueError(f"unsupported reduction {self.reduction!r}")
+        inner = getattr(self.loss_fn, "reduction", None)
+        if inner is None:
+            raise UserError(f"{type(self.loss_fn).__name__} has no 'reduction' attribute: ghost clipping "
+                            "needs per-example losses (use grad_sample_mode hooks)")
+        self.loss_fn.reduction = "none"
+        try:
+            loss = self.loss_fn(*args, **kwargs)
+        finally:
+            self.loss_fn.reduction = inner
+        return loss.reshape(loss.shape[0], -1).mean(dim=1) if loss.dim() > 1 else loss
+
+
 class DPSGDSession:
     """Per-sample-gradient wrapper of one model, reused across rounds.
 
     Args:
         model: the (DP-compatible) model; its parameters are shared with the wrapper.
-        grad_sample_mode: opacus mode: ``"hooks"``, ``"functorch"`` or ``"ew"``.
+        grad_sample_mode: opacus mode: ``"hooks"``, ``"functorch"``, ``"ew"`` or ``"ghost"``.
     """
 
     def __init__(self, model: nn.Module, grad_sample_mode: str = "hooks"):
@@ -74,7 +110,16 @@ class DPSGDSession:
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         self.model = model
         self.grad_sample_mode = grad_sample_mode
-        self.wrapped: nn.Module = prepare_module(model, grad_sample_mode)
+        # ghost: the clipping norm lives in the module (set again from each round's plan)
+        kwargs = {"loss_reduction": "mean"}
+        if grad_sample_mode == "ghost":
+            kwargs["max_grad_norm"] = 1.0
+        self.wrapped: nn.Module = prepare_module(model, grad_sample_mode, **kwargs)
+        self._optimizer: Any = None
+
+    @property
+    def ghost(self) -> bool:
+        return self.grad_sample_mode == "ghost"
 
     @staticmethod
     def batches_per_epoch(loader: DataLoader) -> int:
@@ -90,13 +135,37 @@ class DPSGDSession:
                           noise_generator: torch.Generator) -> Any:
         """Wrap ``optimizer``: clip each example's gradient to ``plan.max_grad_norm`` and add
         N(0, (noise_multiplier * max_grad_norm)^2) to the summed gradient before each step."""
-        from opacus.optimizers import DPOptimizer
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-        return DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                           expected_batch_size=expected_batch_size, generator=noise_generator)
+        if self.ghost:
+            # clipping happens in the backward pass (DPLossFastGradientClipping); the optimizer
+            # only adds the noise and divides by the expected batch size, as DPOptimizer does
+            self.wrapped.max_grad_norm = plan.max_grad_norm
+            self._optimizer = DPOptimizerFastGradientClipping(
+                optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator)
+            return self._optimizer
+        self._optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
+                                      max_grad_norm=plan.max_grad_norm, expected_batch_size=expected_batch_size,
+                                      loss_reduction="mean", generator=noise_generator)
+        return self._optimizer
+
+    def private_loss(self, loss_fn: nn.Module) -> Any:
+        """The loss to train with this round: ``loss_fn`` itself, or with ghost clipping opacus's
+        ``DPLossFastGradientClipping`` around per-example losses (its ``backward()`` clips).
+        Call after :meth:`private_optimizer`."""
+        if not self.ghost:
+            return loss_fn
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        if self._optimizer is None:
+            raise RuntimeError("private_optimizer() must be called before private_loss()")
+        return DPLossFastGradientClipping(self.wrapped, self._optimizer, PerSampleLoss(loss_fn), "mean")
 
     def clear(self) -> None:
         """Drop stored per-sample gradients (memory) after a round."""
         for param in self.model.parameters():
             param.grad_sample = None
             param.grad = None
+            if hasattr(param, "_norm_sample"):
+                param._norm_sample = None
