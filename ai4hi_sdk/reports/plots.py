@@ -23,7 +23,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def forest_plot(validation: dict[str, dict], pooled: dict | None, title: str) -> str:
+def forest_plot(validation: dict[str, dict], pooled: dict | None, title: str, metric_label: str = "AUROC") -> str:
     """Per-site candidate-minus-champion AUROC with its CI (and the pooled estimate), base64 PNG."""
     rows = [(site, rep["paired"]) for site, rep in sorted(validation.items()) if "delta" in rep.get("paired", {})]
     if pooled:
@@ -37,7 +37,7 @@ def forest_plot(validation: dict[str, dict], pooled: dict | None, title: str) ->
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r[0] for r in reversed(rows)])
-    ax.set_xlabel("AUROC change, candidate - champion (95 % CI)")
+    ax.set_xlabel(f"{metric_label} change, candidate - champion (95 % CI)")
     ax.set_title(title)
     return _png(fig)
 

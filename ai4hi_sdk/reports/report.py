@@ -25,6 +25,7 @@ from typing import Any
 
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.reports import plots
+from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
 
 HISTORY = "history.json"
 
@@ -81,7 +82,7 @@ def model_card(history: dict, records: dict[str, dict], model: str) -> dict:
             per_site = {}
             for site, rep in sorted((rec.get("validation") or {}).items()):
                 cand = rep["candidate"]
-                per_site[site] = {
+                per_site[site] = _segmentation_card_site(rep) if is_segmentation_report(rep) else {
                     "n": cand.get("n"), "auroc": cand.get("auroc"), "auroc_ci": cand.get("auroc_ci"),
                     "sensitivity": cand.get("sensitivity"), "specificity": cand.get("specificity"),
                     "threshold": cand.get("threshold"), "ece": cand.get("ece"), "brier": cand.get("brier"),
@@ -104,6 +105,36 @@ def model_card(history: dict, records: dict[str, dict], model: str) -> dict:
     return card
 
 
+def _segmentation_card_site(rep: dict) -> dict:
+    cand, paired = rep["candidate"], rep.get("paired", {})
+    return {"n": cand.get("n"), "dice": cand.get("dice"), "hd95": cand.get("hd95"),
+            "dice_undefined": cand.get("dice_undefined"), "hd95_undefined": cand.get("hd95_undefined"),
+            "hd95_in_mm": bool(rep.get("meta", {}).get("hd95_in_mm")),
+            "dice_change_vs_champion": paired.get("delta"), "dice_change_ci": paired.get("ci"),
+            "subgroups": {a: d.get("cells", {}) for a, d in cand.get("subgroups", {}).items()},
+            "suppressed_subgroup_cells": {a: d.get("suppressed_cells", 0) for a, d in cand.get("subgroups", {}).items()}}
+
+
+def _segmentation_card_lines(v: dict) -> list[str]:
+    """Markdown of one segmentation validation (replaces the AUROC tables' body)."""
+    lines = ["| site | n | mean Dice | mean HD95 | change in Dice vs champion (95 % CI) |", "|---|---|---|---|---|"]
+    for site, s in v["sites"].items():
+        ci = s.get("dice_change_ci") or [None, None]
+        unit = " mm" if s.get("hd95_in_mm") else " voxels"
+        lines.append(f"| {site} | {s['n']} | {_fmt(s['dice'])} | {_fmt(s['hd95'])}{unit} | "
+                     f"{_fmt(s['dice_change_vs_champion'])} ({_fmt(ci[0])}–{_fmt(ci[1])}) |")
+    lines += ["", f"Subgroups (cells with fewer than k={v['k']} cases are suppressed and not named):", "",
+              "| site | attribute | group | n | Dice | HD95 |", "|---|---|---|---|---|---|"]
+    for site, s in v["sites"].items():
+        for attr, cells in s["subgroups"].items():
+            for group, c in cells.items():
+                lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | {_fmt(c.get('dice'))} | {_fmt(c.get('hd95'))} |")
+            hidden = s["suppressed_subgroup_cells"].get(attr, 0)
+            if hidden:
+                lines.append(f"| {site} | {attr} | ({hidden} suppressed) | – | – | – |")
+    return lines
+
+
 def model_card_markdown(card: dict) -> str:
     """Markdown rendering of :func:`model_card`."""
     lines = [f"# Model card: {card['model']}", "", f"sha256 `{card['sha256']}`", "", "## Intended use", "",
@@ -124,6 +155,9 @@ def model_card_markdown(card: dict) -> str:
                       f"`{v['champion']}`, data `{v['data_version']}`)", "",
                   "| site | n | AUROC (95 % CI) | change vs champion (95 % CI) | sensitivity | specificity | ECE | Brier |",
                   "|---|---|---|---|---|---|---|---|"]
+        if any("dice" in s for s in v["sites"].values()):
+            lines += _segmentation_card_lines(v)
+            continue
         for site, s in v["sites"].items():
             ci = s.get("auroc_change_ci") or [None, None]
             lines.append(f"| {site} | {s['n']} | {_ci(s)} | {_fmt(s['auroc_change_vs_champion'])} "
@@ -200,6 +234,9 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
             val = rec.get("validation") or {}
             title = f"{step['candidate']} vs {step['champion']} ({step['record']})"
             parts.append(f"<h2>Validation: {html.escape(title)}</h2>")
+            if val and all(is_segmentation_report(rep) for rep in val.values()):
+                parts += _segmentation_html(val, pooled_by_validation.get(step["record"]))
+                continue
             trows = []
             for site, rep in sorted(val.items()):
                 for role in ("candidate", "champion"):
@@ -233,6 +270,22 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
         f"(<a href='model_cards/{html.escape(m)}.json'>JSON</a>)</li>" for m in history.get("models", {})) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _segmentation_html(val: dict[str, dict], pooled: dict | None) -> list[str]:
+    """Dice / HD95 table and plots of a segmentation validation (no calibration: no probabilities)."""
+    rows = []
+    for site, rep in sorted(val.items()):
+        for role in ("candidate", "champion"):
+            r = rep[role]
+            rows.append([site, role, _fmt(r.get("n")), _fmt(r.get("dice")), _fmt(r.get("hd95")),
+                         _fmt(r.get("dice_undefined")), _fmt(r.get("hd95_undefined"))])
+    parts = [_table(["site", "model", "n", "mean Dice", "mean HD95", "Dice undefined", "HD95 undefined"], rows)]
+    if any("delta" in rep.get("paired", {}) for rep in val.values()):
+        parts.append(_img(plots.forest_plot(val, pooled, "per-site Dice change", metric_label="mean Dice"),
+                          "forest plot: per-site Dice change"))
+    parts.append(_img(plots.subgroup_gap_plot(val, "subgroup Dice gaps", metric="dice"), "subgroup gaps"))
+    return parts
 
 
 def generate_reports(result_dir: str | Path) -> dict[str, Any]:

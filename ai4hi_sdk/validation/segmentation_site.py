@@ -26,7 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from ai4hi_sdk.validation.segmentation import _as_batch, segmentation_report
+# ai4hi_sdk.validation.segmentation (MONAI, torch) is imported where used: the decision engine and the
+# reports only need is_segmentation_report and stay light
 
 #: a model report's metric entries (everything else in it is a subgroup or a count)
 SEGMENTATION_METRICS = ("dice", "hd95")
@@ -35,6 +36,8 @@ SEGMENTATION_METRICS = ("dice", "hd95")
 def case_dice(pred_masks, true_masks) -> np.ndarray:
     """Per-case Dice (NaN where the ground truth is empty), in memory only."""
     from monai.metrics import DiceMetric
+
+    from ai4hi_sdk.validation.segmentation import _as_batch
 
     pred, true = _as_batch(pred_masks), _as_batch(true_masks)
     return DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true).ravel().numpy()
@@ -55,6 +58,8 @@ def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Se
                                 spacing: Sequence[float] | None = None, dp_epsilon: float | None = None,
                                 seed: int = 0) -> dict[str, dict]:
     """Egress form ``{attr: {"cells": {value: {"n", "dice", "hd95"}}, "suppressed_cells": int}}``."""
+    from ai4hi_sdk.validation.segmentation import segmentation_report
+
     if dp_epsilon is not None and dp_epsilon <= 0:
         raise ValueError("dp_epsilon must be > 0")
     rng = np.random.default_rng(seed)
@@ -107,6 +112,8 @@ def segmentation_model_report(pred_masks, true_masks, attributes: Mapping[str, S
                               min_count: int = 10, spacing: Sequence[float] | None = None,
                               dp_count_epsilon: float | None = None, seed: int = 0) -> dict:
     """Aggregates of one model on one site's test split (see the module docstring)."""
+    from ai4hi_sdk.validation.segmentation import segmentation_report
+
     report = segmentation_report(pred_masks, true_masks, spacing=spacing)
     report.pop("spacing", None)  # stated once, in the payload's meta
     return {**report, "subgroups": segmentation_subgroup_audit(
