@@ -92,3 +92,34 @@ def test_combine_reports_pools_by_support():
     both = segmentation_report([gt, pred, pred], [gt, gt, gt])
     pooled = combine_reports([a, b])
     assert pooled["n"] == 3 and pooled["dice"] == pytest.approx(both["dice"]) and pooled["hd95"] == pytest.approx(both["hd95"])
+
+
+def test_dp_sgd_round_runs_on_the_unet(site, tmp_path):
+    """The default UNet (ReLU, InstanceNorm) needs no replacement for opacus; a DP-SGD round spends
+    budget and sends only declared metrics."""
+    import shutil
+    from pathlib import Path
+
+    workspace = tmp_path / "ws"
+    (workspace / "ai4hi").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[2] / "ai4hi_sdk" / "templates" / "site_policy.yaml",
+                workspace / "ai4hi" / "site_policy.yaml")
+    data = SPEC.model_dump()
+    data["train"].update(max_steps_per_round=2, local_epochs=1)
+    data["privacy"]["dp_sgd"] = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    spec = type(SPEC).model_validate(data)
+    trainer = SegmentationTrainer(spec, site_dir=site, site_name="hospital-1", device="cpu", site_workspace=workspace)
+    state = trainer.initial_state()
+    assert trainer.dp_model_changes == []
+    update = trainer.fit(state, 0, total_rounds=1)
+    assert update.metrics["dp_epsilon"] > 0 and update.metrics["train_steps"] <= 2
+    assert set(update.metrics) <= SegmentationTrainer.declared_metrics()
+    assert all(torch.isfinite(d).all() for d in update.delta.values())
+
+
+def test_monitoring_is_refused_for_segmentation(trainer):
+    from ai4hi_sdk.config.validation_spec import ValidationSpec
+    from ai4hi_sdk.jobs.validation_site_main import ValidationSite
+
+    with pytest.raises(ValueError, match="classification-only"):
+        ValidationSite(trainer, ValidationSpec()).monitor(trainer.initial_state())
