@@ -1,6 +1,6 @@
 """Secure aggregation cost: primitives, protocol steps, and whole simulated rounds; prints JSON.
 
-    python benchmarks/secagg.py [--quick] [--skip-primitives] [--skip-simulator]
+    python benchmarks/secagg.py [--quick] [--skip-primitives] [--skip-simulator] [--clock wall|thread]
                                 [--params N] [--rounds R] [--studies-per-site S] [--local-epochs E]
 
 * ``primitives``: ``benchmarks/secagg_primitives.py`` (masking elements/s per neighbour at 10M and
@@ -36,8 +36,9 @@ from ai4hi_sdk.privacy.secagg.protocol.identity import (CertificateVerifier, Sit
                                                         make_throwaway_ca)
 
 
-def bench_primitives(quick: bool) -> dict:
-    cmd = [sys.executable, str(REPO / "benchmarks" / "secagg_primitives.py")] + (["--quick"] if quick else [])
+def bench_primitives(quick: bool, clock: str = "wall") -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "secagg_primitives.py"), "--clock", clock] + (
+        ["--quick"] if quick else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -138,6 +139,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes")
     ap.add_argument("--skip-primitives", action="store_true")
     ap.add_argument("--skip-simulator", action="store_true")
+    ap.add_argument("--clock", default="wall", choices=("wall", "thread"),
+                    help="clock of the primitives benchmark: wall, or the thread's CPU time")
     ap.add_argument("--params", type=int, default=None, help="parameters in the protocol benchmark (default 7M)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--studies-per-site", type=int, default=200)
@@ -147,7 +150,7 @@ def main() -> None:
     n = args.params or (1_000_000 if args.quick else 7_000_000)  # ~DenseNet-121
     report: dict = {"load_average_start": os.getloadavg()}
     if not args.skip_primitives:
-        report["primitives"] = bench_primitives(args.quick)
+        report["primitives"] = bench_primitives(args.quick, args.clock)
     report["protocol"] = [bench_protocol(n, None), bench_protocol(n, "hospital-2")]
     if not args.skip_simulator:
         report["simulator"] = bench_simulator(args.rounds if not args.quick else 2, args.studies_per_site,

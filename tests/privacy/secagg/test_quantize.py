@@ -293,3 +293,87 @@ def test_clip_path_and_no_clip_path_agree_on_in_range_values():
         [l1, l2, l3] for l1 in (cfg.max_level - 1, cfg.max_level) for l2 in (-cfg.max_level, 1 - cfg.max_level)
         for l3 in (cfg.max_level - 1, cfg.max_level)
     )
+
+
+# ------------------------------------------------------------------ reference and unbiasedness
+
+
+def _reference_quantize(x, cfg, seed, multiplier=1.0, bits=16):
+    """Unchunked float32 reference of the documented definition: ``floor(fl(y 2**b + k) 2**-b)`` with
+    ``y = fl(clip(x) * a) * s`` and ``k`` the little-endian ``b``-bit words of the AES-128-CTR keystream
+    of ``seed`` under ``SR_NONCE`` (computed with ``cryptography`` directly, not our keystream code)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from ai4hi_sdk.privacy.secagg.primitives.quantize import SR_NONCE
+
+    n = x.size
+    counter = bytes(p ^ q for p, q in zip(seed[16:], SR_NONCE))
+    raw = Cipher(algorithms.AES(seed[:16]), modes.CTR(counter)).encryptor().update(bytes(n * bits // 8 + 4))
+    k = np.frombuffer(raw, dtype="<u2" if bits == 16 else "u1")[:n].astype(np.float32)
+    c = np.float32(cfg.clip_f32)
+    y = np.clip(x.ravel(), -c, c)
+    if multiplier != 1.0:
+        y = y * np.float32(multiplier)
+    f = y * np.float32(cfg.scale * 2.0**bits) + k
+    return np.floor(f * np.float32(2.0**-bits)).astype(np.int32).view(np.uint32)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("multiplier", [1.0, 0.37, -0.8])
+def test_quantize_matches_unchunked_reference(bits, multiplier):
+    cfg = QuantizationConfig(clip=0.75, n_sites=5)
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 0.4, 2 * QUANT_CHUNK + 77).astype(np.float32)  # clips in every chunk
+    x[:QUANT_CHUNK] = np.clip(x[:QUANT_CHUNK], -0.5, 0.5)  # first chunk: no clipping needed
+    x[[3, QUANT_CHUNK + 4]] = [3e38, -1e30]  # overflow x * s * 2**b to inf: must clip, not refuse
+    seed = bytes(range(32))
+    got = quantize(x, cfg, seed, multiplier=multiplier, rounding_bits=bits)
+    assert np.array_equal(got, _reference_quantize(x, cfg, seed, multiplier, bits))
+
+
+def test_non_finite_next_to_overflowing_values_is_still_refused():
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros(100, dtype=np.float32)
+        x[[2, 50]] = [3e38, bad]
+        with pytest.raises(ValueError, match="non-finite"):
+            quantize(x, cfg, multiplier=0.5)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("frac", [0.001, 0.25, 0.5, 0.77, 0.999])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_stochastic_rounding_unbiased_for_many_fractions(bits, frac, sign):
+    """E[q] = y within 6 standard errors plus the documented bias bound 2**-bits of one level."""
+    cfg = QuantizationConfig(clip=1.0, n_sites=3)
+    n = 60_000
+    x = np.full(n, sign * (4321 + frac) / cfg.scale, dtype=np.float32)
+    y = float(x[0]) * cfg.scale
+    levels = quantize(x, cfg, bytes([bits, int(frac * 255), sign & 0xFF]) * 10 + b"ab", rounding_bits=bits)
+    levels = levels.view(np.int32).astype(np.float64)
+    assert set(np.unique(levels)) <= {math.floor(y), math.floor(y) + 1}
+    p = y - math.floor(y)
+    assert abs(levels.mean() - y) <= 6 * math.sqrt(max(p * (1 - p), 1e-6) / n) + 2.0**-bits
+
+
+@SETTINGS
+@given(
+    clip=st.floats(1e-2, 1e2),
+    n_sites=st.integers(1, 40),
+    u=st.floats(-1.0, 1.0),
+    multiplier=st.sampled_from([1.0, 0.5, 0.3]),
+    bits=st.sampled_from([8, 16]),
+    seed=st.binary(min_size=32, max_size=32),
+)
+def test_dequantised_mean_is_unbiased_within_clip_range(clip, n_sites, u, multiplier, bits, seed):
+    """Property: for x in [-clip, clip], the average of dequant(quant(x)) over many independent
+    roundings is x * multiplier to within 6 standard errors (a rounding has variance <= 1/4 level^2)
+    plus the bias bound (2**-bits of a level) and float32 precision of x * multiplier."""
+    cfg = QuantizationConfig(clip=clip, n_sites=n_sites)
+    x32 = np.float32(u * cfg.clip_f32)
+    n = 20_000
+    q = quantize(np.full(n, x32, dtype=np.float32), cfg, seed, multiplier=multiplier, rounding_bits=bits)
+    est = q.view(np.int32).astype(np.float64).mean() / cfg.scale
+    target = float(x32) * multiplier
+    tol = (6 * 0.5 / math.sqrt(n) + 2.0**-bits) * cfg.resolution + 2.0**-23 * abs(target)
+    assert abs(est - target) <= tol
