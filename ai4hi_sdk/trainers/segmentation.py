@@ -64,6 +64,11 @@ class SegmentationTrainer(SiteTrainer):
     def build_loss(self) -> nn.Module:
         return DiceLoss(sigmoid=True)
 
+    def train_step(self, model: nn.Module, batch: Any, loss_fn: nn.Module) -> torch.Tensor:
+        volumes, masks = self.to_device(batch)
+        # the Dice sums run in float32 even under CUDA mixed precision (fp16 sums overflow on big volumes)
+        return loss_fn(model(volumes).float(), masks)
+
     def _strides(self) -> list[int]:
         return [int(s) for s in self.spec.model.get("strides", DEFAULT_MODEL_ARGS["strides"])]
 

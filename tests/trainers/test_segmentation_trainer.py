@@ -123,3 +123,19 @@ def test_monitoring_is_refused_for_segmentation(trainer):
 
     with pytest.raises(ValueError, match="classification-only"):
         ValidationSite(trainer, ValidationSpec()).monitor(trainer.initial_state())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: segmentation CUDA+AMP path NOT run")
+def test_cuda_amp_round_learns_like_cpu(site):
+    gpu = SegmentationTrainer(SPEC, site_dir=site, site_name="hospital-1")  # picks CUDA by default
+    assert gpu.device.type == "cuda" and gpu.use_amp
+    cpu = SegmentationTrainer(SPEC, site_dir=site, site_name="hospital-1", device="cpu")
+    start = cpu.initial_state()
+    g, c = gpu.fit(start, 0), cpu.fit(start, 0)
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 and torch.isfinite(t).all() for t in g.delta.values())
+    flat_g = torch.cat([t.flatten() for t in g.delta.values()])
+    flat_c = torch.cat([t.flatten() for t in c.delta.values()])
+    assert torch.nn.functional.cosine_similarity(flat_g, flat_c, dim=0) > 0.8
+    pred, true, _ = gpu.predict_test(start)
+    assert len(pred) == len(true) and all(p.dtype == np.uint8 for p in pred)
