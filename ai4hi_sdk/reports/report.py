@@ -112,7 +112,8 @@ def _segmentation_card_site(rep: dict) -> dict:
             "hd95_in_mm": bool(rep.get("meta", {}).get("hd95_in_mm")),
             "dice_change_vs_champion": paired.get("delta"), "dice_change_ci": paired.get("ci"),
             "subgroups": {a: d.get("cells", {}) for a, d in cand.get("subgroups", {}).items()},
-            "suppressed_subgroup_cells": {a: d.get("suppressed_cells", 0) for a, d in cand.get("subgroups", {}).items()}}
+            "suppressed_subgroup_cells": {a: d.get("suppressed_cells", 0)
+                                          for a, d in cand.get("subgroups", {}).items()}}
 
 
 def _segmentation_card_lines(v: dict) -> list[str]:
@@ -128,7 +129,8 @@ def _segmentation_card_lines(v: dict) -> list[str]:
     for site, s in v["sites"].items():
         for attr, cells in s["subgroups"].items():
             for group, c in cells.items():
-                lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | {_fmt(c.get('dice'))} | {_fmt(c.get('hd95'))} |")
+                lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | {_fmt(c.get('dice'))} | "
+                             f"{_fmt(c.get('hd95'))} |")
             hidden = s["suppressed_subgroup_cells"].get(attr, 0)
             if hidden:
                 lines.append(f"| {site} | {attr} | ({hidden} suppressed) | – | – | – |")

@@ -38,7 +38,8 @@ def test_volumes_and_masks_follow_the_site_files(trainer, site):
             assert len(item.slice_paths) == 24 and item.spacing == (2.5, 1.5, 1.5)
             volume, mask = part[i]
             assert volume.shape == mask.shape == (1, 24, 32, 32) and volume.dtype == torch.float32
-            np.testing.assert_array_equal(part.true_mask(i), np.load(site / "masks" / f"{item.series_instance_uid}.npy"))
+            stored = np.load(site / "masks" / f"{item.series_instance_uid}.npy")
+            np.testing.assert_array_equal(part.true_mask(i), stored)
             # slices are in the masks' order: lesions (+50 HU) are brighter than the rest of the body
             body = volume[0] > 0.2
             inside = mask[0].bool()
@@ -91,7 +92,8 @@ def test_combine_reports_pools_by_support():
     b = segmentation_report([pred], [gt])
     both = segmentation_report([gt, pred, pred], [gt, gt, gt])
     pooled = combine_reports([a, b])
-    assert pooled["n"] == 3 and pooled["dice"] == pytest.approx(both["dice"]) and pooled["hd95"] == pytest.approx(both["hd95"])
+    assert pooled["n"] == 3 and pooled["dice"] == pytest.approx(both["dice"])
+    assert pooled["hd95"] == pytest.approx(both["hd95"])
 
 
 def test_dp_sgd_round_runs_on_the_unet(site, tmp_path):
@@ -133,7 +135,8 @@ def test_cuda_amp_round_learns_like_cpu(site):
     cpu = SegmentationTrainer(SPEC, site_dir=site, site_name="hospital-1", device="cpu")
     start = cpu.initial_state()
     g, c = gpu.fit(start, 0), cpu.fit(start, 0)
-    assert all(t.device.type == "cpu" and t.dtype == torch.float32 and torch.isfinite(t).all() for t in g.delta.values())
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 and torch.isfinite(t).all()
+               for t in g.delta.values())
     flat_g = torch.cat([t.flatten() for t in g.delta.values()])
     flat_c = torch.cat([t.flatten() for t in c.delta.values()])
     assert torch.nn.functional.cosine_similarity(flat_g, flat_c, dim=0) > 0.8

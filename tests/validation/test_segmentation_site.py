@@ -105,7 +105,8 @@ def test_decision_engine_uses_dice_evidence():
     assert any("Dice" in r for r in decision.reasons)
     floor = decide(evidence, policy.model_copy(update={"retrain_if": policy.retrain_if.model_copy(
         update={"auroc_below": 0.99})}))
-    assert floor.decision == "retrain" and "Dice" in next(r.detail for r in floor.rules if r.rule == "retrain_if.auroc_below")
+    assert floor.decision == "retrain"
+    assert "Dice" in next(r.detail for r in floor.rules if r.rule == "retrain_if.auroc_below")
     # a site with a single lesion case has no paired test: left out with a reason, no crash
     one = unflatten_metrics(flatten_metrics(site_segmentation_report(true[:2], good[:2], bad[:2],
                                                                      {"sex": ["F", "M"]}, min_count=2)))
