@@ -22,6 +22,7 @@ class TrainOverrides(StrictModel):
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1)
+    augment: bool | None = None
 
 
 class SynthData(StrictModel):

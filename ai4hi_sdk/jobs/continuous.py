@@ -7,7 +7,9 @@
 
 Every job is a real NVFlare simulation. All jobs share the sites' state (``WS/sites/<site>/ai4hi``:
 privacy policy, budget and ledger, egress log, drift references), as a real site keeps it. The
-first champion is the untrained initial model (a chance-level baseline). Each decision is
+first champion is the untrained initial model (a chance-level baseline). Every training job is
+warm-started from the champion deployed at that moment (its weights are the round-0 global model;
+the job's record must show the champion's sha256, else the loop stops). Each decision is
 appended, signed, to ``WS/report/decisions.jsonl``; the report folder ``WS/report`` gets
 ``history.json``, the job records, ``report.html`` and the model cards.
 """
@@ -107,29 +109,40 @@ class ContinuousLoop:
         return out
 
     def train(self, data_version: str) -> str:
+        """Train a new candidate on ``data_version``, warm-started from the deployed champion."""
         label = f"c{self._next('train')}"
-        self.say(f"train {label} on data {data_version} ({self.job.train.rounds} rounds) ...")
-        result = simulate(self.job, self.data_root / data_version, self.ws, timeout_s=self.spec.timeout_s)
+        parent = self.champion
+        parent_sha = self.history["models"][parent]["sha256"]
+        self.say(f"train {label} on data {data_version} ({self.job.train.rounds} rounds x "
+                 f"{self.job.train.local_epochs} local epochs), warm-started from {parent} ...")
+        result = simulate(self.job, self.data_root / data_version, self.ws, timeout_s=self.spec.timeout_s,
+                          initial_model=self._model_path(parent))
         if not result.ok:
             raise UserError(f"training {label} did not complete: {result.metrics.get('reason')} "
                             f"(log: {self.ws / 'simulate.log'})")
+        round0 = (result.metrics.get("initial_model") or {}).get("sha256")
+        if round0 != parent_sha:  # the server must have started from exactly the champion's weights
+            raise UserError(f"training {label}: round-0 global model sha256 {round0} is not the champion "
+                            f"{parent}'s {parent_sha}")
         shutil.copy2(result.result_dir / "global_model.pt", self._model_path(label))
         shutil.copy2(result.result_dir / "metrics.json", self.report / f"train-{label}.json")
         metrics = result.metrics
         last_round = metrics["rounds"][-1] if metrics.get("rounds") else {}
         last = last_round.get("sites", {})
         state = torch.load(self._model_path(label), map_location="cpu", weights_only=True)
-        self.history["models"][label] = {"sha256": model_sha256(state), "training": {
-            "job": self.job.name, "rounds": len(metrics.get("rounds", [])), "sites": metrics.get("sites", []),
-            "data_version": data_version,
+        self.history["models"][label] = {"sha256": model_sha256(state), "parent": parent, "training": {
+            "job": f"{self.job.name}, warm-started from {parent}",
+            "initial_model": {"model": parent, "sha256": round0, "source": result.metrics["initial_model"]["source"]},
+            "rounds": len(metrics.get("rounds", [])), "sites": metrics.get("sites", []),
+            "local_epochs": self.job.train.local_epochs, "data_version": data_version,
             "data": {s: {"train_samples": m.get("train_samples")} for s, m in last.items()},
             # under secure aggregation only the total is known; per-site sizes never left the sites
             "total_train_samples": last_round.get("total_weight"),
             "secure_aggregation": "total_weight" in last_round,
             "privacy": _site_privacy(metrics, last),
             "record": f"train-{label}.json"}}
-        self._step(kind="train", model=label, data_version=data_version, seconds=round(result.seconds, 1),
-                   record=None)
+        self._step(kind="train", model=label, data_version=data_version, warm_start=parent,
+                   seconds=round(result.seconds, 1), record=None)
         self.say(f"  {label}: done in {result.seconds:.0f} s")
         return label
 
@@ -189,6 +202,8 @@ class ContinuousLoop:
             parent_model_sha256=models[self.champion]["sha256"], model_sha256=models[candidate]["sha256"],
             job_id=f"{self.job.name}/{candidate}", data_stats=data_stats, epsilon_spent=max(eps) if eps else None,
             notes=notes, extra={"stage": stage, "candidate": candidate, "champion": self.champion,
+                                # the model the candidate's training started from (warm start)
+                                "candidate_warm_started_from": models.get(candidate, {}).get("parent"),
                                 "drift_alarms": {s: bool(r.get("alarm")) for s, r in (drift or {}).items()}})
         if decision.decision == "replace" and candidate != self.champion:
             self.champion = candidate
