@@ -213,7 +213,7 @@ class ContinuousLoop:
         self.say(f"decision ({stage}): {decision.decision.upper()} -> deployed model: {self.champion}")
         for reason in decision.reasons:
             self.say(f"  - {reason}")
-        if decision.decision != "replace" and candidate:  # why the candidate was not deployed
+        if decision.decision == "retrain" and candidate:  # why the candidate was not deployed (keep lists it)
             for rule in decision.rules:
                 if rule.rule.startswith("replace_if.") and not rule.passed:
                     self.say(f"  - not replaced: {rule.rule} failed: {rule.detail}")
