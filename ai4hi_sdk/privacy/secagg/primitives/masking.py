@@ -25,6 +25,10 @@ there are; per neighbour the cost is one keystream chunk (into a reused scratch)
 in the hot loop. The keystream, not the add, is the bound: on the development machine (no VAES)
 0.85-0.93e9 elements/s per mask with the default AES-128-CTR when several masks share a pass,
 0.62-0.69e9 for a single mask (table in :mod:`.keystream`; ``benchmarks/secagg_primitives.py``).
+On an idle core: 0.90e9 (3 masks per pass), 0.96e9 (9 masks), 0.76e9 (1 mask). The keystream
+alone is ~1.1-1.2e9 uint32/s and the in-cache add ~0.12 ns per element, so ~1.0e9 per mask is the
+ceiling of this design; feeding the vector chunk to AES as its input (to prefetch it), 16-64 Ki
+chunks and positional ufunc arguments were measured and did not help.
 """
 
 from __future__ import annotations
