@@ -368,12 +368,13 @@ def test_stochastic_rounding_unbiased_for_many_fractions(bits, frac, sign):
 def test_dequantised_mean_is_unbiased_within_clip_range(clip, n_sites, u, multiplier, bits, seed):
     """Property: for x in [-clip, clip], the average of dequant(quant(x)) over many independent
     roundings is x * multiplier to within 6 standard errors (a rounding has variance <= 1/4 level^2)
-    plus the bias bound (2**-bits of a level) and float32 precision of x * multiplier."""
+    plus the bias bound (2**-bits of a level) and float32 precision of x * multiplier (the multiplier
+    is rounded to float32, then the product: 2**-22 relative, within the documented error bound)."""
     cfg = QuantizationConfig(clip=clip, n_sites=n_sites)
     x32 = np.float32(u * cfg.clip_f32)
     n = 20_000
     q = quantize(np.full(n, x32, dtype=np.float32), cfg, seed, multiplier=multiplier, rounding_bits=bits)
     est = q.view(np.int32).astype(np.float64).mean() / cfg.scale
     target = float(x32) * multiplier
-    tol = (6 * 0.5 / math.sqrt(n) + 2.0**-bits) * cfg.resolution + 2.0**-23 * abs(target)
+    tol = (6 * 0.5 / math.sqrt(n) + 2.0**-bits) * cfg.resolution + 2.0**-22 * abs(target)
     assert abs(est - target) <= tol

@@ -49,11 +49,12 @@ summed, ``s`` the scale and ``u = 2**-24`` (float32 unit roundoff). For every el
     |dequantize_mean(sum_k q_k) - (1/n) sum_k x~_k|  <=  1/s + 2**-21 * (c + 1/s)  =  error_bound(cfg)
 
 Proof sketch: ``|q_k - y_k| <= 1`` always (``floor`` of the monotonically rounded ``y + u``, ``y``
-exact), and ``y_k = s * fl(a_k x~_k)`` is within ``u c s`` of ``s a_k x~_k`` (exact when ``a_k = 1``).
-So the exact integer sum ``Q`` is within ``n (1 + u c s)`` of ``s sum_k a_k x~_k``. Dequantisation
+exact), and ``y_k = s * fl(fl32(a_k) x~_k)`` is within ``2 u c s`` of ``s a_k x~_k`` (the product's
+rounding and that of the weight to float32; exact when ``a_k = 1``).
+So the exact integer sum ``Q`` is within ``n (1 + 2 u c s)`` of ``s sum_k a_k x~_k``. Dequantisation
 computes ``fl(fl(Q) * fl(1 / (n s)))`` in float32: three roundings, relative error
 ``< 3u (1 + u)^2`` of a value bounded by ``c + 1/s``. Dividing by ``n s`` and adding up:
-``1/s + u c + 3.01 u (c + 1/s) <= 1/s + 2**-21 (c + 1/s)``. The first term is the
+``1/s + 2 u c + 3.01 u (c + 1/s) <= 1/s + 2**-21 (c + 1/s)``. The first term is the
 quantisation step; the second is float32 precision of the output (in practice the observed error is
 ``<= 1/s`` plus half a float32 ulp of the result). For a weighted mean with weights
 ``w_k <= w_max`` folded in as ``a_k = w_k / w_max`` and ``W = sum_k w_k``,
