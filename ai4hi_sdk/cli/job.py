@@ -32,6 +32,9 @@ def register(groups: argparse._SubParsersAction) -> None:
                      help="secure aggregation fault injection (tests, demos): drop a site at a protocol stage, "
                           "e.g. hospital-2:after-shares (stages: after-advertise, after-shares, after-input); "
                           "comma-separate several")
+    sim.add_argument("--initial-model", type=Path, default=None, metavar="STATE_DICT.pt",
+                     help="warm start: start round 0 from this model (torch.save of a state dict of the job's "
+                          "architecture, e.g. a previous result's global model) instead of the seeded one")
     sim.add_argument("--json", action="store_true", help="print the result record as JSON")
     sim.set_defaults(func=_simulate)
 
@@ -40,6 +43,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", type=Path, required=True, help="folder to write the job into")
     exp.add_argument("--data-root", type=Path, default=None,
                      help="default data root for sites that do not set AI4HI_DATA_ROOT themselves")
+    exp.add_argument("--initial-model", type=Path, default=None, metavar="STATE_DICT.pt",
+                     help="warm start: ship this model as the job's round-0 global model")
     exp.set_defaults(func=_export)
     __import__("ai4hi_sdk.cli.job_admin", fromlist=["_"]).register_admin_commands(commands)  # deployment commands
 
@@ -64,7 +69,8 @@ def _simulate(args: argparse.Namespace) -> int:
                               f"{len(record.get('sites', []))} sites")
 
         result = simulate(spec, args.data_root, args.workspace, n_sites=args.sites, timeout_s=args.timeout,
-                          site_policy=args.site_policy, on_poll=progress, drops=args.drop)
+                          site_policy=args.site_policy, on_poll=progress, drops=args.drop,
+                          initial_model=args.initial_model)
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
@@ -121,6 +127,11 @@ def _export(args: argparse.Namespace) -> int:
 
     spec = load_job_spec(args.spec)
     job_dir = export_job(spec, args.out, data_root=args.data_root)
+    if args.initial_model is not None:
+        from ai4hi_sdk.jobs.simulate import install_initial_model
+
+        digest = install_initial_model(spec, job_dir, args.initial_model)
+        Console().print(f"warm start from {args.initial_model} (sha256 {digest[:12]}...)")
     Console().print(f"exported NVFlare job '{spec.name}' to {job_dir}")
     return 0
 

@@ -27,6 +27,8 @@ def register_admin_commands(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--rounds", type=int, default=None, help="override train.rounds")
     submit.add_argument("--data-root", type=Path, default=None,
                         help="data root for sites that configure none themselves (sites normally do)")
+    submit.add_argument("--initial-model", type=Path, default=None, metavar="STATE_DICT.pt",
+                        help="warm start: ship this model (e.g. the deployed champion) as round 0's global model")
     submit.add_argument("--train-timeout", type=int, default=3600, help="seconds the server waits for a round")
     submit.add_argument("--sites-timeout", type=float, default=60,
                         help="wait this long for min_sites sites to be connected before submitting")
@@ -77,7 +79,14 @@ def _submit(args: argparse.Namespace) -> int:
                     raise UserError(f"job '{spec.name}' needs {spec.min_sites} sites but only {len(connected)} are "
                                     f"connected ({', '.join(connected) or 'none'}); start the sites first")
                 time.sleep(1)
-        job_id = session.submit(spec, data_root=args.data_root, train_timeout=args.train_timeout)
+        prepare = None
+        if args.initial_model is not None:
+            from ai4hi_sdk.jobs.simulate import install_initial_model
+
+            def prepare(job_dir: Path) -> None:
+                install_initial_model(spec, job_dir, args.initial_model)
+
+        job_id = session.submit(spec, data_root=args.data_root, train_timeout=args.train_timeout, prepare=prepare)
     console.print(f"submitted '{spec.name}' ({spec.train.rounds} rounds) to {', '.join(connected)}: job id")
     print(job_id)
     return 0

@@ -108,3 +108,38 @@ def test_secure_aggregation_spec_errors_name_the_field(tmp_path, capsys):
     assert rc == 2
     err = _err(capsys)
     assert "privacy.secure_aggregation.clip" in err and "privacy.secure_aggregation.neighbours" in err
+
+
+def test_export_with_initial_model_ships_it_and_refuses_a_wrong_one(tmp_path, capsys):
+    import torch
+
+    from ai4hi_sdk.config.job_spec import load_job_spec
+    from ai4hi_sdk.jobs.simulate import INITIAL_MODEL_FILE
+
+    spec = load_job_spec(JOB)
+    state = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu").initial_state()
+    state = {k: v + 0.5 for k, v in state.items()}  # a "champion" different from the seeded start
+    good = tmp_path / "champion.pt"
+    torch.save(state, good)
+    rc = main(["job", "export", str(JOB), "--out", str(tmp_path / "out"), "--initial-model", str(good)])
+    assert rc == 0
+    shipped = list((tmp_path / "out").rglob(INITIAL_MODEL_FILE))
+    assert len(shipped) == 1
+    loaded = torch.load(shipped[0], weights_only=True)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k].float()) for k in state)
+
+    bad = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, bad)
+    capsys.readouterr()
+    rc = main(["job", "export", str(JOB), "--out", str(tmp_path / "out2"), "--initial-model", str(bad)])
+    assert rc == 2
+    assert "other.pt" in _err(capsys)
+
+
+def test_simulate_with_a_missing_initial_model_is_a_clear_error(tmp_path, capsys):
+    data = _three_site_folders(tmp_path)
+    rc = main(["job", "simulate", str(JOB), "--data-root", str(data), "--workspace", str(tmp_path / "ws"),
+               "--initial-model", str(tmp_path / "champion.pt")])
+    assert rc == 2
+    err = _err(capsys)
+    assert "champion.pt" in err and "not found" in err
