@@ -191,7 +191,10 @@ class ContinuousLoop:
         else:
             if self.last_evidence is None:
                 raise UserError("a decision needs validation evidence first")
-            evidence, notes = with_drift(self.last_evidence, drift or {}), []
+            # monitoring has no new labels: the deployed model's last validation evidence, plus drift
+            evidence = with_drift(self.last_evidence, drift or {})
+            notes = [f"no new validation: the deployed model {candidate}'s last validation evidence with this "
+                     "monitoring's drift results"]
         models = self.history["models"]
         eps = [p.get("epsilon") for p in models.get(candidate, {}).get("training", {}).get("privacy", {}).values()
                if p.get("epsilon") is not None]

@@ -156,7 +156,7 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
         decision = "retrain"
         reasons += [f"{r.rule} fired: {r.detail}" for r in rules if r.rule.startswith("retrain_if") and r.passed]
         if replace_ok:
-            reasons.append("candidate passed every replace rule, but a retrain rule takes precedence")
+            reasons.append("the validation evidence passes every replace rule, but a retrain rule takes precedence")
     elif replace_ok:
         decision = "replace"
         reasons.append("every replace rule passed at every used site")
