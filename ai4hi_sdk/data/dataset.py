@@ -143,6 +143,16 @@ def label_to_int(text: str, classes: Sequence[str] | None = None) -> int:
     )
 
 
+def site_labels_path(site_dir: Path) -> Path:
+    """``site_dir/labels.csv``; UserError if the site folder or its labels file is missing."""
+    if not site_dir.is_dir():
+        raise UserError(f"site folder not found: {site_dir}")
+    labels_path = site_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise UserError(f"{site_dir} has no {LABELS_FILE} (expected next to the dicom/ folder)")
+    return labels_path
+
+
 def site_dicom_root(site_dir: Path) -> Path:
     """``site_dir/dicom`` if it exists, else ``site_dir`` itself."""
     sub = Path(site_dir) / DICOM_DIR
@@ -176,11 +186,7 @@ def load_site_splits(
         UserError: missing folder or labels file, bad labels, or no labelled images.
     """
     site_dir = Path(site_dir)
-    if not site_dir.is_dir():
-        raise UserError(f"site folder not found: {site_dir}")
-    labels_path = site_dir / LABELS_FILE
-    if not labels_path.is_file():
-        raise UserError(f"{site_dir} has no {LABELS_FILE} (expected next to the dicom/ folder)")
+    labels_path = site_labels_path(site_dir)
     dicom_root = site_dicom_root(site_dir)
     report = scan_directory(dicom_root, verify_pixels=verify_pixels)
     manifest = load_label_manifest(labels_path, label_column=label_column)

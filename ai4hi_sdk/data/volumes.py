@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ai4hi_sdk.data.dataset import LABELS_FILE, site_dicom_root
+from ai4hi_sdk.data.dataset import site_dicom_root, site_labels_path
 from ai4hi_sdk.data.labels import LabelJoin, join_labels, load_label_manifest
 from ai4hi_sdk.data.scan import InstanceRecord, ScanReport, scan_directory
 from ai4hi_sdk.data.splits import DEFAULT_FRACTIONS, Split, assign_split
@@ -158,11 +158,7 @@ def load_site_volume_splits(site_dir: Path, *, mask_column: str = MASK_COLUMN,
         UserError: missing folder, labels file or mask file, or no series with a mask.
     """
     site_dir = Path(site_dir)
-    if not site_dir.is_dir():
-        raise UserError(f"site folder not found: {site_dir}")
-    labels_path = site_dir / LABELS_FILE
-    if not labels_path.is_file():
-        raise UserError(f"{site_dir} has no {LABELS_FILE} (expected next to the dicom/ folder)")
+    labels_path = site_labels_path(site_dir)
     dicom_root = site_dicom_root(site_dir)
     report = scan_directory(dicom_root)
     manifest = load_label_manifest(labels_path, label_column=mask_column)
