@@ -154,12 +154,12 @@ def model_card_markdown(card: dict) -> str:
                      f"{_fmt(eps.get('epsilon'))} ({_fmt(eps.get('delta'), 6)}) |")
     for v in card["validations"]:
         lines += ["", f"## Performance on each site's fixed test split ({v['record']}, vs champion "
-                      f"`{v['champion']}`, data `{v['data_version']}`)", "",
-                  "| site | n | AUROC (95 % CI) | change vs champion (95 % CI) | sensitivity | specificity | ECE | Brier |",
-                  "|---|---|---|---|---|---|---|---|"]
+                      f"`{v['champion']}`, data `{v['data_version']}`)", ""]
         if any("dice" in s for s in v["sites"].values()):
             lines += _segmentation_card_lines(v)
             continue
+        lines += ["| site | n | AUROC (95 % CI) | change vs champion (95 % CI) | sensitivity | specificity | ECE | Brier |",
+                  "|---|---|---|---|---|---|---|---|"]
         for site, s in v["sites"].items():
             ci = s.get("auroc_change_ci") or [None, None]
             lines.append(f"| {site} | {s['n']} | {_ci(s)} | {_fmt(s['auroc_change_vs_champion'])} "

@@ -56,4 +56,5 @@ def test_segmentation_validation_renders(tmp_path):
     assert site_a["dice"] == validation["validation"]["A"]["candidate"]["dice"] and "auroc" not in site_a
     markdown = (out / "model_cards" / "c1.md").read_text()
     assert "mean Dice" in markdown and "| A | sex |" in markdown and " mm |" in markdown
+    assert "AUROC (95 % CI)" not in markdown  # no AUROC table header above the Dice table
     assert decision.decision in ("replace", "keep", "retrain") and any("Dice" in r for r in decision.reasons)
