@@ -128,7 +128,7 @@ def _export(args: argparse.Namespace) -> int:
     spec = load_job_spec(args.spec)
     job_dir = export_job(spec, args.out, data_root=args.data_root)
     if args.initial_model is not None:
-        from ai4hi_sdk.jobs.simulate import install_initial_model
+        from ai4hi_sdk.jobs.builder import install_initial_model
 
         digest = install_initial_model(spec, job_dir, args.initial_model)
         Console().print(f"warm start from {args.initial_model} (sha256 {digest[:12]}...)")

@@ -80,12 +80,12 @@ def _submit(args: argparse.Namespace) -> int:
                                     f"connected ({', '.join(connected) or 'none'}); start the sites first")
                 time.sleep(1)
         prepare = None
-        if args.initial_model is not None:
-            from ai4hi_sdk.jobs.simulate import install_initial_model
+        if args.initial_model is not None:  # warm start: ship the model in the job folder before submitting
+            from functools import partial
 
-            def prepare(job_dir: Path) -> None:
-                install_initial_model(spec, job_dir, args.initial_model)
+            from ai4hi_sdk.jobs.builder import install_initial_model
 
+            prepare = partial(install_initial_model, spec, initial_model=args.initial_model)
         job_id = session.submit(spec, data_root=args.data_root, train_timeout=args.train_timeout, prepare=prepare)
     console.print(f"submitted '{spec.name}' ({spec.train.rounds} rounds) to {', '.join(connected)}: job id")
     print(job_id)

@@ -34,9 +34,8 @@ import psutil
 
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.jobs.builder import export_job
-from ai4hi_sdk.jobs.components.controller import (INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE,
-                                                   initial_state_mismatch)
+from ai4hi_sdk.jobs.builder import export_job, install_initial_model
+from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
@@ -261,41 +260,6 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
     code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll, extra_env=extra_env)
     metrics = collect_results(workspace, chosen, code, extra=extra)
     return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)
-
-
-def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str | Path) -> str:
-    """Ship ``initial_model`` with the exported job as its initial global model (warm start).
-
-    The file must be a ``torch.save``d state dict whose floating-point entries are exactly the
-    exchanged state of the job's freshly built model (same names and shapes; other entries are
-    ignored), e.g. a previous job's ``global_model.pt``. It is checked here (UserError naming the
-    file and the mismatch) and again by the server, then written as float32 next to the job's spec
-    file (``app*/custom/ai4hi_initial_model.pt``), where the server's controller loads it instead of
-    the seeded model. Returns the sha256 of the installed state (:func:`describe_payload` digest).
-    """
-    import torch
-
-    from ai4hi_sdk.jobs.site_main import SPEC_FILE
-    from ai4hi_sdk.privacy.egress import describe_payload
-
-    path = Path(initial_model)
-    if not path.is_file():
-        raise UserError(f"initial model '{path}' not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"initial model '{path}' is not a torch state dict file: {err}") from None
-    reference = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu").initial_state()
-    problem = initial_state_mismatch(state, reference)
-    if problem:
-        raise UserError(f"initial model '{path}' cannot start job '{spec.name}': {problem}")
-    state = {name: state[name].detach().to(torch.float32).contiguous() for name in reference}
-    targets = sorted(Path(job_dir).glob(f"*/custom/{SPEC_FILE}"))
-    if not targets:
-        raise UserError(f"no app with a job spec ({SPEC_FILE}) under '{job_dir}'")
-    for spec_file in targets:
-        torch.save(state, spec_file.with_name(INITIAL_MODEL_FILE))
-    return describe_payload(state)["sha256"]
 
 
 def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], drops: str | None) -> dict[str, str]:

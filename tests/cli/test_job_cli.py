@@ -114,7 +114,7 @@ def test_export_with_initial_model_ships_it_and_refuses_a_wrong_one(tmp_path, ca
     import torch
 
     from ai4hi_sdk.config.job_spec import load_job_spec
-    from ai4hi_sdk.jobs.simulate import INITIAL_MODEL_FILE
+    from ai4hi_sdk.jobs.components.controller import INITIAL_MODEL_FILE
 
     spec = load_job_spec(JOB)
     state = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu").initial_state()

@@ -17,7 +17,8 @@ from ai4hi_sdk.data.synth import synth_site
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job
 from ai4hi_sdk.jobs.components.controller import INITIAL_MODEL_FILE, initial_state_mismatch
-from ai4hi_sdk.jobs.simulate import install_initial_model, simulate
+from ai4hi_sdk.jobs.builder import install_initial_model
+from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validation_site_main import model_sha256
 from ai4hi_sdk.trainers.classification import ClassificationTrainer
 
