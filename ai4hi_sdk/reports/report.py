@@ -116,6 +116,22 @@ def _segmentation_card_site(rep: dict) -> dict:
                                           for a, d in cand.get("subgroups", {}).items()}}
 
 
+def _subgroup_card_rows(v: dict, metrics: tuple[str, ...]) -> list[str]:
+    """Markdown rows ``| site | attribute | group | n | <metrics> |`` of one validation's subgroup
+    cells, plus one row per attribute saying how many cells were suppressed (not named)."""
+    lines = []
+    for site, s in v["sites"].items():
+        for attr, cells in s["subgroups"].items():
+            for group, c in cells.items():
+                lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | "
+                             + " | ".join(_fmt(c.get(m)) for m in metrics) + " |")
+            hidden = s["suppressed_subgroup_cells"].get(attr, 0)
+            if hidden:
+                lines.append(f"| {site} | {attr} | ({hidden} suppressed) | " + " | ".join(["–"] * (len(metrics) + 1))
+                             + " |")
+    return lines
+
+
 def _segmentation_card_lines(v: dict) -> list[str]:
     """Markdown of one segmentation validation (replaces the AUROC tables' body)."""
     lines = ["| site | n | mean Dice | mean HD95 | change in Dice vs champion (95 % CI) |", "|---|---|---|---|---|"]
@@ -126,15 +142,7 @@ def _segmentation_card_lines(v: dict) -> list[str]:
                      f"{_fmt(s['dice_change_vs_champion'])} ({_fmt(ci[0])}–{_fmt(ci[1])}) |")
     lines += ["", f"Subgroups (cells with fewer than k={v['k']} cases are suppressed and not named):", "",
               "| site | attribute | group | n | Dice | HD95 |", "|---|---|---|---|---|---|"]
-    for site, s in v["sites"].items():
-        for attr, cells in s["subgroups"].items():
-            for group, c in cells.items():
-                lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | {_fmt(c.get('dice'))} | "
-                             f"{_fmt(c.get('hd95'))} |")
-            hidden = s["suppressed_subgroup_cells"].get(attr, 0)
-            if hidden:
-                lines.append(f"| {site} | {attr} | ({hidden} suppressed) | – | – | – |")
-    return lines
+    return lines + _subgroup_card_rows(v, ("dice", "hd95"))
 
 
 def model_card_markdown(card: dict) -> str:
@@ -167,14 +175,7 @@ def model_card_markdown(card: dict) -> str:
                          f"{_fmt(s['ece'])} | {_fmt(s['brier'])} |")
         lines += ["", f"Subgroups (cells with fewer than k={v['k']} studies are suppressed and not named):", "",
                   "| site | attribute | group | n | AUROC | sensitivity | specificity |", "|---|---|---|---|---|---|---|"]
-        for site, s in v["sites"].items():
-            for attr, cells in s["subgroups"].items():
-                for group, c in cells.items():
-                    lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | {_fmt(c.get('auroc'))} | "
-                                 f"{_fmt(c.get('sensitivity'))} | {_fmt(c.get('specificity'))} |")
-                hidden = s["suppressed_subgroup_cells"].get(attr, 0)
-                if hidden:
-                    lines.append(f"| {site} | {attr} | ({hidden} suppressed) | – | – | – | – |")
+        lines += _subgroup_card_rows(v, ("auroc", "sensitivity", "specificity"))
     lines += ["", "## Update decisions", ""]
     for d in card["decisions"]:
         lines.append(f"* **{d['decision']}** (decision log entry {d['log_seq']}): " + "; ".join(d.get("reasons") or []))
