@@ -22,3 +22,15 @@ class ConfigError(UserError):
         lines = [f"{file}: invalid configuration"]
         lines += [f"  - {field}: {reason}" for field, reason in problems]
         super().__init__("\n".join(lines))
+
+
+class RoundRefused(Exception):
+    """A site will not train or send for this task; ``str(err)`` is the reason it sends instead.
+
+    Raised by the site runtime (policy, budget, custom code, secure aggregation): the site then
+    answers with the refusal alone, so nothing of the round's work leaves. ``privacy`` optionally
+    carries the site's privacy position (dataset id, epsilon spent and limit, delta)."""
+
+    def __init__(self, reason: str, privacy: dict | None = None):
+        super().__init__(reason)
+        self.privacy = privacy

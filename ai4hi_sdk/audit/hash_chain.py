@@ -39,12 +39,21 @@ class ChainCheck:
     reason: str = ""
 
 
+class ChainDamaged(ValueError):
+    """The chain file cannot be extended: a line is not a chain entry (e.g. half written by a crash
+    or a full disk), or the chain does not verify. ``str(err)`` names the file and the line."""
+
+
 def read_entries(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield raw entries (not verified)."""
+    """Yield raw entries (not verified); raises :class:`ChainDamaged` naming an unreadable line."""
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
+        for line_no, line in enumerate(handle, start=1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise ChainDamaged(f"{path}: line {line_no} is not a complete chain entry (half-written "
+                                       "by a crash or a full disk?)") from None
 
 
 def verify_chain(path: str | Path) -> ChainCheck:
@@ -79,14 +88,26 @@ class HashChainLog:
         self.path = Path(path)
 
     def _tail(self) -> tuple[int, str]:
+        """``(next seq, hash of the last entry)`` of a chain that verifies; :class:`ChainDamaged`
+        otherwise (never append after a damaged line: the new entry would hide the damage)."""
+        check = verify_chain(self.path)
+        if not check.ok:
+            raise ChainDamaged(f"{self.path}: line {check.bad_line}: {check.reason}")
         seq, prev = 0, GENESIS
         if self.path.exists():
             for entry in read_entries(self.path):
                 seq, prev = entry["seq"] + 1, entry["hash"]
         return seq, prev
 
+    def head(self) -> tuple[int, str]:
+        """``(number of entries, hash of the last one)`` (``(0, GENESIS)`` for no file);
+        :class:`ChainDamaged` if the chain does not verify."""
+        return self._tail()
+
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Append ``record`` (JSON-able) and return the full entry written."""
+        """Append ``record`` (JSON-able) and return the full entry written.
+
+        Raises :class:`ChainDamaged` (nothing written) when the existing chain does not verify."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         seq, prev = self._tail()
         record = json.loads(_canonical(record))  # normalise (tuples -> lists) so the hash re-computes

@@ -9,8 +9,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ai4hi_sdk.config.job_spec import load_job_spec
-from ai4hi_sdk.jobs.components.controller import METRICS_FILE
+from ai4hi_sdk.jobs.wire import METRICS_FILE
+
+
+def load_job_spec(path: Path):
+    """The checked job spec (imported lazily: the trainer check imports torch)."""
+    from ai4hi_sdk.jobs.spec import load_checked_job_spec
+
+    return load_checked_job_spec(path)
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -75,6 +81,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
         print_summary(console, result.metrics, result.result_dir, result.seconds)
+        print_code_hash(console, spec)
     if not result.ok:
         console.print(f"[red]job did not complete:[/] {result.metrics.get('reason', 'unknown')} "
                       f"(log: {args.workspace / 'simulate.log'})")
@@ -133,7 +140,18 @@ def _export(args: argparse.Namespace) -> int:
         digest = install_initial_model(spec, job_dir, args.initial_model)
         Console().print(f"warm start from {args.initial_model} (sha256 {digest[:12]}...)")
     Console().print(f"exported NVFlare job '{spec.name}' to {job_dir}")
+    print_code_hash(Console(), spec)
     return 0
+
+
+def print_code_hash(console: Console, spec) -> None:
+    """The SHA-256 of the job's custom code: what each site admin must allow before it runs."""
+    from ai4hi_sdk.jobs.builder import code_sha256
+
+    digest = code_sha256(spec)
+    if digest:
+        console.print(f"custom code sha256 {digest}: each site runs it only after its admin allows it "
+                      f"(`ai4hi site allow-code KIT {digest}`)", highlight=False, soft_wrap=True)
 
 
 def _fmt(value: object) -> str:

@@ -62,7 +62,7 @@ def _session(args: argparse.Namespace):
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from ai4hi_sdk.config.job_spec import load_job_spec
+    from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
     from ai4hi_sdk.errors import UserError
 
     spec = load_job_spec(args.spec)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -24,15 +23,25 @@ def _provision(args: argparse.Namespace) -> int:
     console = Console()
     with console.status(f"provisioning '{consortium.name}' with nvflare provision ..."):
         kits = provision(consortium, args.out)
-    table = Table(title=f"kits of {consortium.name}")
-    table.add_column("participant")
-    table.add_column("kit")
-    table.add_column("site privacy policy")
-    table.add_row(f"server ({consortium.server.host})", kits["server"], "-")
+    roles = {p.email: p.role for p in consortium.people}
+    say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731 - paths never wrapped
+    say(f"[bold]kits of {consortium.name}[/]: send each kit only to whom it names")
+    say(f"  {kits['server']}\n      for the server operator ({consortium.server.host})")
     for site, info in kits["sites"].items():
-        table.add_row(site, info["kit"], info["policy"])
+        say(f"  {info['kit']}\n      for {info['admin']}: runs site {site}; {info['policy']}")
+        if info.get("kept"):
+            say(f"      [yellow]{info['kept']}[/]")
     for person, kit in kits["admins"].items():
-        table.add_row(person, kit, "-")
-    console.print(table)
-    console.print(f"kit index: {Path(args.out) / 'ai4hi_kits.json'}. Send each participant only their own kit.")
+        what = {"lead": "the lead: submits jobs", "site_admin": "a site admin",
+                "project_admin": "the project admin"}.get(roles.get(person, ""), "a member")
+        say(f"  {kit}\n      for {person}, {what} (NVFlare admin console kit)")
+    console.print(
+        f"[bold]stays with the lead, never sent:[/] {kits['lead_only']} (the root CA's and every participant's "
+        f"private key) and {Path(args.out).resolve() / 'project.yml'}; {kits['private_keys']} private key files "
+        "are readable by their owner only (0600).", highlight=False, soft_wrap=True)
+    first = next(iter(kits["sites"].values()), None)
+    if first:
+        console.print(f"next, on each site's machine: [bold]ai4hi site check {first['kit']}[/] (then "
+                      "`ai4hi site start`); the server first. Kit index: "
+                      f"{Path(args.out).resolve() / 'ai4hi_kits.json'}", highlight=False, soft_wrap=True)
     return 0

@@ -32,6 +32,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     stop.add_argument("kit", type=Path)
     stop.set_defaults(func=_stop)
 
+    allow = commands.add_parser("allow-code", help="allow (or --revoke) a job's custom code at this site by its SHA-256")
+    allow.add_argument("kit", type=Path, help="the site's kit (or simulated site workspace) holding ai4hi/site_policy.yaml")
+    allow.add_argument("sha256", help="the code bundle's SHA-256, as `ai4hi job export` prints it")
+    allow.add_argument("--revoke", action="store_true", help="remove it from the allowed list")
+    allow.set_defaults(func=_allow_code)
+
 
 def _check(args: argparse.Namespace) -> int:
     from ai4hi_sdk.deploy.kit import load_kit
@@ -96,4 +102,15 @@ def _stop(args: argparse.Namespace) -> int:
     else:
         Console().print(f"{kit.kind} '{kit.name}' stopped ({len(ended)} processes"
                         + (f", {len(report.killed)} had to be killed" if report.killed else "") + ")")
+    return 0
+
+
+def _allow_code(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.site.policy_file import allow_code
+
+    allowed = allow_code(args.kit, args.sha256, revoke=args.revoke)
+    verb = "revoked" if args.revoke else "allowed"
+    Console().print(f"{verb} custom code {args.sha256.strip().lower()}; this site now runs "
+                    f"{len(allowed)} custom code bundle(s): {', '.join(a[:12] + '...' for a in allowed) or 'none'}",
+                    highlight=False)
     return 0

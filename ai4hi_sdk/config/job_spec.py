@@ -7,9 +7,7 @@ mistake is reported with the file, the field and the reason.
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,15 +141,6 @@ class JobSpec(StrictModel):
         """Absolute paths of the ``code`` files."""
         return [Path(self.base_dir, entry).resolve() for entry in self.code]
 
-    def trainer_class(self) -> type:
-        """Import and return the trainer class (``code`` folders are put on sys.path first)."""
-        for folder in {str(p.parent) for p in self.code_paths()}:
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-        module_name, class_name = self.trainer.split(":")
-        module = importlib.import_module(module_name)
-        return getattr(module, class_name)
-
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -185,25 +174,20 @@ class JobSpec(StrictModel):
 def load_job_spec(path: str | Path) -> JobSpec:
     """Read and validate a job spec YAML file (raises ConfigError naming file, field, reason).
 
-    Besides the schema, checks that every ``code`` file exists and that the trainer class imports
-    and is a :class:`~ai4hi_sdk.trainers.site_trainer.SiteTrainer`.
+    Besides the schema, checks that every ``code`` file exists inside the spec's folder (a symlink
+    whose target leaves the folder is refused: it would ship that target to every site). Whether
+    the trainer imports is checked by :func:`ai4hi_sdk.jobs.spec.load_checked_job_spec`.
     """
     spec = load_yaml_model(path, JobSpec)
     spec = spec.model_copy(update={"base_dir": str(Path(path).resolve().parent)})
     problems: list[tuple[str, str]] = []
-    for index, code_path in enumerate(spec.code_paths()):
-        if not code_path.is_file():
+    base = Path(spec.base_dir).resolve()
+    for index, (entry, code_path) in enumerate(zip(spec.code, spec.code_paths())):
+        if not code_path.is_relative_to(base):
+            problems.append((f"code.{index}", f"'{entry}' resolves to {code_path}, outside the job's folder {base} "
+                                              "(a symlink?); copy the file into the job's folder"))
+        elif not code_path.is_file():
             problems.append((f"code.{index}", f"file not found: {code_path}"))
-    if not problems:
-        from ai4hi_sdk.trainers.site_trainer import SiteTrainer
-
-        try:
-            trainer_cls = spec.trainer_class()
-        except (ImportError, AttributeError) as err:
-            problems.append(("trainer", f"cannot import '{spec.trainer}': {err}"))
-        else:
-            if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, SiteTrainer)):
-                problems.append(("trainer", f"'{spec.trainer}' is not a subclass of ai4hi_sdk SiteTrainer"))
     if problems:
         raise ConfigError(str(path), problems)
     return spec

@@ -150,13 +150,11 @@ class AdminSession:
         ``prepare`` may edit the exported job folder before submission (tests use it to remove the
         job's own filters and show that the site's privacy.json still applies).
         """
-        from ai4hi_sdk.jobs.builder import Ai4hiTrainingRecipe
+        from ai4hi_sdk.jobs.builder import Ai4hiTrainingRecipe, export_recipe
 
         with tempfile.TemporaryDirectory(prefix="ai4hi-submit-", dir=self._scratch()) as tmp:
-            recipe = Ai4hiTrainingRecipe(spec, staging_dir=Path(tmp) / "staging", data_root=data_root,
-                                         train_timeout=train_timeout)
-            recipe.export(str(Path(tmp) / "jobs"))
-            job_dir = Path(tmp) / "jobs" / spec.name
+            recipe = Ai4hiTrainingRecipe(spec, data_root=data_root, train_timeout=train_timeout)
+            job_dir = export_recipe(recipe, Path(tmp) / "jobs")
             if prepare is not None:
                 prepare(job_dir)
             return self.submit_folder(job_dir)

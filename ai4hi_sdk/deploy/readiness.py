@@ -17,9 +17,9 @@ from ai4hi_sdk.deploy.processes import is_running
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.provision.provision import EGRESS_FILTER, LOG_STREAMER, SITE_CLASSES
 from ai4hi_sdk.site_paths import configured_data_dir
 
-EGRESS_FILTER_SUFFIX = "EgressLogFilter"
 
 
 @dataclass
@@ -123,10 +123,25 @@ def check_site_config(kit: Kit) -> list[Check]:
         paths = [f.get("path", "") for f in default.get("task_result_filters", [])]
     except (ValueError, KeyError, TypeError) as err:
         return [Check("site-enforced filters", "fail", f"{privacy} is not a valid NVFlare privacy config: {err}")]
-    if not any(p.endswith(EGRESS_FILTER_SUFFIX) for p in paths):
+    if EGRESS_FILTER not in paths:
         return [Check("site-enforced filters", "fail",
-                      f"the default privacy scope of {privacy} does not log egress (filters: {paths})")]
-    return [Check("site-enforced filters", "ok", f"privacy.json scope '{config['default_scope']}' logs every egress")]
+                      f"the default privacy scope of {privacy} does not run the egress guard (filters: {paths}); "
+                      "re-run 'ai4hi provision'")]
+    checks = [Check("site-enforced filters", "ok",
+                    f"privacy.json scope '{config['default_scope']}' checks and logs every egress")]
+    resources = kit.resources
+    allowed = resources.get("class_allow_list")
+    if allowed != SITE_CLASSES:
+        checks.append(Check("job components", "fail",
+                            f"local/resources.json class_allow_list is {allowed!r}: jobs could run components other "
+                            "than the SDK's site runtime; re-run 'ai4hi provision'"))
+    else:
+        checks.append(Check("job components", "ok", "jobs may run only the SDK's site runtime and egress guard"))
+    streaming = resources.get("allow_log_streaming", True) or LOG_STREAMER in json.dumps(resources)
+    checks.append(Check("log streaming", "fail" if streaming else "ok",
+                        "NVFlare log streaming is on: job error logs would reach the server outside the egress log"
+                        if streaming else "off: no job log leaves the site"))
+    return checks
 
 
 def check_data(kit: Kit, data_dir: Path) -> tuple[list[Check], dict[str, Any] | None]:

@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
-from ai4hi_sdk.jobs.components.payload_log import RECEIPT_LOG
+from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE
+from ai4hi_sdk.jobs.wire import RECEIPT_LOG
 
 RECEIPTS = "receipts.jsonl"
 

@@ -1,94 +1,205 @@
 """Job spec -> NVFlare job (a ``Recipe`` around a ``FedJob``), ready to simulate, export or submit.
 
-Server: :class:`~ai4hi_sdk.jobs.components.controller.Ai4hiFedAvg` and the receipt log filter.
-Sites: NVFlare's ``ClientAPIExecutor`` running ``ai4hi_site_main.py`` (which calls
-:func:`ai4hi_sdk.jobs.site_main.main`) in-process, and the egress log filter as the last
-task-result filter. The SDK is expected to be installed at every site, so its code is not copied
-into the job (``set_app_packages``); only the entry script and the spec's ``code`` files are.
+One recipe base for every ai4hi job (:class:`Ai4hiRecipe`):
+
+* **sites** run one component from the SDK installed at the site,
+  :class:`~ai4hi_sdk.site.executor.Ai4hiSiteExecutor`, on every task, and the site's egress guard
+  as the task-result filter. The job's settings and its custom code (if any, as a hashed bundle)
+  travel as the executor's arguments: a site app has **no** ``custom/`` folder, so NVFlare treats
+  the job as made of site-installed classes only, and a site runs custom code only when its
+  policy allows the bundle's SHA-256;
+* **the server** runs the job kind's controller and the receipt log filter. Model files the
+  server reads (warm start, champion, candidate) travel in the app's ``ai4hi_data/`` folder: data,
+  not code, so the job stays free of custom code.
+
+:class:`Ai4hiTrainingRecipe` (FedAvg, with or without secure aggregation) and
+:class:`Ai4hiValidationRecipe` (candidate vs champion, drift monitoring) differ only in the
+controller and the tasks.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
-from nvflare.client.config import ExchangeFormat, TransferType
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import Recipe
 
 from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.jobs.components.controller import INITIAL_MODEL_FILE, Ai4hiFedAvg, initial_state_mismatch
-from ai4hi_sdk.jobs.components.secagg_wire import PROTOCOL_TASKS
-from ai4hi_sdk.jobs.components.payload_log import EgressLogFilter, ReceiptLogFilter
-from ai4hi_sdk.jobs.site_main import SPEC_FILE, write_spec_file
-from ai4hi_sdk.trainers.site_trainer import TRAIN_TASK, VALIDATE_TASK
+from ai4hi_sdk.jobs.components.payload_log import ReceiptLogFilter
+from ai4hi_sdk.jobs.wire import APP_DATA_DIR, INITIAL_MODEL_FILE, TRAINING_TASKS, VALIDATION_TASKS, WIRE_VERSION
+from ai4hi_sdk.site.code_bundle import bundle_sha256, pack_code
+from ai4hi_sdk.site.egress_guard import Ai4hiEgressGuard
+from ai4hi_sdk.site.executor import Ai4hiSiteExecutor
 
-ENTRY_SCRIPT = Path(__file__).with_name("ai4hi_site_main.py")
-# the protocol tasks only ever reach sites when the job turns secure aggregation on
-SITE_TASKS = [TRAIN_TASK, VALIDATE_TASK, *PROTOCOL_TASKS]
 TASK_REQUEST_INTERVAL_S = 0.5
+VALIDATION_KINDS = ("validate", "monitor")
 
 
-class Ai4hiTrainingRecipe(Recipe):
-    """NVFlare recipe for an ai4hi training job.
+def spec_payload(spec: JobSpec) -> dict[str, Any]:
+    """The spec as it travels in a job (JSON form; ``base_dir`` stays with the lead)."""
+    return spec.model_dump(mode="json")
+
+
+def code_bundle(spec: JobSpec) -> dict[str, str]:
+    """The spec's ``code`` files as a bundle (UserError for a file that leaves the job's folder)."""
+    return pack_code(spec.base_dir, spec.code) if spec.code else {}
+
+
+def code_sha256(spec: JobSpec) -> str | None:
+    """SHA-256 of the spec's code bundle, the value a site admin allows (None without code)."""
+    bundle = code_bundle(spec)
+    return bundle_sha256(bundle) if bundle else None
+
+
+class Ai4hiRecipe(Recipe):
+    """NVFlare recipe of an ai4hi job: the site runtime at every site, ``controller`` at the server.
 
     Args:
-        spec: validated job spec.
-        staging_dir: folder where the spec file is written before it is copied into the job.
-        data_root: folder with one sub-folder per site (simulation and demos); a site's own
-            ``AI4HI_SITE_DATA_DIR`` / ``AI4HI_DATA_ROOT`` environment wins over it.
-        train_timeout: seconds the server waits for one training round's results.
+        name: the job's name.
+        spec: the job spec (its trainer builds the model at sites and at the server).
+        controller: the server's workflow component.
+        tasks: task names the sites serve.
+        min_sites: NVFlare's ``min_clients``.
+        data_root: default data root for sites that do not set their own.
+        validation: validation settings of a validation/monitoring job.
     """
 
-    def __init__(self, spec: JobSpec, staging_dir: str | Path, data_root: str | Path | None = None,
-                 train_timeout: int = 3600):
+    def __init__(self, name: str, spec: JobSpec, controller: Any, tasks: Sequence[str], min_sites: int,
+                 data_root: str | Path | None = None, validation: ValidationSpec | None = None):
         self.spec = spec
-        spec_file = write_spec_file(spec, staging_dir)
-        job = FedJob(name=spec.name, min_clients=spec.min_sites)
-        job.set_app_packages(["ai4hi_sdk"])
-        job.to_server(Ai4hiFedAvg(job_spec=SPEC_FILE, num_rounds=spec.train.rounds,
-                                  min_sites=spec.min_sites, train_timeout=train_timeout), id="ai4hi_controller")
+        self.spec_name = name
+        job = FedJob(name=name, min_clients=min_sites)
+        job.set_app_packages(["ai4hi_sdk"])  # the SDK is installed at every site: never copied into the job
+        job.to_server(controller, id="ai4hi_controller")
         job.to_server(ReceiptLogFilter(), id="ai4hi_receipt_log", filter_type=FilterType.TASK_RESULT,
-                      tasks=SITE_TASKS)
-
-        script_args = f"--data-root {Path(data_root).resolve()}" if data_root is not None else ""
-        executor = ClientAPIExecutor(
-            execution_mode="in_process",
-            task_script_path=ENTRY_SCRIPT.name,
-            task_script_args=script_args,
-            params_exchange_format=ExchangeFormat.PYTORCH,
-            server_expected_format=ExchangeFormat.PYTORCH,
-            params_transfer_type=TransferType.DIFF,
-        )
-        job.to_clients(executor, id="ai4hi_executor", tasks=SITE_TASKS)
-        job.to_clients(EgressLogFilter(), id="ai4hi_egress_log", filter_type=FilterType.TASK_RESULT,
-                       tasks=SITE_TASKS)
-        job.add_file_to_clients(str(ENTRY_SCRIPT))
-        job.add_file_to_clients(str(spec_file))
-        job.add_file_to_server(str(spec_file))
-        for entry, code_file in zip(spec.code, spec.code_paths()):
-            # keep the file's folder relative to the spec, so the same sys.path rule works at sites
-            dest = str(Path(entry).parent) if Path(entry).parent != Path(".") else None
-            job.add_file_to_clients(str(code_file), dest_dir=dest)
-            job.add_file_to_server(str(code_file), dest_dir=dest)
+                      tasks=list(tasks))
+        executor = Ai4hiSiteExecutor(job=spec_payload(spec), code=code_bundle(spec),
+                                     validation=validation.model_dump(mode="json") if validation else None,
+                                     data_root=str(Path(data_root).resolve()) if data_root is not None else None,
+                                     wire_version=WIRE_VERSION)
+        job.to_clients(executor, id="ai4hi_executor", tasks=list(tasks))
+        job.to_clients(Ai4hiEgressGuard(), id="ai4hi_egress_guard", filter_type=FilterType.TASK_RESULT,
+                       tasks=list(tasks))
         super().__init__(job)
+        #: file name -> state dict or .pt path, written into every app's ai4hi_data/ on export
+        self.data_files: dict[str, Any] = {}
         # NVFlare tells an idle site to ask again after 2 s; with a handful of sites that idle wait
         # is most of a round's overhead (benchmarks/round_overhead.py), so sites ask more often
         self.add_server_config({"server": {"task_request_interval": TASK_REQUEST_INTERVAL_S}})
 
 
-def export_job(spec: JobSpec, out_dir: str | Path, data_root: str | Path | None = None) -> Path:
-    """Write the NVFlare job folder for ``spec`` under ``out_dir``; returns the job folder."""
+class Ai4hiTrainingRecipe(Ai4hiRecipe):
+    """NVFlare recipe for an ai4hi training job.
+
+    Args:
+        spec: validated job spec.
+        staging_dir: kept for callers that pass it (nothing is staged any more).
+        data_root: folder with one sub-folder per site (simulation and demos); a site's own
+            ``AI4HI_SITE_DATA_DIR`` / ``AI4HI_DATA_ROOT`` environment or ``ai4hi/site.yaml`` wins.
+        train_timeout: seconds the server waits for one training round's results.
+    """
+
+    def __init__(self, spec: JobSpec, staging_dir: str | Path | None = None, data_root: str | Path | None = None,
+                 train_timeout: int = 3600):
+        from ai4hi_sdk.jobs.components.controller import Ai4hiFedAvg
+
+        controller = Ai4hiFedAvg(job=spec_payload(spec), code=code_bundle(spec), num_rounds=spec.train.rounds,
+                                 min_sites=spec.min_sites, train_timeout=train_timeout)
+        super().__init__(spec.name, spec, controller, TRAINING_TASKS, spec.min_sites, data_root)
+
+
+class Ai4hiValidationRecipe(Ai4hiRecipe):
+    """NVFlare recipe of a validation and/or monitoring job.
+
+    Args:
+        spec: the training job spec (its trainer class builds the model and reads the site data).
+        config: validation settings.
+        staging_dir: where the candidate and champion files are written before going into the
+            server app.
+        champion: the deployed model (state dict or ``.pt`` file).
+        candidate: the model to evaluate against it (required for the ``validate`` task).
+        tasks: ``("validate",)``, ``("monitor",)`` or both.
+        data_root: default data root for sites that do not set their own.
+    """
+
+    def __init__(self, spec: JobSpec, config: ValidationSpec, staging_dir: str | Path,
+                 champion: Mapping[str, Any] | str | Path, candidate: Mapping[str, Any] | str | Path | None = None,
+                 tasks: Sequence[str] = ("validate",), data_root: str | Path | None = None, name: str | None = None):
+        from ai4hi_sdk.jobs.components.validation_controller import (CANDIDATE_FILE, CHAMPION_FILE,
+                                                                     Ai4hiValidationController)
+
+        kinds = [t for t in VALIDATION_KINDS if t in tasks]
+        if not kinds:
+            raise ValueError(f"tasks must name at least one of {VALIDATION_KINDS}")
+        if "validate" in kinds and candidate is None:
+            raise ValueError("a validation task needs a candidate model")
+        controller = Ai4hiValidationController(candidate_file=CANDIDATE_FILE if candidate is not None else "",
+                                               champion_file=CHAMPION_FILE, tasks=kinds, timeout=config.timeout_s)
+        super().__init__(name or f"{spec.name}-{'-'.join(kinds)}", spec, controller, VALIDATION_TASKS, 1, data_root,
+                         validation=config)
+        self.data_files[CHAMPION_FILE] = champion
+        if candidate is not None:
+            self.data_files[CANDIDATE_FILE] = candidate
+
+
+def _write_state(state: Mapping[str, Any] | str | Path, path: Path) -> Path:
+    import torch
+
+    if isinstance(state, (str, Path)):
+        state = torch.load(state, map_location="cpu", weights_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.as_tensor(v).float().contiguous() for k, v in state.items()}, path)
+    return path
+
+
+def app_dirs(job_dir: str | Path) -> list[Path]:
+    """The app folders of an exported job."""
+    return sorted(p.parent.parent for p in Path(job_dir).glob("*/config/config_fed_*.json"))
+
+
+def export_recipe(recipe: Ai4hiRecipe, out_dir: str | Path) -> Path:
+    """Export ``recipe`` under ``out_dir`` with its data files; returns the job folder."""
+    import warnings
+
+    out_dir = Path(out_dir)
+    with warnings.catch_warnings():
+        # the code bundle is base64 text: NVFlare's secret scan flags it as high-entropy
+        warnings.filterwarnings("ignore", message="Potential secret value in exported job file")
+        recipe.export(str(out_dir))
+    job_dir = out_dir / recipe.spec_name
+    for app in app_dirs(job_dir):
+        for name, state in recipe.data_files.items():
+            _write_state(state, app / APP_DATA_DIR / name)
+    return job_dir
+
+
+def _export(recipe_factory: Any, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     staging = out_dir / ".ai4hi_staging"
     try:
-        Ai4hiTrainingRecipe(spec, staging_dir=staging, data_root=data_root).export(str(out_dir))
+        return export_recipe(recipe_factory(staging), out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir / spec.name
+
+
+def export_job(spec: JobSpec, out_dir: str | Path, data_root: str | Path | None = None) -> Path:
+    """Write the NVFlare job folder for ``spec`` under ``out_dir``; returns the job folder."""
+    return _export(lambda staging: Ai4hiTrainingRecipe(spec, data_root=data_root), out_dir)
+
+
+def export_validation_job(spec: JobSpec, config: ValidationSpec, out_dir: str | Path, *,
+                          champion: Mapping[str, Any] | str | Path,
+                          candidate: Mapping[str, Any] | str | Path | None = None,
+                          tasks: Sequence[str] = ("validate",), data_root: str | Path | None = None) -> Path:
+    """Write the NVFlare job folder of a validation/monitoring job under ``out_dir``."""
+    return _export(lambda staging: Ai4hiValidationRecipe(spec, config, staging, champion=champion,
+                                                         candidate=candidate, tasks=tasks, data_root=data_root),
+                   out_dir)
 
 
 def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str | Path) -> str:
@@ -97,13 +208,15 @@ def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str
     The file must be a ``torch.save``d state dict whose floating-point entries are exactly the
     exchanged state of the job's freshly built model (same names and shapes; other entries are
     ignored), e.g. a previous job's ``global_model.pt``. It is checked here (UserError naming the
-    file and the mismatch) and again by the server, then written as float32 next to the job's spec
-    file (``app*/custom/ai4hi_initial_model.pt``), where the server's controller loads it instead of
-    the seeded model. Returns the sha256 of the installed state (:func:`describe_payload` digest).
+    file and the mismatch) and again by the server, then written as float32 into the job's
+    ``ai4hi_data/`` folder (data, not code), where the server's controller loads it instead of the
+    seeded model. Returns the sha256 of the installed state.
     """
     import torch
 
-    from ai4hi_sdk.privacy.egress import describe_payload
+    from ai4hi_sdk.jobs.components.controller import initial_state_mismatch
+    from ai4hi_sdk.privacy.egress import model_sha256
+    from ai4hi_sdk.trainers.loading import trainer_class_for
 
     path = Path(initial_model)
     if not path.is_file():
@@ -112,14 +225,15 @@ def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise UserError(f"initial model '{path}' is not a torch state dict file: {err}") from None
-    reference = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu").initial_state()
+    reference = trainer_class_for(spec)(spec, site_dir=None, site_name="server", device="cpu").initial_state()
     problem = initial_state_mismatch(state, reference)
     if problem:
         raise UserError(f"initial model '{path}' cannot start job '{spec.name}': {problem}")
     state = {name: state[name].detach().to(torch.float32).contiguous() for name in reference}
-    targets = sorted(Path(job_dir).glob(f"*/custom/{SPEC_FILE}"))
-    if not targets:
-        raise UserError(f"no app with a job spec ({SPEC_FILE}) under '{job_dir}'")
-    for spec_file in targets:
-        torch.save(state, spec_file.with_name(INITIAL_MODEL_FILE))
-    return describe_payload(state)["sha256"]
+    apps = [a for a in app_dirs(job_dir) if (a / "config" / "config_fed_server.json").is_file()]
+    if not apps:
+        raise UserError(f"no server app under '{job_dir}'")
+    for app in apps:
+        (app / APP_DATA_DIR).mkdir(exist_ok=True)
+        torch.save(state, app / APP_DATA_DIR / INITIAL_MODEL_FILE)
+    return model_sha256(state)

@@ -25,12 +25,14 @@ from typing import Any, Callable
 import torch
 
 from ai4hi_sdk.config.continuous import ContinuousSpec
-from ai4hi_sdk.config.job_spec import JobSpec, load_job_spec
+from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
 from ai4hi_sdk.data.synth import synth_consortium
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validate import run_validation
-from ai4hi_sdk.jobs.validation_site_main import model_sha256
+from ai4hi_sdk.privacy.egress import model_sha256
+from ai4hi_sdk.trainers.loading import trainer_class_for
 from ai4hi_sdk.validation.decision import Evidence
 from ai4hi_sdk.validation.engine import (
     evidence_from_validation,
@@ -93,7 +95,7 @@ class ContinuousLoop:
         self.report.mkdir(parents=True)
         (self.ws / "models").mkdir(parents=True)
         self.key = load_or_create_signing_key(self.ws / SIGNING_KEY)
-        initial = self.job.trainer_class()(self.job, site_dir=None, site_name="server", device="cpu").initial_state()
+        initial = trainer_class_for(self.job)(self.job, site_dir=None, site_name="server", device="cpu").initial_state()
         torch.save(initial, self._model_path("m0-initial"))
         self.history["models"]["m0-initial"] = {
             "sha256": model_sha256(initial),

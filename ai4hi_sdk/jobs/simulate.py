@@ -35,8 +35,8 @@ import psutil
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job, install_initial_model
-from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
-from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
+from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE, RECEIPT_LOG
+from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.site_paths import SITE_WORKSPACE_ROOT_ENV
@@ -198,6 +198,20 @@ def _privacy_summary(ledger_path: Path) -> dict:
     return out
 
 
+def write_simulated_local_config(sim_workspace: Path, sites: list[str]) -> None:
+    """A class allow list for the simulator (``local/resources.json``, which it copies to the server
+    and every site): the SDK's server and site classes on top of NVFlare's defaults. The simulator
+    has one list for everybody; a provisioned site admits only the site runtime's classes."""
+    from ai4hi_sdk.provision.provision import SITE_CLASSES, _allow_server_classes
+
+    resources: dict = {}
+    _allow_server_classes(resources)
+    resources["class_allow_list"] += [c for c in SITE_CLASSES if c not in resources["class_allow_list"]]
+    local = sim_workspace / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "resources.json").write_text(json.dumps(resources, indent=2))
+
+
 def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str], *, timeout_s: float = 1800,
                      sites_root: str | Path | None = None,
                      on_poll: Callable[[Path], None] | None = None,
@@ -213,6 +227,7 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
         env[SITE_WORKSPACE_ROOT_ENV] = str(Path(sites_root).resolve())
     env.update(extra_env or {})
     run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
+    write_simulated_local_config(workspace / "simulate", sites)
     return run_simulator(Path(job_dir), workspace / "simulate", sites, workspace / "simulate.log", env, timeout_s,
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
 
@@ -266,7 +281,7 @@ def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], 
     """Simulated sites have no provisioned identity: give each one from a CA made for this run
     (``WS/sites/<site>/startup/``, where a real kit keeps it), so key signing and verification run
     exactly as in a deployment. Returns the environment for fault injection."""
-    from ai4hi_sdk.jobs.components.secagg_wire import DROP_ENV, parse_drops
+    from ai4hi_sdk.site.secagg_client import DROP_ENV, parse_drops
     from ai4hi_sdk.privacy.secagg.protocol.identity import make_throwaway_ca
 
     if drops:

@@ -27,10 +27,11 @@ import torch
 
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.config.validation_spec import ValidationSpec
-from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
-from ai4hi_sdk.jobs.components.validation_controller import RESULT_FILE
+from ai4hi_sdk.jobs.builder import export_validation_job
 from ai4hi_sdk.jobs.simulate import DEFAULT_SITE_POLICY, SIM_JOB_ID, discover_sites, simulate_job_dir
-from ai4hi_sdk.jobs.validation_builder import export_validation_job
+from ai4hi_sdk.jobs.wire import RECEIPT_LOG
+from ai4hi_sdk.jobs.wire import VALIDATION_RESULT_FILE as RESULT_FILE
+from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
 
 RESULT_JSON = "validation.json"

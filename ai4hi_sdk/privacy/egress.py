@@ -54,3 +54,8 @@ def describe_payload(
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def model_sha256(state: Mapping[str, Any]) -> str:
+    """Content hash of a state dict (names, dtypes, shapes, bytes): a model's identity in lineage."""
+    return describe_payload(dict(state))["sha256"]

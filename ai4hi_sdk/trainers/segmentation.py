@@ -103,7 +103,6 @@ class SegmentationTrainer(SiteTrainer):
         Returns ``(pred_masks, true_masks, attributes)``: lists of ``n`` uint8 arrays ``[D, H, W]``
         (prediction: sigmoid >= 0.5) and attribute name -> ``n`` subgroup strings.
         """
-        self.guard.check_job("validate")
         load_exchanged_state(self.model, global_state)
         dataset = self.datasets.test
         pred, true, _ = self.predict_masks(self.model, dataset)

@@ -10,45 +10,40 @@ A developer subclasses it and overrides small hooks; the base does the rest:
 * ``evaluate(m, dataset)`` -> ``dict[str, float]`` of aggregate metrics (no per-patient values)
 * ``metric_names``         -> the names ``evaluate`` may return (declared: nothing else leaves)
 
-The base chooses the device (CUDA + AMP when present, CPU otherwise), seeds every round from
-``(seed, site, round)``, runs the local epochs/steps, collects metrics and computes the delta
-``local - global`` that is sent as ``ParamsType.DIFF``. :meth:`fit` and :meth:`validate` are plain
-Python (no NVFlare) so tests and benchmarks can call them directly; :meth:`run_federated` wires them
-to the Client API.
+The base chooses the device (CUDA + AMP when present, CPU otherwise) and gives helpers
+(:meth:`loader`, :meth:`to_device`, :meth:`autocast`). A trainer holds **no privacy machinery**: at a
+site, the SDK's site runtime (:mod:`ai4hi_sdk.site.runtime`, code the site installed) runs the
+training loop (:func:`ai4hi_sdk.trainers.local_round.train_round`) with these hooks, applies the
+site's policy, budget, DP-SGD, secure aggregation and egress guard, and decides what leaves.
+Overriding anything else here changes nothing at a site.
+
+:meth:`fit` and :meth:`validate` run the same loop locally (no NVFlare, no site policy; DP-SGD
+accounted in memory) so developers can unit-test a trainer.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ai4hi_sdk.config.job_spec import JobSpec
-from ai4hi_sdk.trainers.device import derive_seed, pick_device, seed_everything
-from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state, state_delta
+from ai4hi_sdk.trainers.device import pick_device, seed_everything
+from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state
 
-#: FLModel.meta key carrying the FedAvg weight n_k (training examples per local epoch)
-NUM_SAMPLES_KEY = "ai4hi_num_samples"
-#: FLModel.meta key of a site's refusal (its reason); such a result carries nothing else
-REFUSED_KEY = "ai4hi_refused"
-#: task meta key telling sites how many sites the job trains with (client-level DP noise share)
-NUM_SITES_KEY = "ai4hi_n_sites"
 #: environment variable a runner sets to share CPU cores between co-located sites
 TORCH_THREADS_ENV = "AI4HI_TORCH_THREADS"
-#: task names used by the SDK's controller
-TRAIN_TASK, VALIDATE_TASK = "train", "validate"
 
 
 @dataclass
 class LocalUpdate:
-    """What one site produces in one round.
+    """What :meth:`SiteTrainer.fit` produces for one round (local use).
 
     Attributes:
         delta: ``local - global`` for every exchanged entry, float32 CPU tensors.
@@ -59,19 +54,6 @@ class LocalUpdate:
     delta: dict[str, torch.Tensor]
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    #: exactly what leaves the site: ``(params, metrics, meta)`` (see :data:`PayloadEncoder`)
-    payload: tuple[dict[str, Any], dict[str, float], dict[str, Any]] | None = None
-
-
-#: ``encode(delta, metrics, num_samples) -> (params, metrics, meta)``: turns a round's result into
-#: the payload that leaves the site (plain: the delta itself; secure aggregation: a masked vector)
-PayloadEncoder = Callable[[dict[str, torch.Tensor], dict[str, float], int],
-                          tuple[dict[str, Any], dict[str, float], dict[str, Any]]]
-
-
-def plain_payload(delta: dict[str, torch.Tensor], metrics: dict[str, float], num_samples: int):
-    """The default :data:`PayloadEncoder`: the float delta, the metrics and the FedAvg weight."""
-    return delta, metrics, {NUM_SAMPLES_KEY: num_samples}
 
 
 class SiteTrainer:
@@ -82,6 +64,8 @@ class SiteTrainer:
         site_dir: this site's data folder (``None`` when only the model is needed, e.g. on the server).
         site_name: this site's name (used for seeding and logs).
         device: force a device (``"cpu"``, ``"cuda:0"``); default: CUDA if available.
+        site_workspace: a folder where the trainer may keep site-local files (e.g. drift references).
+        job_id: the job's id (informational).
     """
 
     #: metric names ``evaluate`` may return; override in subclasses
@@ -104,8 +88,7 @@ class SiteTrainer:
             torch.set_num_threads(threads)
         self._model: nn.Module | None = None
         self._datasets: Any = None
-        self._guard: Any = None
-        self._dp_session: Any = None
+        self._local_privacy: Any = None  # fit()'s in-memory DP-SGD session and accountant
         #: what make_dp_compatible changed in the model (empty without DP-SGD)
         self.dp_model_changes: list[str] = []
 
@@ -177,25 +160,21 @@ class SiteTrainer:
     @property
     def model(self) -> nn.Module:
         if self._model is None:
-            seed_everything(self.spec.train.seed)  # same initial weights everywhere (server included)
-            model = self.build_model()
-            if self.spec.privacy.dp_sgd is not None:
-                from ai4hi_sdk.privacy.dp.dpsgd import make_dp_compatible
-
-                model, self.dp_model_changes = make_dp_compatible(model)
-            self._model = model.to(self.device)
+            self.build_seeded_model(private=self.spec.privacy.dp_sgd is not None)
         return self._model
 
-    @property
-    def guard(self) -> Any:
-        """This site's privacy gate for the job (policy, budget, ledger)."""
-        if self._guard is None:
-            from ai4hi_sdk.privacy.dp.site_guard import SitePrivacyGuard
-            from ai4hi_sdk.site_paths import dataset_id_for
+    def build_seeded_model(self, *, private: bool) -> nn.Module:
+        """Build the model from ``spec.train.seed`` (same initial weights everywhere, the server
+        included), made DP-SGD compatible when ``private``, on the trainer's device; it becomes
+        :attr:`model`. At a site the runtime calls this with the job's DP setting as it read it."""
+        seed_everything(self.spec.train.seed)
+        model = self.build_model()
+        if private:
+            from ai4hi_sdk.privacy.dp.dpsgd import make_dp_compatible
 
-            dataset = dataset_id_for(self.site_dir) if self.site_dir is not None else self.site_name
-            self._guard = SitePrivacyGuard(self.spec.privacy.dp_sgd, self.site_workspace, dataset, self.job_id)
-        return self._guard
+            model, self.dp_model_changes = make_dp_compatible(model)
+        self._model = model.to(self.device)
+        return self._model
 
     @property
     def datasets(self) -> Any:
@@ -209,119 +188,44 @@ class SiteTrainer:
         """The exchanged state of a freshly built model (seeded by ``spec.train.seed``)."""
         return exchanged_state(self.model)
 
-    # ------------------------------------------------------------------ core, framework-free
-    def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int, *, total_rounds: int | None = None,
-            n_sites: int = 1, encode: PayloadEncoder | None = None) -> LocalUpdate:
-        """Train locally from ``global_state`` for one round and return the delta and metrics.
+    # ------------------------------------------------------------------ local use (no site policy)
+    def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int, *,
+            total_rounds: int | None = None) -> LocalUpdate:
+        """Train locally from ``global_state`` for one round (local experiments and tests).
 
-        Metrics: ``global_val_*`` of the received model, ``train_loss`` (mean over steps),
-        ``train_steps``, ``train_samples``, ``train_seconds``, ``val_*`` of the trained model,
-        ``local_seconds`` (all local work of the round, data loading and evaluation included) and,
-        with DP-SGD, the round's privacy parameters and the epsilon spent so far (``dp_*``).
-
-        With DP-SGD the site's budget is checked before training and spent before returning;
-        with client-level DP the delta is clipped and noised. Raises
-        :class:`~ai4hi_sdk.privacy.dp.site_guard.RoundRefused` when the site must not train or
-        send (policy, budget): nothing is returned then, so nothing can leave.
-
-        ``encode`` builds the outgoing payload (default :func:`plain_payload`; secure aggregation
-        passes its quantise-and-mask step). It runs once, after the privacy spend, and the ledger
-        records the description of exactly that payload.
+        The same loop a site runs (:func:`~ai4hi_sdk.trainers.local_round.train_round`), without
+        a site's policy, budget or ledger: with DP-SGD in the spec, epsilon is accounted in memory
+        (``dp_*`` metrics). What a site sends is decided by the site runtime, not here.
         """
-        fit_start = time.perf_counter()
-        train, dp = self.spec.train, self.spec.privacy.dp_sgd
-        self.guard.check_job("train", secure_aggregation=self.spec.privacy.secure_aggregation is not None)
-        model = self.model
-        load_exchanged_state(model, global_state)
-        metrics = {f"global_val_{k}": v for k, v in self._evaluate_split(model).items()}
+        from ai4hi_sdk.trainers.local_round import train_round
 
-        seed = derive_seed(train.seed, self.site_name, round_index)
-        seed_everything(seed)
-        dataset = self.datasets.train
-        if hasattr(dataset, "set_random_state"):
-            dataset.set_random_state(seed)
-        loss_fn = self.build_loss().to(self.device)
-        optimizer = self.build_optimizer(model)
-        loader = self.loader(dataset, shuffle=True, seed=seed)
-        plan, forward_model = None, model
-        if dp is not None:
-            plan, loader, optimizer, forward_model = self._private_round(loader, optimizer, round_index, total_rounds)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and dp is None)  # no AMP under DP-SGD
+        make_private = self._local_private(round_index, total_rounds) if self.spec.privacy.dp_sgd else None
+        result = train_round(self, self.model, global_state, round_index, make_private=make_private)
+        metrics = dict(result.metrics)
+        if make_private is not None:
+            metrics.update(self._local_privacy.spend(result.steps))
+        return LocalUpdate(delta=result.delta, num_samples=result.num_samples, metrics=_finite(metrics))
 
-        start, losses, steps = time.perf_counter(), [], 0
-        max_steps = train.max_steps_per_round or (plan.steps if plan else None)
-        model.train()
-        for epoch in range(train.local_epochs):
-            for batch in loader:
-                optimizer.zero_grad(set_to_none=True)
-                with self.autocast():
-                    loss = self.train_step(forward_model, batch, loss_fn)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
-                steps += 1
-                if max_steps and steps >= max_steps:
-                    break
-            if max_steps and steps >= max_steps:
-                break
-        if self._dp_session is not None:
-            self._dp_session.clear()
-        metrics.update(
-            train_loss=sum(losses) / max(len(losses), 1),
-            train_steps=float(steps),
-            train_samples=float(len(dataset)),
-            train_seconds=time.perf_counter() - start,
-        )
-        metrics.update({f"val_{k}": v for k, v in self._evaluate_split(model).items()})
-        delta = state_delta(exchanged_state(model), {k: torch.as_tensor(v) for k, v in global_state.items()})
-        client_dp = self.spec.privacy.client_dp
-        if client_dp is not None:
-            from ai4hi_sdk.privacy.dp.client_level import privatize_delta, secure_generator
+    def _local_private(self, round_index: int, total_rounds: int | None):
+        from ai4hi_sdk.trainers.local_round import private_setup, steps_per_round
 
-            delta, _ = privatize_delta(delta, client_dp.clip, client_dp.noise_multiplier, n_sites, secure_generator())
-        metrics["local_seconds"] = time.perf_counter() - fit_start
-        payload: list = []
+        if self._local_privacy is None:
+            self._local_privacy = _LocalPrivacy(self)
+        privacy = self._local_privacy
 
-        def package(extra: Mapping[str, float]) -> tuple:
-            if not payload:  # once: masking consumes the round's protocol state
-                payload.append((encode or plain_payload)(delta, _finite({**metrics, **extra}), len(dataset)))
-            return payload[0]
+        def make_private(loader: DataLoader, optimizer: torch.optim.Optimizer):
+            q, steps = steps_per_round(self, loader)
+            plan = privacy.plan(q, steps, total_rounds or self.spec.train.rounds)
+            return private_setup(privacy.session, loader, optimizer, plan, self.spec.train.batch_size, self.device)
 
-        if plan is not None:
-            from ai4hi_sdk.privacy.egress import describe_payload
-
-            # spend before anything leaves; the ledger records the description of the payload sent
-            metrics.update(self.guard.commit_round(
-                plan, steps, round_index, describe=lambda dp_metrics: describe_payload(*package(dp_metrics)[:2])))
-        return LocalUpdate(delta=delta, num_samples=len(dataset), metrics=_finite(metrics), payload=package({}))
-
-    def _private_round(self, loader: DataLoader, optimizer: torch.optim.Optimizer, round_index: int,
-                       total_rounds: int | None) -> tuple[Any, DataLoader, Any, nn.Module]:
-        """Poisson loader, clipping+noising optimizer and per-sample-gradient model for one round,
-        after the site's budget allowed the round (raises RoundRefused otherwise)."""
-        from ai4hi_sdk.privacy.dp.client_level import secure_generator
-        from ai4hi_sdk.privacy.dp.dpsgd import DPSGDSession
-
-        dp, train = self.spec.privacy.dp_sgd, self.spec.train
-        if self._dp_session is None:
-            self._dp_session = DPSGDSession(self.model, dp.grad_sample_mode)
-        batches = max(len(loader), 1)
-        steps = train.local_epochs * batches
-        if train.max_steps_per_round:
-            steps = min(steps, train.max_steps_per_round)
-        plan = self.guard.plan_round(sample_rate=1.0 / batches, steps=steps,
-                                     total_rounds=total_rounds or train.rounds, round_index=round_index)
-        # sampling and noise randomness must stay secret: cryptographically seeded generators
-        private_loader = self._dp_session.private_loader(loader, secure_generator())
-        private_optimizer = self._dp_session.private_optimizer(optimizer, plan, train.batch_size, secure_generator())
-        return plan, private_loader, private_optimizer, self._dp_session.wrapped
+        return make_private
 
     def validate(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Metrics (``val_*``) of ``global_state`` on this site's validation split."""
-        self.guard.check_job("validate")
+        from ai4hi_sdk.trainers.local_round import evaluate_split
+
         load_exchanged_state(self.model, global_state)
-        return _finite({f"val_{k}": v for k, v in self._evaluate_split(self.model).items()})
+        return _finite({f"val_{k}": v for k, v in evaluate_split(self, self.model, self.datasets.val).items()})
 
     def predict_test(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Any, Any, dict[str, list[str]]]:
         """Per-study predictions of ``global_state`` on this site's fixed test split — for local
@@ -334,7 +238,6 @@ class SiteTrainer:
         """
         import numpy as np
 
-        self.guard.check_job("validate")
         load_exchanged_state(self.model, global_state)
         dataset = self.datasets.test
         scores, labels = [], []
@@ -354,90 +257,37 @@ class SiteTrainer:
         return (np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
                 np.concatenate(labels).astype(int) if labels else np.zeros(0, int), attributes)
 
-    def _evaluate_split(self, model: nn.Module) -> dict[str, float]:
-        dataset = self.datasets.val
-        model.eval()
-        with torch.no_grad():
-            result = dict(self.evaluate(model, dataset))
-        unknown = set(result) - set(self.metric_names)
-        if unknown:
-            raise ValueError(f"{type(self).__name__}.evaluate returned undeclared metrics {sorted(unknown)}; "
-                             "add them to metric_names")
-        result["samples"] = float(len(dataset))
-        return result
 
-    # ------------------------------------------------------------------ NVFlare Client API loop
-    def run_federated(self) -> None:
-        """Serve the job's tasks until it ends (runs inside an NVFlare site): ``train``,
-        ``validate`` and, with secure aggregation, the protocol's key/share/unmask tasks.
+class _LocalPrivacy:
+    """fit()'s DP-SGD outside a site: noise calibrated once per job, epsilon accounted in memory."""
 
-        A refused round (site policy, privacy budget, a secure-aggregation step that cannot be done
-        safely) is answered with an empty result that only carries the reason (meta
-        ``ai4hi_refused``): no model, no metrics.
-        """
-        import nvflare.client as flare
-        from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+    def __init__(self, trainer: SiteTrainer):
+        from ai4hi_sdk.privacy.dp.accountants import create_accountant
+        from ai4hi_sdk.privacy.dp.dpsgd import DPSGDSession
 
-        from ai4hi_sdk.privacy.dp.site_guard import RoundRefused
+        self.dp = trainer.spec.privacy.dp_sgd
+        self.delta = self.dp.delta or 1e-5
+        self.accountant = create_accountant(self.dp.accountant or "rdp")
+        self.session = DPSGDSession(trainer.model, self.dp.grad_sample_mode)
+        self.sigma: float | None = self.dp.noise_multiplier
+        self._plan: Any = None
 
-        flare.init()
-        if self.dp_model_changes:
-            print(f"[ai4hi] {self.site_name}: model made DP-SGD compatible: " + "; ".join(self.dp_model_changes))
-        secure = self._secure_aggregation_site()
-        while flare.is_running():
-            incoming = flare.receive()
-            if incoming is None:
-                break
-            meta = incoming.meta or {}
-            task = flare.get_task_name()
-            try:
-                if secure is not None and secure.dropped:  # fault injection: behave as if gone
-                    from ai4hi_sdk.jobs.components.secagg_wire import DROPPED_KEY
+    def plan(self, q: float, steps: int, total_rounds: int) -> Any:
+        from ai4hi_sdk.privacy.dp.calibration import noise_multiplier_for_target
+        from ai4hi_sdk.privacy.dp.dpsgd import RoundPlan
 
-                    flare.send(FLModel(metrics={}, meta={DROPPED_KEY: "fault injection"}))
-                    continue
-                state = {k: torch.as_tensor(v) for k, v in (incoming.params or {}).items()}
-                if flare.is_evaluate():
-                    flare.send(FLModel(metrics=self.validate(state)))
-                    continue
-                if not flare.is_train():
-                    if secure is None:
-                        raise RoundRefused(f"task {task!r} needs secure aggregation, which this job does not use")
-                    flare.send(FLModel(params=secure.handle(task, self._secagg_meta(meta)),
-                                       params_type=ParamsType.DIFF, metrics={}))
-                    continue
-                encode = secure.package(self._secagg_meta(meta)) if secure is not None else None
-                update = self.fit(state, int(incoming.current_round or 0), total_rounds=incoming.total_rounds,
-                                  n_sites=int(meta.get(NUM_SITES_KEY, 1)), encode=encode)
-            except RoundRefused as refusal:
-                print(f"[ai4hi] {self.site_name}: refused {task} (round {incoming.current_round}): {refusal}")
-                flare.send(FLModel(metrics={}, meta={REFUSED_KEY: str(refusal)}))
-                continue
-            if secure is None:  # plain FedAvg: the delta and metrics as returned (a subclass may post-process)
-                params, metrics, result_meta = plain_payload(update.delta, update.metrics, update.num_samples)
-            else:  # the masked payload fit built (and the privacy ledger described)
-                params, metrics, result_meta = update.payload
-            flare.send(FLModel(params=params, params_type=ParamsType.DIFF, metrics=metrics, meta=result_meta))
-            if secure is not None:
-                secure.after_train(self._secagg_meta(meta))
+        if self.sigma is None:
+            self.sigma = noise_multiplier_for_target(self.dp.target_epsilon, self.delta, q, steps * max(total_rounds, 1),
+                                                     accountant=self.accountant.mechanism)
+        self._plan = RoundPlan(self.sigma, q, steps, self.dp.max_grad_norm)
+        return self._plan
 
-    def _secure_aggregation_site(self) -> Any:
-        if self.spec.privacy.secure_aggregation is None:
-            return None
-        from ai4hi_sdk.jobs.components.secagg_site import SecureAggregationSite
-
-        return SecureAggregationSite(self)
-
-    @staticmethod
-    def _secagg_meta(meta: Mapping[str, Any]) -> Mapping[str, Any]:
-        from ai4hi_sdk.jobs.components.secagg_wire import SECAGG_META
-
-        value = meta.get(SECAGG_META)
-        if not isinstance(value, Mapping):
-            from ai4hi_sdk.privacy.dp.site_guard import RoundRefused
-
-            raise RoundRefused("secure aggregation: the task carries no protocol data")
-        return value
+    def spend(self, steps_taken: int) -> dict[str, float]:
+        plan, steps = self._plan, max(int(steps_taken), 1)
+        self.accountant.step(plan.noise_multiplier, plan.sample_rate, steps)
+        return {"dp_epsilon": self.accountant.get_epsilon(self.delta), "dp_delta": self.delta,
+                "dp_noise_multiplier": plan.noise_multiplier, "dp_sample_rate": plan.sample_rate,
+                "dp_steps": float(steps)}
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:

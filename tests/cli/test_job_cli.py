@@ -1,9 +1,11 @@
 """`ai4hi job` command-line behaviour: clear errors for user mistakes, export layout."""
 
+import base64
 import json
 from pathlib import Path
 
 from ai4hi_sdk.cli.main import main
+from ai4hi_sdk.site.code_bundle import bundle_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "jobs" / "cxr_classification.yaml"
@@ -57,19 +59,25 @@ def test_export_writes_a_submittable_job(tmp_path, capsys):
     assert rc == 0
     job = tmp_path / "out" / "cxr-custom-trainer"
     assert (job / "meta.json").is_file()
-    custom = job / "app" / "custom"
-    assert (custom / "ai4hi_site_main.py").is_file()
-    assert (custom / "custom_trainer" / "small_cnn_trainer.py").is_file()
-    spec = json.loads((custom / "ai4hi_job_spec.json").read_text())
-    assert spec["trainer"] == "small_cnn_trainer:SmallCNNTrainer" and spec["train"]["rounds"] == 3
+    # no NVFlare custom code at all: the trainer's file travels as a hashed bundle in the executor's args
+    assert not list(job.rglob("custom"))
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
     assert server["workflows"][0]["path"] == "ai4hi_sdk.jobs.components.controller.Ai4hiFedAvg"
+    executor = client["executors"][0]["executor"]
+    assert executor["path"] == "ai4hi_sdk.site.executor.Ai4hiSiteExecutor"
+    spec = executor["args"]["job"]
+    assert spec["trainer"] == "small_cnn_trainer:SmallCNNTrainer" and spec["train"]["rounds"] == 3
+    source = (REPO / "jobs" / "custom_trainer" / "small_cnn_trainer.py").read_bytes()
+    assert base64.b64decode(executor["args"]["code"]["custom_trainer/small_cnn_trainer.py"]) == source
     filters = [f["path"] for group in client["task_result_filters"] for f in group["filters"]]
-    assert filters[-1] == "ai4hi_sdk.jobs.components.payload_log.EgressLogFilter"
+    assert filters == ["ai4hi_sdk.site.egress_guard.Ai4hiEgressGuard"]
     # the SDK is installed at sites: none of its code is copied into the job
-    assert not list(custom.rglob("ai4hi_sdk"))
+    assert not list(job.rglob("ai4hi_sdk"))
     assert not (tmp_path / "out" / ".ai4hi_staging").exists()
+    # the hash a site admin must allow is printed, and is the bundle's
+    digest = bundle_sha256(executor["args"]["code"])
+    assert digest in capsys.readouterr().out
 
 
 def _three_site_folders(root):
@@ -114,10 +122,11 @@ def test_export_with_initial_model_ships_it_and_refuses_a_wrong_one(tmp_path, ca
     import torch
 
     from ai4hi_sdk.config.job_spec import load_job_spec
-    from ai4hi_sdk.jobs.components.controller import INITIAL_MODEL_FILE
+    from ai4hi_sdk.jobs.wire import INITIAL_MODEL_FILE
+    from ai4hi_sdk.trainers.loading import trainer_class_for
 
     spec = load_job_spec(JOB)
-    state = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu").initial_state()
+    state = trainer_class_for(spec)(spec, site_dir=None, site_name="server", device="cpu").initial_state()
     state = {k: v + 0.5 for k, v in state.items()}  # a "champion" different from the seeded start
     good = tmp_path / "champion.pt"
     torch.save(state, good)

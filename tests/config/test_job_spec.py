@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ai4hi_sdk.config.job_spec import load_job_spec
 from ai4hi_sdk.errors import ConfigError
+from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,9 +39,11 @@ def test_defaults_fill_in(tmp_path):
         ("name: x\ntrain: {rouds: 3}\n", "train.rouds", "Extra inputs"),
         ("name: Bad Name\n", "name", "lowercase"),
         ("name: x\ntrain: {lr: -1}\n", "train.lr", "greater than 0"),
-        ("name: x\ntrainer: nonexistent.module:Trainer\n", "trainer", "cannot import"),
+        ("name: x\ntrainer: nonexistent.module:Trainer\n", "trainer", "neither part of the SDK"),
+        ("name: x\ntrainer: ai4hi_sdk.nonexistent:Trainer\n", "trainer", "cannot import"),
         ("name: x\ntrainer: ai4hi_sdk.trainers.classification:Nope\n", "trainer", "cannot import"),
-        ("name: x\ntrainer: builtins:dict\n", "trainer", "not a subclass"),
+        ("name: x\ntrainer: builtins:dict\n", "trainer", "neither part of the SDK nor one of the job's code files"),
+        ("name: x\ntrainer: ai4hi_sdk.errors:UserError\n", "trainer", "not a subclass"),
         ("name: x\ncode: [/etc/passwd.py]\n", "code", "relative"),
         ("name: x\ncode: [missing.py]\n", "code.0", "file not found"),
         ("train: {rounds: 2}\n", "name", "Field required"),
@@ -80,3 +82,26 @@ def test_secure_aggregation_needs_two_surviving_sites():
     spec = JobSpec(name="x", min_sites=2, privacy={"secure_aggregation": {"neighbours": 4, "threshold": 3}})
     config = spec.privacy.secure_aggregation.protocol_config()
     assert (config.neighbours, config.threshold, config.cipher) == (4, 3, "aes-128-ctr")
+
+
+def test_a_code_symlink_leaving_the_jobs_folder_is_refused(tmp_path):
+    """A symlink listed in code: would ship its target (e.g. /etc/passwd or a private key) to every site."""
+    secret = tmp_path / "outside" / "client.key"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN PRIVATE KEY-----")
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "trainer.py").symlink_to(secret)
+    path = _write(job, "name: x\ncode: [trainer.py]\n")
+    with pytest.raises(ConfigError) as info:
+        load_job_spec(path)
+    assert info.value.problems[0][0] == "code.0" and "outside the job's folder" in str(info.value)
+    from ai4hi_sdk.errors import UserError
+    from ai4hi_sdk.site.code_bundle import pack_code
+
+    with pytest.raises(UserError, match="outside the job's folder"):
+        pack_code(job, ["trainer.py"])
+    # a symlink that stays inside the folder is read through
+    (job / "real.py").write_text("x = 1\n")
+    (job / "alias.py").symlink_to(job / "real.py")
+    assert list(pack_code(job, ["alias.py"])) == ["alias.py"]

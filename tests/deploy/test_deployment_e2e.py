@@ -16,7 +16,7 @@ import torch
 from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain
 from ai4hi_sdk.deploy.admin import AdminSession
 from ai4hi_sdk.deploy.processes import kit_processes, stop_kit
-from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG
+from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from tests.deploy.conftest import running_consortium, small_spec, tmp_nvflare_state
 

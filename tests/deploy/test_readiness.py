@@ -82,7 +82,7 @@ def test_privacy_scope_without_egress_log_is_not_ready(env, tmp_path):
     (kit_dir / "local" / "privacy.json").write_text(json.dumps(
         {"scopes": [{"name": "open", "task_result_filters": []}], "default_scope": "open"}))
     report = site_readiness(load_kit(kit_dir), env[0] / "data" / "hospital-1", gpus=0)
-    assert "does not log egress" in _failed(report)["site-enforced filters"]
+    assert "does not run the egress guard" in _failed(report)["site-enforced filters"]
 
 
 def test_server_port_in_use_is_not_ready(env):

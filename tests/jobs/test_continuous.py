@@ -16,7 +16,7 @@ from ai4hi_sdk.config.continuous import load_continuous_spec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs import continuous
 from ai4hi_sdk.jobs.simulate import SimulationResult
-from ai4hi_sdk.jobs.validation_site_main import model_sha256
+from ai4hi_sdk.privacy.egress import model_sha256
 
 LOOP = Path(__file__).parents[2] / "jobs" / "continuous.yaml"
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import torch
+import yaml
 
 from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.jobs.builder import code_sha256
 from ai4hi_sdk.jobs.simulate import simulate
+from ai4hi_sdk.trainers.loading import trainer_class_for
 
 pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -25,8 +29,11 @@ def test_poisoned_round_is_rejected_and_last_good_model_kept(tmp_path):
         model={"init_features": 4, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1},
         train={"rounds": 3, "batch_size": 8, "threads": 1, "seed": 5},
     )
-    result = simulate(spec, tmp_path / "data", tmp_path / "ws", timeout_s=240,
-                      site_policy=FIXTURES / "policy_without_dp.yaml")
+    # the sites allow this job's code by its hash (without that they refuse it: tests/site)
+    policy = yaml.safe_load((FIXTURES / "policy_without_dp.yaml").read_text())
+    policy["allowed_code_sha256"] = [code_sha256(spec)]
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    result = simulate(spec, tmp_path / "data", tmp_path / "ws", timeout_s=240, site_policy=tmp_path / "policy.yaml")
     metrics = result.metrics
     assert metrics["status"] == "failed", metrics
     assert "last good model is kept" in metrics["reason"]
@@ -38,7 +45,7 @@ def test_poisoned_round_is_rejected_and_last_good_model_kept(tmp_path):
     assert "rejected update from hospital-2 in round 1" in log
 
     # the kept model is exactly round 0's FedAvg result, computed here in plain torch
-    PoisonTrainer = spec.trainer_class()  # the same class the sites ran
+    PoisonTrainer = trainer_class_for(spec)  # the same class the sites ran
     trainers = {s: PoisonTrainer(spec, site_dir=".", site_name=s, device="cpu") for s in ("hospital-1", "hospital-2")}
     start = PoisonTrainer(spec, device="cpu").initial_state()
     updates = [t.fit(start, 0) for t in trainers.values()]

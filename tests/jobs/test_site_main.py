@@ -2,7 +2,7 @@ from pathlib import Path
 
 import yaml
 
-from ai4hi_sdk.jobs.site_main import resolve_site_dir
+from ai4hi_sdk.site.runtime import resolve_site_dir
 
 
 def test_site_decides_where_its_data_is(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from ai4hi_sdk.jobs.builder import export_job
 from ai4hi_sdk.jobs.components.controller import INITIAL_MODEL_FILE, initial_state_mismatch
 from ai4hi_sdk.jobs.builder import install_initial_model
 from ai4hi_sdk.jobs.simulate import simulate
-from ai4hi_sdk.jobs.validation_site_main import model_sha256
+from ai4hi_sdk.privacy.egress import model_sha256
 from ai4hi_sdk.trainers.classification import ClassificationTrainer
 
 SPEC = JobSpec(
@@ -53,7 +53,7 @@ def test_mismatch_reasons():
     assert "non-finite" in initial_state_mismatch(bad, reference)
 
 
-def test_install_checks_the_file_and_ships_it_next_to_the_spec(tmp_path):
+def test_install_checks_the_file_and_ships_it_as_app_data(tmp_path):
     job_dir = export_job(SPEC, tmp_path / "job")
     other = SPEC.model_copy(update={"model": {**SPEC.model, "init_features": 4}})
     wrong = tmp_path / "other_architecture.pt"
@@ -74,7 +74,9 @@ def test_install_checks_the_file_and_ships_it_next_to_the_spec(tmp_path):
     digest = install_initial_model(SPEC, job_dir, good)
     assert digest == model_sha256(champion)
     shipped = list(job_dir.rglob(INITIAL_MODEL_FILE))
-    assert shipped and all((p.parent / "ai4hi_job_spec.json").is_file() for p in shipped)
+    # data for the server's app, never NVFlare custom code (which would make the job custom code at sites)
+    assert shipped and all(p.parent.name == "ai4hi_data" for p in shipped)
+    assert not list(job_dir.rglob("custom"))
     assert model_sha256(torch.load(shipped[0], weights_only=True)) == digest
 
 

@@ -1,6 +1,7 @@
 """Provisioning with the real `nvflare provision`, then our overlay of each kit."""
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from ai4hi_sdk.cli.main import main
 from ai4hi_sdk.config.consortium import load_consortium
-from ai4hi_sdk.provision.provision import EGRESS_FILTER, SDK_CLASSES, project_yml, provision
+from ai4hi_sdk.provision.provision import (CONSORTIUM_FILE, EGRESS_FILTER, LOG_STREAMER, SERVER_CLASSES,
+                                          SITE_CLASSES, project_yml, provision)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_templates" / "consortium.example.yaml"
 
@@ -51,7 +53,17 @@ def test_sites_are_overlaid_with_sdk_config(kits):
         assert privacy["default_scope"] == scope["name"]
         assert [f["path"] for f in scope["task_result_filters"]] == [EGRESS_FILTER]
         resources = json.loads((local / "resources.json").read_text())
-        assert set(SDK_CLASSES) <= set(resources["class_allow_list"])
+        # a job can run nothing at a site but the SDK's site runtime and its egress guard
+        assert resources["class_allow_list"] == SITE_CLASSES
+        # and no channel uploads the site's logs to the server
+        assert resources["allow_log_streaming"] is False
+        assert LOG_STREAMER not in json.dumps(resources)
+        # nobody, lead and project admin included, may bring NVFlare custom code to a site
+        authz = json.loads((local / "authorization.json").read_text())["permissions"]
+        assert all(rights["byoc"] == "none" for rights in authz.values() if isinstance(rights, dict))
+        assert authz["project_admin"] != "any"
+        members = json.loads((Path(entry["kit"]) / CONSORTIUM_FILE).read_text())
+        assert members["sites"] == ["hospital-1", "hospital-2", "hospital-3"]
         gpus = [c["args"]["num_of_gpus"] for c in resources["components"] if c["id"] == "resource_manager"]
         assert gpus == [1 if site == "hospital-2" else 0]
         policy = yaml.safe_load((Path(entry["kit"]) / "ai4hi" / "site_policy.yaml").read_text())
@@ -67,6 +79,18 @@ def test_server_storage_stays_inside_the_kit(kits):
     text = (server / "local" / "resources.json").read_text()
     assert "/tmp/nvflare" not in text
     assert str(server / "storage") in text
+    assert set(SERVER_CLASSES) <= set(json.loads(text)["class_allow_list"])
+
+
+def test_private_keys_are_owner_only_and_custody_is_recorded(kits):
+    out, info = kits
+    keys = list(out.rglob("*.key")) + list(out.rglob("state/cert.json"))
+    assert len(keys) >= 8 and info["private_keys"] == len(keys)
+    for key in keys:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    # the folder with the root CA's key stays with the lead; each site's kit names its admin
+    assert Path(info["lead_only"]).name == "state" and (Path(info["lead_only"]) / "cert.json").is_file()
+    assert info["sites"]["hospital-2"]["admin"] == "it@hospital-2.example.org"
 
 
 def test_reprovisioning_keeps_a_sites_policy_and_ledger(kits):
@@ -75,9 +99,15 @@ def test_reprovisioning_keeps_a_sites_policy_and_ledger(kits):
     policy = kit / "ai4hi" / "site_policy.yaml"
     policy.write_text(policy.read_text().replace("max_epsilon_per_dataset: 10.0", "max_epsilon_per_dataset: 3.0"))
     (kit / "ai4hi" / "privacy_ledger.jsonl").write_text('{"seq": 0}\n')
+    settings = kit / "ai4hi" / "site.yaml"
+    settings.write_text("data_dir: /mnt/moved/cxr\n")
     again = provision(load_consortium(EXAMPLE), out)
     new_kit = Path(again["sites"]["hospital-1"]["kit"])
     assert new_kit != kit and "kept" in again["sites"]["hospital-1"]["policy"]
+    # a kept site setting that differs from the consortium file is named, not silently kept
+    assert again["sites"]["hospital-1"]["kept"] == ("kept the site's data_dir /mnt/moved/cxr "
+                                                     "(the consortium file says /data/cxr)")
+    assert "kept" not in again["sites"]["hospital-2"]
     assert "max_epsilon_per_dataset: 3.0" in (new_kit / "ai4hi" / "site_policy.yaml").read_text()
     assert (new_kit / "ai4hi" / "privacy_ledger.jsonl").read_text() == '{"seq": 0}\n'
 

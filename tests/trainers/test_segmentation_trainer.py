@@ -121,7 +121,7 @@ def test_dp_sgd_round_runs_on_the_unet(site, tmp_path):
 
 def test_monitoring_is_refused_for_segmentation(trainer):
     from ai4hi_sdk.config.validation_spec import ValidationSpec
-    from ai4hi_sdk.jobs.validation_site_main import ValidationSite
+    from ai4hi_sdk.site.validation import ValidationSite
 
     with pytest.raises(ValueError, match="classification-only"):
         ValidationSite(trainer, ValidationSpec()).monitor(trainer.initial_state())

@@ -29,13 +29,10 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
-from ai4hi_sdk.jobs.components.secagg_wire import DROPPED_KEY
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
-from ai4hi_sdk.trainers.site_trainer import NUM_SAMPLES_KEY, NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK
-
-METRICS_FILE = "ai4hi_metrics.json"
-MODEL_FILE = "global_model.pt"
-INITIAL_MODEL_FILE = "ai4hi_initial_model.pt"  # optional warm start, shipped next to the job spec
+from ai4hi_sdk.jobs.site_results import refusal_record
+from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, DROPPED_KEY, INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY,
+                                 NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK)
 
 
 def initial_state_mismatch(state: Any, reference: dict[str, torch.Tensor]) -> str | None:
@@ -62,8 +59,10 @@ class Ai4hiFedAvg(FedAvg):
     validation round.
 
     Args:
-        job_spec: file name of the job spec shipped in the app's custom folder; the server builds
-            the initial model from it with the spec's seed, exactly as every site would.
+        job: the job spec (JSON form); the server builds the initial model from it with the
+            spec's seed, exactly as every site would.
+        code: the job's custom code bundle (the lead's own code, installed in the server's run
+            folder to build the model), ``{}`` for SDK trainers.
         num_rounds: training rounds.
         min_sites: minimum good site results for a round to count (and sites to start). The server
             waits for every site of the job until ``train_timeout``; sites missing then are
@@ -72,13 +71,14 @@ class Ai4hiFedAvg(FedAvg):
         validate_timeout: seconds to wait for the final validation round (0 = no limit).
     """
 
-    def __init__(self, job_spec: str, num_rounds: int, min_sites: int, train_timeout: int = 3600,
-                 validate_timeout: int = 600):
+    def __init__(self, job: dict, num_rounds: int, min_sites: int, code: dict | None = None,
+                 train_timeout: int = 3600, validate_timeout: int = 600):
         super().__init__(num_clients=min_sites, num_rounds=num_rounds, persistor_id="", task_name=TRAIN_TASK,
                          save_filename=MODEL_FILE,
                          # a failing site must not abort the job: this workflow decides with min_sites
                          ignore_result_error=True)
-        self.job_spec = job_spec
+        self.job = job
+        self.code = code or {}
         self.min_sites = min_sites
         self.train_timeout = train_timeout
         self.validate_timeout = validate_timeout
@@ -89,13 +89,13 @@ class Ai4hiFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ persistence
     def load_model(self) -> FLModel:
-        from ai4hi_sdk.jobs.site_main import read_spec_file
+        from ai4hi_sdk.config.job_spec import JobSpec
 
-        spec = self._spec = read_spec_file(self._custom_dir())
-        trainer = spec.trainer_class()(spec, site_dir=None, site_name="server", device="cpu")
+        spec = self._spec = JobSpec.model_validate(self.job)
+        trainer = server_trainer(spec, self.code, Path(self.get_run_dir()))
         self._declared_metrics = trainer.declared_metrics()
         state = trainer.initial_state()
-        given = Path(self._custom_dir()) / INITIAL_MODEL_FILE
+        given = self._data_dir() / INITIAL_MODEL_FILE
         self._initial_source = "seeded (the spec's train.seed)"
         if given.is_file():  # warm start: checked again here, whatever wrote the file
             try:
@@ -112,8 +112,8 @@ class Ai4hiFedAvg(FedAvg):
     def save_model_file(self, model: FLModel, filepath: str) -> None:
         _atomic_torch_save({k: torch.as_tensor(v) for k, v in model.params.items()}, filepath)
 
-    def _custom_dir(self) -> str:
-        return self.engine.get_workspace().get_app_custom_dir(self.fl_ctx.get_job_id())
+    def _data_dir(self) -> Path:
+        return Path(self.engine.get_workspace().get_app_dir(self.fl_ctx.get_job_id())) / APP_DATA_DIR
 
     def _write_record(self) -> None:
         path = Path(self.get_run_dir()) / METRICS_FILE
@@ -252,7 +252,7 @@ class Ai4hiFedAvg(FedAvg):
             refusal = (result.meta or {}).get(REFUSED_KEY)
             if refusal:
                 self.warning(f"{site} refused round {round_index}: {refusal}")
-                self._record["refused"].append({"round": round_index, "site": site, "reason": str(refusal)})
+                self._record["refused"].append(refusal_record(site, result.meta, round_index))
                 continue
             reason = None
             if result.params_type != ParamsType.DIFF:
@@ -296,6 +296,16 @@ class Ai4hiFedAvg(FedAvg):
         self._record["reason"] = reason
         self._write_record()
         (self.info if status == "completed" else self.error)(f"ai4hi job {status}: {reason}")
+
+
+def server_trainer(spec: Any, code: dict, run_dir: Path) -> Any:
+    """The job's trainer on the server (model only), its code installed in the run folder."""
+    from ai4hi_sdk.site.code_bundle import install_code
+    from ai4hi_sdk.trainers.loading import load_trainer_class
+
+    dirs = install_code(code, run_dir / "ai4hi_code") if code else []
+    cls = load_trainer_class(spec.trainer, dirs, code.keys())
+    return cls(spec, site_dir=None, site_name="server", device="cpu")
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:

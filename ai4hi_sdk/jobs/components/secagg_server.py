@@ -1,7 +1,7 @@
 """Server side of secure aggregation inside the ai4hi controller (adapter around the pure protocol).
 
 :class:`SecureRounds` drives the protocol tasks through the controller's ``send_model_and_wait``
-(see :mod:`.secagg_wire` for the task sequence) and hands the controller, per round, only the
+(see :mod:`ai4hi_sdk.jobs.wire` for the task names) and hands the controller, per round, only the
 unmasked **sum**: the weighted mean delta, the total weight and the consortium means of the
 metrics. A round that cannot be unmasked raises :class:`RoundAbandoned` before any unmask request
 goes out, so the controller keeps its last good model.
@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from ai4hi_sdk.jobs.components.secagg_site import MASKED_WITH_KEY, codec_for
-from ai4hi_sdk.jobs.components.secagg_wire import (ADVERT, DROPPED_KEY, KEYS_TASK, MASKED, SECAGG_META, SHARES,
-                                                   SHARES_TASK, UNMASK, UNMASK_TASK, from_wire)
+from ai4hi_sdk.jobs.wire import (ADVERT, DROPPED_KEY, KEYS_TASK, MASKED, MASKED_WITH_KEY, NUM_SITES_KEY, REFUSED_KEY,
+                                 SECAGG_META, SHARES, SHARES_TASK, TRAIN_TASK, UNMASK, UNMASK_TASK)
+from ai4hi_sdk.jobs.site_results import refusal_record
+from ai4hi_sdk.site.secagg_client import codec_for, from_wire
 from ai4hi_sdk.privacy.secagg.protocol import PayloadCodec, RoundAbandoned, SecAggRound
 from ai4hi_sdk.privacy.secagg.protocol.identity import ROOT_CA, CertificateVerifier
 from ai4hi_sdk.privacy.secagg.protocol.messages import MaskedInput
-from ai4hi_sdk.trainers.site_trainer import NUM_SITES_KEY, REFUSED_KEY
 
 SendAndWait = Callable[..., list]
 
@@ -66,7 +66,7 @@ class SecureRounds:
         self.spec = spec.privacy.secure_aggregation
         self.config = self.spec.protocol_config()
         self.job_id, self.sites, self.n_sites = job_id, list(sites), len(sites)
-        self.codec: PayloadCodec = codec_for(spec, initial_state, declared_metrics, self.n_sites)
+        self.codec: PayloadCodec = codec_for(self.spec, initial_state, declared_metrics, self.n_sites)
         self.send_and_wait, self.log = send_and_wait, log
         root = Path(workspace_root) / "startup" / ROOT_CA if workspace_root else None
         self.verify = CertificateVerifier(root.read_bytes()).check if root is not None and root.is_file() else None
@@ -94,7 +94,7 @@ class SecureRounds:
         for result in results:
             site, meta = site_of(result), result.meta or {}
             if meta.get(REFUSED_KEY):
-                self.refused.append({"round": round_index, "site": site, "reason": str(meta[REFUSED_KEY])})
+                self.refused.append(refusal_record(site, meta, round_index))
                 self.log("warning", f"{site} refused secure-aggregation step {step} of round {round_index}: "
                          f"{meta[REFUSED_KEY]}")
                 continue
@@ -142,13 +142,13 @@ class SecureRounds:
         targets = sorted(self._inboxes)
         has_next = r + 1 < total_rounds
         meta = {"round": r, "n_sites": self.n_sites, "inboxes": self._inboxes, "next_round": r + 1 if has_next else None}
-        results = self._ask("train", targets, meta, params=state, timeout=train_timeout, round_index=r,
+        results = self._ask(TRAIN_TASK, targets, meta, params=state, timeout=train_timeout, round_index=r,
                             total_rounds=total_rounds)
         vectors, adverts_next, clear = {}, {}, {}
         for result in results:
             site, res_meta, params = site_of(result), result.meta or {}, result.params or {}
             if res_meta.get(REFUSED_KEY):
-                self.refused.append({"round": r, "site": site, "reason": str(res_meta[REFUSED_KEY])})
+                self.refused.append(refusal_record(site, res_meta, r))
                 continue
             if res_meta.get(DROPPED_KEY) or MASKED not in params:
                 continue

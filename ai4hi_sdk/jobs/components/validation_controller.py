@@ -23,16 +23,12 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from ai4hi_sdk.jobs.validation_site_main import (
-    CROSS_VALIDATE_TASK,
-    MONITOR_TASK,
-    join_models,
-    model_sha256,
-)
-from ai4hi_sdk.trainers.site_trainer import REFUSED_KEY
+from ai4hi_sdk.jobs.site_results import refusal_record
+from ai4hi_sdk.jobs.wire import APP_DATA_DIR, CROSS_VALIDATE_TASK, MONITOR_TASK, REFUSED_KEY, VALIDATION_RESULT_FILE, join_models
+from ai4hi_sdk.privacy.egress import model_sha256
 from ai4hi_sdk.validation.site_report import DRIFT_ROOTS, REPORT_ROOTS, check_aggregate_payload, unflatten_metrics
 
-RESULT_FILE = "ai4hi_validation.json"
+RESULT_FILE = VALIDATION_RESULT_FILE
 CANDIDATE_FILE, CHAMPION_FILE = "candidate_model.pt", "champion_model.pt"
 
 
@@ -40,8 +36,8 @@ class Ai4hiValidationController(ModelController):
     """Cross-site validation of a candidate against the champion, and/or drift monitoring.
 
     Args:
-        candidate_file: candidate state dict file in the app's custom folder ("" for monitor-only jobs).
-        champion_file: champion (deployed model) state dict file in the app's custom folder.
+        candidate_file: candidate state dict file in the app's ``ai4hi_data/`` folder ("" for monitor-only jobs).
+        champion_file: champion (deployed model) state dict file in the app's ``ai4hi_data/`` folder.
         tasks: ``["validate"]``, ``["monitor"]`` or both (validate first).
         timeout: seconds to wait for site results of one task.
     """
@@ -55,8 +51,8 @@ class Ai4hiValidationController(ModelController):
         self._record: dict[str, Any] = {}
 
     def _load(self, name: str) -> dict[str, torch.Tensor]:
-        custom = self.engine.get_workspace().get_app_custom_dir(self.fl_ctx.get_job_id())
-        state = torch.load(os.path.join(custom, name), map_location="cpu", weights_only=True)
+        folder = os.path.join(self.engine.get_workspace().get_app_dir(self.fl_ctx.get_job_id()), APP_DATA_DIR)
+        state = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
         return {k: torch.as_tensor(v).float() for k, v in state.items()}
 
     def _write(self) -> None:
@@ -102,7 +98,7 @@ class Ai4hiValidationController(ModelController):
             site = meta.get("client_name", "unknown")
             if meta.get(REFUSED_KEY):
                 self.warning(f"{site} refused {task}: {meta[REFUSED_KEY]}")
-                self._record["refused"].append({"task": task, "site": site, "reason": str(meta[REFUSED_KEY])})
+                self._record["refused"].append({"task": task, **refusal_record(site, meta)})
                 continue
             reason = None
             if result.params:

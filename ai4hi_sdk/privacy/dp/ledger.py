@@ -6,6 +6,15 @@ reason) and the egress record (:func:`ai4hi_sdk.privacy.egress.describe_payload`
 sent. Built on :class:`ai4hi_sdk.audit.hash_chain.HashChainLog`: anyone holding the file can
 verify it, and an edited, removed or reordered line is named by its line number.
 
+Besides DP-SGD rounds (``dp_round``), the site runtime writes one ``egress`` entry for every
+training payload it lets leave without a DP spend (e.g. plain FedAvg where the site's policy
+allows it), so the site's egress guard can check every training payload against an entry
+committed before it left.
+
+The ledger is the truth for the budget (:mod:`ai4hi_sdk.privacy.dp.budget`): :meth:`spends`
+replays a dataset's spends and checks the budget state's anchor (entry count and head hash), so a
+truncated or rewritten ledger is detected.
+
 No overspend by construction: a ``spent`` round whose epsilon_after exceeds its limit is
 rejected (raises) instead of written, and a ``refused`` round is written with
 ``epsilon_after == epsilon_before`` (the projection that was refused is kept as
@@ -21,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ai4hi_sdk.audit.hash_chain import ChainCheck, HashChainLog, verify_chain
+from ai4hi_sdk.audit.hash_chain import ChainCheck, ChainDamaged, HashChainLog, read_entries, verify_chain
 from ai4hi_sdk.privacy.dp.budget import file_lock
 
 if TYPE_CHECKING:
@@ -32,6 +41,12 @@ PRIVACY_LEDGER = Path("ai4hi") / "privacy_ledger.jsonl"
 """Where the ledger lives, relative to the site workspace."""
 
 RECORD_TYPE = "dp_round"
+EGRESS_TYPE = "egress"
+
+
+class LedgerDamaged(Exception):
+    """The ledger cannot be trusted (damaged line, truncated or rewritten below the budget's
+    anchor); ``str(err)`` says where and what the site admin can do."""
 
 
 def _num(value: Any) -> float | None:
@@ -88,8 +103,10 @@ class PrivacyLedger:
         status: Literal["spent", "refused"] = "spent",
         reason: str = "",
         limit: float | None = None,
+        mechanism: str = "dp_sgd",
     ) -> dict[str, Any]:
-        """Append one round and return the chain entry written.
+        """Append one round and return the chain entry written (``mechanism``: ``dp_sgd`` for a
+        DP-SGD round, ``client_dp`` for a client-level Gaussian release of the whole delta).
 
         Raises:
             ValueError: unknown status, or a ``spent`` round with epsilon_after missing, below
@@ -129,6 +146,7 @@ class PrivacyLedger:
             "status": status,
             "reason": str(reason),
             "egress": egress,
+            "mechanism": mechanism,
         }
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             return self._log.append(record)
@@ -154,6 +172,63 @@ class PrivacyLedger:
             reason="" if decision.allowed else decision.reason,
             limit=decision.limit,
         )
+
+    def record_egress(self, *, job_id: str, round_index: int, egress: dict, task: str = "train",
+                      protection: str = "") -> dict[str, Any]:
+        """Append the commitment of a training payload that leaves without a DP spend (written
+        before it leaves; the egress guard lets only committed payloads out)."""
+        record = {"type": EGRESS_TYPE, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "job_id": str(job_id), "round": int(round_index), "task": task, "protection": protection,
+                  "status": "committed", "egress": egress}
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            return self._log.append(record)
+
+    def head(self) -> tuple[int, str]:
+        """``(entries, head hash)``; :class:`LedgerDamaged` if the chain does not verify."""
+        try:
+            return self._log.head()
+        except ChainDamaged as err:
+            raise LedgerDamaged(_damage_advice(str(err))) from None
+
+    def spends(self, dataset_id: str, anchor: dict[str, Any] | None = None) -> list[tuple[float, float, int]]:
+        """``(noise_multiplier, sample_rate, steps)`` of every spent DP round of ``dataset_id``, in order.
+
+        ``anchor`` (``{"entries": n, "head": h}``, from the budget state) must still hold: the
+        ledger has at least ``n`` entries and its ``n``-th has hash ``h``. Raises
+        :class:`LedgerDamaged` when the chain does not verify or the anchor does not hold."""
+        check = self.verify()
+        if not check.ok:
+            raise LedgerDamaged(_damage_advice(f"{self.path}: line {check.bad_line}: {check.reason}"))
+        entries = list(read_entries(self.path)) if self.path.exists() else []
+        if anchor:
+            n, head = int(anchor.get("entries", 0)), anchor.get("head")
+            if len(entries) < n:
+                raise LedgerDamaged(f"privacy ledger {self.path} has {len(entries)} entries but the budget state "
+                                    f"recorded {n}: the ledger was truncated or replaced; refusing to account on it "
+                                    "(restore the ledger from backup)")
+            if n and entries[n - 1].get("hash") != head:
+                raise LedgerDamaged(f"privacy ledger {self.path}: entry {n} is not the one the budget state "
+                                    "recorded: the ledger was rewritten; refusing to account on it")
+        out = []
+        for entry in entries:
+            record = entry.get("record") or {}
+            if record.get("type") == RECORD_TYPE and record.get("status") == "spent" \
+                    and record.get("dataset_id") == dataset_id:
+                out.append((float(record["noise_multiplier"]), float(record["sample_rate"]), int(record["steps"])))
+        return out
+
+    def committed_payload(self, job_id: str, round_index: int, sha256: str) -> dict[str, Any] | None:
+        """The verified ``spent`` DP round or ``egress`` commitment of this job and round whose payload
+        has ``sha256`` (None if there is none)."""
+        if not self.path.exists() or not self.verify().ok:
+            return None
+        for entry in read_entries(self.path):
+            record = entry.get("record") or {}
+            if (record.get("job_id") == str(job_id) and record.get("round") == int(round_index)
+                    and (record.get("egress") or {}).get("sha256") == sha256
+                    and record.get("status") in ("spent", "committed")):
+                return record
+        return None
 
     def verify(self) -> ChainCheck:
         """Re-compute the chain; ``bad_line`` names the first edited/removed/reordered line."""
@@ -212,3 +287,9 @@ class PrivacyLedger:
                 item.limit = policy.limit_for(ds)
                 item.remaining = max(item.limit - item.spent, 0.0)
         return dict(sorted(out.items()))
+
+
+def _damage_advice(detail: str) -> str:
+    return (f"privacy ledger damaged ({detail}); no privacy is spent and nothing is sent until the site "
+            "admin repairs it: `ai4hi privacy report --site <workspace>` shows the damage, "
+            "`ai4hi privacy repair --site <workspace>` sets aside a half-written last line")

@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ai4hi_sdk.config.loader import load_yaml_model
 
@@ -22,6 +24,7 @@ SITE_POLICY = Path("ai4hi") / "site_policy.yaml"
 """Where the policy lives, relative to the site workspace."""
 
 JobKind = Literal["train", "validate", "monitor"]
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class DatasetPolicy(BaseModel):
@@ -51,6 +54,27 @@ class SitePrivacyPolicy(BaseModel):
     require_secure_aggregation: bool = True
     allowed_job_kinds: list[JobKind] = Field(default_factory=lambda: ["train", "validate"])
     datasets: dict[str, DatasetPolicy] = Field(default_factory=dict)
+    min_count: int = Field(
+        default=10, ge=2, le=10_000,
+        description="k: the fewest studies any aggregate this site sends may describe (validation cells, a split's "
+                    "metrics); a job may ask for more, never less")
+    allowed_code_sha256: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 of job code bundles (a job's `code:` files) this site runs; any other custom code is "
+                    "refused before it is imported")
+    min_secure_aggregation_sites: int = Field(
+        default=3, ge=3, le=10_000, description="secure aggregation runs only with at least this many verified sites")
+    min_secure_aggregation_threshold: int = Field(
+        default=2, ge=2, le=10_000,
+        description="floor of the Shamir threshold t; t is also at least floor(2n/3) + 1 for n sites")
+
+    @field_validator("allowed_code_sha256")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if not _SHA256.match(digest):
+                raise ValueError(f"'{digest}' is not a SHA-256 hex digest (64 lowercase hex characters)")
+        return value
 
     def limit_for(self, dataset_id: str) -> float:
         """Epsilon budget of ``dataset_id``: its override, else ``max_epsilon_per_dataset``."""

@@ -1,7 +1,7 @@
-"""Site side of an ai4hi validation / monitoring job.
+"""Site side of an ai4hi validation / monitoring job (part of the site-owned runtime).
 
-The job ships a two-line script (``ai4hi_validation_main.py``) calling :func:`main`. The site builds
-the job's trainer class (the same one that trains), then serves two tasks:
+The site runtime builds the job's trainer class (the same one that trains) and calls
+:class:`ValidationSite` for two tasks:
 
 * ``ai4hi_cross_validate``: the task carries the candidate's and the champion's weights (tensor
   names prefixed ``candidate/`` and ``champion/``). The site predicts its fixed test split with both
@@ -12,21 +12,22 @@ the job's trainer class (the same one that trains), then serves two tasks:
 * ``ai4hi_monitor``: the task carries the deployed model (``model/``). The site recomputes the
   drift features on its current data and sends only the tests' statistics and p-values.
 
-Per-study predictions, features and references never leave the site; the job's egress filter
-logs every payload that does.
+Per-study predictions, features and references never leave the site; the site's egress guard
+logs every payload that does. Every cell and split is k-suppressed with k at least the site
+policy's ``min_count`` (a job may ask for a larger k, never a smaller one).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
 from ai4hi_sdk.config.validation_spec import ValidationSpec
-from ai4hi_sdk.privacy.egress import describe_payload
+from ai4hi_sdk.errors import RoundRefused
+from ai4hi_sdk.privacy.egress import model_sha256
 from ai4hi_sdk.validation.monitoring import (
     DriftFeatures,
     compare_features,
@@ -38,28 +39,6 @@ from ai4hi_sdk.validation.monitoring import (
 from ai4hi_sdk.validation.site_report import flatten_metrics, site_validation_report
 
 VALIDATION_FILE = "ai4hi_validation.json"
-CROSS_VALIDATE_TASK = "ai4hi_cross_validate"
-MONITOR_TASK = "ai4hi_monitor"
-VALIDATION_TASKS = [CROSS_VALIDATE_TASK, MONITOR_TASK]
-
-
-def split_models(params: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-    """``{"candidate/w": t, "champion/w": t}`` -> ``{"candidate": {"w": t}, "champion": {"w": t}}``."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for name, value in params.items():
-        role, _, key = name.partition("/")
-        out.setdefault(role, {})[key] = torch.as_tensor(value)
-    return out
-
-
-def join_models(models: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`split_models`."""
-    return {f"{role}/{k}": v for role, state in models.items() for k, v in state.items()}
-
-
-def model_sha256(state: Mapping[str, Any]) -> str:
-    """Content hash of a state dict (names, dtypes, shapes, bytes): the model's identity in lineage."""
-    return describe_payload(dict(state))["sha256"]
 
 
 class ValidationSite:
@@ -69,19 +48,26 @@ class ValidationSite:
         trainer: the job's trainer (a :class:`~ai4hi_sdk.trainers.site_trainer.SiteTrainer`) with its
             site data folder and workspace.
         config: validation settings.
+        min_count: the k to suppress with: the larger of the job's and the site policy's floor.
     """
 
-    def __init__(self, trainer: Any, config: ValidationSpec):
+    def __init__(self, trainer: Any, config: ValidationSpec, min_count: int | None = None):
         self.trainer = trainer
         self.config = config
+        self.min_count = max(config.min_count, min_count or 0)
         self._base: tuple[Any, DriftFeatures] | None = None  # (dataset of all images, model-free features)
 
     # ------------------------------------------------------------------ drift features
+    def _dicom_items(self) -> list:
+        """Every DICOM item of the trainer's splits (empty for a trainer on other data: no drift
+        reference is kept then, and monitoring refuses)."""
+        splits = self.trainer.datasets
+        return [it for part in (splits.train, splits.val, splits.test) for it in getattr(part, "items", [])]
+
     def _all_images_dataset(self) -> Any:
         from ai4hi_sdk.data.dataset import DicomClassificationDataset
 
-        splits = self.trainer.datasets
-        items = [it for part in (splits.train, splits.val, splits.test) for it in getattr(part, "items", [])]
+        items = self._dicom_items()
         if not items:
             raise ValueError("the trainer's datasets have no DICOM items to monitor")
         return DicomClassificationDataset(items, image_size=self.trainer.spec.data.image_size, augment=False)
@@ -102,6 +88,12 @@ class ValidationSite:
         features.embedding = embedding
         return features
 
+    def _check_support(self, n: int) -> None:
+        """A site report describes the whole test split: it needs at least k studies."""
+        if n < self.min_count:
+            raise RoundRefused(f"the test split has {n} studies, fewer than k = {self.min_count}: "
+                               "no aggregate of it may leave this site")
+
     def _workspace(self) -> Path:
         if self.trainer.site_workspace is None:
             raise ValueError("no site workspace: drift references cannot be kept")
@@ -116,12 +108,13 @@ class ValidationSite:
         p_cand, labels, attrs = self.trainer.predict_test(candidate)
         p_champ, labels_again, _ = self.trainer.predict_test(champion)
         assert (labels == labels_again).all()
+        self._check_support(len(labels))
         attributes = {a: attrs.get(a, ["unknown"] * len(labels)) for a in cfg.attributes}
         report = site_validation_report(labels, p_cand, p_champ, attributes, threshold=cfg.threshold,
-                                        min_count=cfg.min_count, ci=cfg.ci, calibration_bins=cfg.calibration_bins,
+                                        min_count=self.min_count, ci=cfg.ci, calibration_bins=cfg.calibration_bins,
                                         dp_count_epsilon=cfg.dp_count_epsilon, seed=cfg.seed)
         report["meta"]["calibration_bins"] = cfg.calibration_bins
-        if self.trainer.site_workspace is not None:
+        if self.trainer.site_workspace is not None and self._dicom_items():
             for state in (candidate, champion):
                 self.current_features(state).save(reference_path(self._workspace(), model_sha256(state)))
         return report
@@ -135,9 +128,10 @@ class ValidationSite:
         cfg = self.config
         pred_cand, true, attrs = self.trainer.predict_test(candidate)
         pred_champ, _, _ = self.trainer.predict_test(champion)
+        self._check_support(len(true))
         attributes = {a: attrs.get(a, ["unknown"] * len(true)) for a in cfg.attributes}
         spacing = self.trainer.test_spacing() if hasattr(self.trainer, "test_spacing") else None
-        return site_segmentation_report(true, pred_cand, pred_champ, attributes, min_count=cfg.min_count, ci=cfg.ci,
+        return site_segmentation_report(true, pred_cand, pred_champ, attributes, min_count=self.min_count, ci=cfg.ci,
                                         spacing=spacing, dp_count_epsilon=cfg.dp_count_epsilon, seed=cfg.seed)
 
     def monitor(self, deployed: Mapping[str, torch.Tensor]) -> dict:
@@ -164,48 +158,3 @@ def write_validation_file(config: ValidationSpec, folder: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True))
     return path
-
-
-def main(custom_dir: str | Path, argv: Sequence[str] | None = None) -> None:
-    """Serve validation / monitoring tasks inside an NVFlare site until the job ends."""
-    import nvflare.client as flare
-    from nvflare.app_common.abstract.fl_model import FLModel
-
-    from ai4hi_sdk.jobs.site_main import read_spec_file, resolve_site_dir
-    from ai4hi_sdk.privacy.dp.site_guard import RoundRefused
-    from ai4hi_sdk.site_paths import site_workspace
-    from ai4hi_sdk.trainers.site_trainer import REFUSED_KEY
-
-    parser = argparse.ArgumentParser(prog="ai4hi_validation_main")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
-
-    spec = read_spec_file(Path(custom_dir))
-    config = read_validation_file(Path(custom_dir))
-    flare.init()
-    site_name = flare.get_site_name()
-    workspace = site_workspace(site_name, Path.cwd())
-    trainer = spec.trainer_class()(spec, site_dir=resolve_site_dir(site_name, args.data_root, workspace),
-                                   site_name=site_name, device=args.device, site_workspace=workspace,
-                                   job_id=flare.get_job_id())
-    site = ValidationSite(trainer, config)
-    while flare.is_running():
-        incoming = flare.receive()
-        if incoming is None:
-            break
-        task = flare.get_task_name()
-        models = split_models(incoming.params or {})
-        try:
-            if task == CROSS_VALIDATE_TASK:
-                nested = site.cross_validate(models["candidate"], models["champion"])
-            elif task == MONITOR_TASK:
-                trainer.guard.check_job("monitor")
-                nested = site.monitor(models["model"])
-            else:
-                continue
-            flare.send(FLModel(metrics=flatten_metrics(nested)))
-        except (RoundRefused, FileNotFoundError, ValueError) as refusal:
-            # fail closed: nothing but the reason leaves
-            print(f"[ai4hi] {site_name}: refused {task}: {refusal}")
-            flare.send(FLModel(metrics={}, meta={REFUSED_KEY: str(refusal)[:500]}))
