@@ -4,8 +4,11 @@
 * ``ai4hi privacy plan --dataset-size N --batch-size B --epochs-per-round E --rounds R
   --target-epsilon EPS --delta D [--accountant rdp|prv] [--json]``
 * ``ai4hi privacy report --site WS [--json]``: spent / remaining epsilon per dataset from the
-  site's ledger and policy, and verification of the ledger's hash chain (exit code 1 if the
-  chain is broken or the ledger shows an overspend).
+  site's ledger and policy, verification of the ledger's hash chain, and a cross-check of the
+  budget state against the ledger (exit code 1 if the chain is broken, the ledger shows an
+  overspend, or state and ledger disagree: a truncated, rewritten or lost ledger or state).
+* ``ai4hi privacy repair --site WS``: sets aside a half-written last ledger line (a crash or a full
+  disk mid-append); nothing else is ever changed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ def register(groups: argparse._SubParsersAction) -> None:
     report.add_argument("--site", type=Path, required=True, help="site workspace (holds ai4hi/privacy_ledger.jsonl)")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.set_defaults(func=_report)
+
+    repair = commands.add_parser("repair", help="set aside a half-written last line of the site's privacy ledger")
+    repair.add_argument("--site", type=Path, required=True, help="site workspace (holds ai4hi/privacy_ledger.jsonl)")
+    repair.set_defaults(func=_repair)
 
 
 def _epsilon(args: argparse.Namespace) -> int:
@@ -137,7 +144,8 @@ def _report(args: argparse.Namespace) -> int:
     check = ledger.verify()
     summary = ledger.summary(policy)
     violations = [v for item in summary.values() for v in item.violations]
-    ok = check.ok and not violations
+    mismatches = _state_mismatches(site, policy, ledger) if policy is not None and check.ok else []
+    ok = check.ok and not violations and not mismatches
 
     if args.json:
         print(json.dumps({
@@ -148,6 +156,7 @@ def _report(args: argparse.Namespace) -> int:
             "accountant": policy.accountant if policy else None,
             "chain": {"ok": check.ok, "entries": check.entries, "bad_line": check.bad_line, "reason": check.reason},
             "datasets": {ds: item.to_dict() for ds, item in summary.items()},
+            "state_mismatches": mismatches,
             "ok": ok,
         }, indent=2, sort_keys=True))
         return 0 if ok else 1
@@ -180,7 +189,37 @@ def _report(args: argparse.Namespace) -> int:
         )
     for violation in violations:
         console.print(f"[bold red]overspend[/]: {violation}", highlight=False)
+    for mismatch in mismatches:
+        console.print(f"[bold red]state and ledger disagree[/]: {mismatch}", highlight=False)
     return 0 if ok else 1
+
+
+def _state_mismatches(site: Path, policy, ledger) -> list[str]:
+    """Where the budget state and the ledger disagree: a ledger shorter than or different from the
+    state's anchor, a state file lost (the budget rebuilds it from the ledger), a state that says
+    more than the ledger."""
+    from ai4hi_sdk.privacy.dp.accountants import AccountingError
+    from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, PrivacyBudget
+
+    budget = PrivacyBudget(site / PRIVACY_STATE_DIR, policy, ledger)
+    problems = []
+    for dataset in budget.datasets():
+        try:
+            budget.epsilon_spent(dataset)
+        except AccountingError as err:
+            problems.append(f"dataset {dataset}: {err}")
+    problems += [f"dataset {ds}: {why}" for ds, why in sorted(budget.discrepancies.items())]
+    return problems
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, set_aside_torn_tail
+
+    moved = set_aside_torn_tail(args.site / PRIVACY_LEDGER)
+    Console().print(f"set aside the half-written last line into {moved}; `ai4hi privacy report --site {args.site}` "
+                    "checks the rest" if moved else "the ledger has no half-written last line: nothing changed",
+                    highlight=False, soft_wrap=True)
+    return 0
 
 
 def _fmt(value: float | None) -> str:

@@ -293,3 +293,41 @@ def _damage_advice(detail: str) -> str:
     return (f"privacy ledger damaged ({detail}); no privacy is spent and nothing is sent until the site "
             "admin repairs it: `ai4hi privacy report --site <workspace>` shows the damage, "
             "`ai4hi privacy repair --site <workspace>` sets aside a half-written last line")
+
+
+def set_aside_torn_tail(path: str | Path) -> Path | None:
+    """Move a half-written last line of the ledger at ``path`` (a crash or a full disk mid-append:
+    not valid JSON, no newline at its end) into ``<ledger>.torn-<time>``; returns that file, or None
+    when there is nothing to set aside. Refuses (UserError) when any other line is damaged: such a
+    ledger was edited and is for the site admin to restore from backup, not to repair."""
+    from ai4hi_sdk.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no privacy ledger at {path}")
+    data = path.read_bytes()
+    cut = data.rstrip(b"\n").rfind(b"\n") + 1
+    head, tail = data[:cut], data[cut:]
+    try:
+        json.loads(tail)
+        torn = False
+    except ValueError:
+        torn = bool(tail.strip()) and not tail.endswith(b"\n")
+    if not torn:
+        check = verify_chain(path)
+        if not check.ok:
+            raise UserError(f"{path}: line {check.bad_line}: {check.reason}; this is not a half-written last line "
+                            "(the ledger was edited): restore it from backup")
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.torn-{stamp}")
+    aside.write_bytes(tail)
+    tmp = path.with_name(f".{path.name}.repair")
+    tmp.write_bytes(head)
+    tmp.replace(path)
+    check = verify_chain(path)
+    if not check.ok:  # put everything back: the damage was not only the last line
+        path.write_bytes(data)
+        aside.unlink()
+        raise UserError(f"{path}: line {check.bad_line}: {check.reason}; restore the ledger from backup")
+    return aside
