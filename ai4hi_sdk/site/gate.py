@@ -68,7 +68,13 @@ class ClientDPPlan:
     ``noise_multiplier`` is the job's; ``effective_noise_multiplier`` what protects this site's
     delta in the sum the server unmasks: ``sigma * sqrt(t / n)`` under secure aggregation (each of
     the ``n`` verified participants adds ``1/n`` of the variance; at least ``t`` survive), ``sigma``
-    without it (the site adds all the noise itself). Booked as one step at q = 1.
+    without it (the site adds all the noise itself).
+
+    Accounting: a client-level release bounds the whole dataset's influence, so it also bounds any
+    one patient's. Without DP-SGD it is the patient-level protection and is booked against the
+    dataset's budget (one step at q = 1, checked against ``min_noise_multiplier``). With DP-SGD
+    the patient-level guarantee is DP-SGD's and the client-level noise is post-processing of it:
+    the release is recorded with the DP-SGD round in the ledger, not spent again.
     """
 
     noise_multiplier: float
@@ -187,8 +193,7 @@ class SiteGate:
                     dp.target_epsilon, self.delta, sample_rate, steps * max(total_rounds, 1),
                     accountant=self.accountant_name)
         plan = RoundPlan(self._noise_multiplier, sample_rate, steps, dp.max_grad_norm)
-        extra = [client_dp.composition] if client_dp is not None else []
-        self._check(plan.noise_multiplier, sample_rate, steps, round_index, extra)
+        self._check(plan.noise_multiplier, sample_rate, steps, round_index, [])
         return plan
 
     def plan_client_dp(self, client_dp: ClientDPPlan, round_index: int) -> None:
@@ -226,8 +231,12 @@ class SiteGate:
         compositions: list[tuple[float, float, int, str]] = []
         if plan is not None:
             compositions.append((plan.noise_multiplier, plan.sample_rate, max(int(steps_taken), 1), "dp_sgd"))
-        if client_dp is not None:
+        elif client_dp is not None:  # with DP-SGD, client-level noise is post-processing (see ClientDPPlan)
             compositions.append((*client_dp.composition, "client_dp"))
+        client_record = None if client_dp is None else {
+            "clip": client_dp.clip, "noise_multiplier": client_dp.noise_multiplier,
+            "effective_noise_multiplier": client_dp.effective_noise_multiplier,
+            "participants": client_dp.participants, "survivors_min": client_dp.survivors_min}
 
         def dp_metrics(epsilon: float) -> dict[str, float]:
             if not math.isfinite(epsilon):
@@ -265,7 +274,7 @@ class SiteGate:
                     job_id=self.job_id, dataset_id=self.dataset_id, round_index=round_index, sample_rate=qq,
                     noise_multiplier=s, steps=st, epsilon_before=decision.epsilon_before,
                     epsilon_after=decision.epsilon_after, delta=decision.delta, accountant=decision.accountant,
-                    egress=egress, limit=decision.limit, mechanism=mech)
+                    egress=egress, limit=decision.limit, mechanism=mech, client_dp=client_record)
 
         try:
             self.budget.commit_round(self.dataset_id, sigma, q, steps, self.related, write_ahead,

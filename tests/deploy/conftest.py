@@ -43,8 +43,9 @@ def write_consortium(path: Path, data_root: Path, sites: int = 2, gpus: dict[str
         "people": [{"email": "lead@consortium.example.org", "org": "consortium", "role": "lead"}]
                   + [{"email": f"it@{n}.example.org", "org": n.replace("-", "_"), "role": "site_admin"}
                      for n in names],
+        # min_count 3: the test sites have a handful of validation studies (a real site keeps k = 10)
         "default_privacy_policy": {"max_epsilon_per_dataset": 10.0, "delta": 1e-5, "min_noise_multiplier": 0.5,
-                                   "require_dp": True, "require_secure_aggregation": False},
+                                   "require_dp": True, "require_secure_aggregation": False, "min_count": 3},
     }
     path.write_text(yaml.safe_dump(consortium, sort_keys=False))
     return path

@@ -46,9 +46,16 @@ def test_poisoned_round_is_rejected_and_last_good_model_kept(tmp_path):
 
     # the kept model is exactly round 0's FedAvg result, computed here in plain torch
     PoisonTrainer = trainer_class_for(spec)  # the same class the sites ran
-    trainers = {s: PoisonTrainer(spec, site_dir=".", site_name=s, device="cpu") for s in ("hospital-1", "hospital-2")}
-    start = PoisonTrainer(spec, device="cpu").initial_state()
-    updates = [t.fit(start, 0) for t in trainers.values()]
+    try:
+        trainers = {s: PoisonTrainer(spec, site_dir=".", site_name=s, device="cpu") for s in ("hospital-1", "hospital-2")}
+        start = PoisonTrainer(spec, device="cpu").initial_state()
+        updates = [t.fit(start, 0) for t in trainers.values()]
+    finally:  # the fixture patched the SDK's delta in this process too: put it back
+        import sys
+
+        import ai4hi_sdk.trainers.local_round as local_round
+
+        local_round.state_delta = sys.modules["poison_trainer"]._state_delta
     total = sum(u.num_samples for u in updates)
     expected = {k: v + sum(u.num_samples * u.delta[k] for u in updates) / total for k, v in start.items()}
     kept = torch.load(result.result_dir / "global_model.pt")

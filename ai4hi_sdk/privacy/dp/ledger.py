@@ -104,6 +104,7 @@ class PrivacyLedger:
         reason: str = "",
         limit: float | None = None,
         mechanism: str = "dp_sgd",
+        client_dp: dict | None = None,
     ) -> dict[str, Any]:
         """Append one round and return the chain entry written (``mechanism``: ``dp_sgd`` for a
         DP-SGD round, ``client_dp`` for a client-level Gaussian release of the whole delta).
@@ -148,6 +149,8 @@ class PrivacyLedger:
             "egress": egress,
             "mechanism": mechanism,
         }
+        if client_dp is not None:  # the round's client-level release, recorded with it
+            record["client_dp"] = client_dp
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             return self._log.append(record)
 
