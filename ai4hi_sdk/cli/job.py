@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ai4hi_sdk.config.job_spec import load_job_spec
-from ai4hi_sdk.jobs.components.controller import METRICS_FILE
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -51,6 +50,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     from ai4hi_sdk.errors import UserError
+    from ai4hi_sdk.jobs.components.controller import METRICS_FILE
     from ai4hi_sdk.jobs.simulate import simulate
 
     spec = load_job_spec(args.spec)

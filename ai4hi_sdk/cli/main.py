@@ -3,7 +3,9 @@
 Each command group lives in its own module exposing ``register(subparsers)``; a registered
 sub-command sets ``func(args) -> int`` as its handler. User mistakes raise
 :class:`ai4hi_sdk.errors.UserError` and are printed as one clear message (exit code 2),
-never as a traceback.
+never as a traceback. SIGTERM and SIGHUP raise :class:`~ai4hi_sdk.jobs.signals.Terminated` while a
+command runs, so it cleans up (a simulator's whole process tree is killed) and exits with
+128 + the signal number; Ctrl-C exits 130 the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rich.markup import escape
 
 from ai4hi_sdk import __version__
 from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.jobs.signals import Terminated, stop_signals_raise
 
 COMMAND_GROUPS = ("data", "job", "privacy", "provision", "site", "audit", "report", "continuous")
 
@@ -40,10 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with stop_signals_raise(override=True):
+            return int(args.func(args) or 0)
     except UserError as err:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
+    except Terminated as stop:
+        Console(stderr=True, soft_wrap=True).print(f"{stop}: stopped (any simulator started was stopped with all "
+                                                   "its processes)", highlight=False)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130

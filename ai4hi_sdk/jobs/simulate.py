@@ -2,7 +2,11 @@
 
 The simulator runs as a child process in its own session (``nvflare simulator``), with every
 path it writes redirected under the workspace. NVFlare's simulator has no timeout of its own, so
-this module waits with one and kills the whole process tree (psutil) when it expires.
+this module waits with one and kills the whole process tree (psutil) when it expires. SIGTERM and
+SIGHUP (also coreutils ``timeout``) to the waiting process do the same: the simulator sits in its
+own session, so nothing else stops it, and NVFlare starts each site in yet another session. Every
+process of a run carries a marker in its environment, so :func:`kill_process_tree` also finds one
+that was re-parented away from the tree.
 
 Workspace layout::
 
@@ -23,9 +27,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,14 +44,15 @@ from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job, install_initial_model
 from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
+from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (Terminated re-exported)
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.site_paths import SITE_WORKSPACE_ROOT_ENV
 from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
 
 SIM_JOB_ID = "simulate_job"  # the run folder name NVFlare's simulator uses
-
-
+#: environment marker carried by every process of one simulator run (value unique per run)
+RUN_MARKER_ENV = "AI4HI_SIMULATOR_RUN"
 @dataclass
 class SimulationResult:
     """Where a simulation's results are and how it ended."""
@@ -113,19 +121,58 @@ def install_site_policies(workspace: Path, sites: list[str], policy: str | Path 
     return actions
 
 
-def kill_process_tree(pid: int) -> None:
-    """Kill ``pid`` and all its descendants (only processes we started)."""
+def _marked(marker: str) -> list[psutil.Process]:
+    """This user's processes whose environment carries ``RUN_MARKER_ENV=marker``."""
+    found, me = [], os.getuid()
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] is not None and proc.info["uids"].real == me \
+                    and proc.environ().get(RUN_MARKER_ENV) == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_process_tree(pid: int | None, marker: str | None = None) -> None:
+    """Kill ``pid`` (None: a process already reaped), all its descendants and (with ``marker``)
+    every process of this user carrying the run's marker (only processes we started).
+
+    The tree is frozen first (SIGSTOP, parents before children, walked until no new process
+    appears) so that nothing forks or re-parents a child while it is being killed."""
+    procs: dict[int, psutil.Process] = {}
     try:
-        parent = psutil.Process(pid)
+        frontier = [psutil.Process(pid)] if pid is not None else []
     except psutil.NoSuchProcess:
-        return
-    procs = parent.children(recursive=True) + [parent]
-    for proc in procs:
+        frontier = []
+    for _ in range(5):  # walk again: a process may have forked before its SIGSTOP landed
+        if marker:
+            frontier += [p for p in _marked(marker) if p.pid not in procs]
+        grew = False
+        while frontier:
+            proc = frontier.pop()
+            if proc.pid in procs:
+                continue
+            procs[proc.pid] = proc
+            grew = True
+            try:
+                proc.suspend()
+                frontier.extend(proc.children())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        for proc in list(procs.values()):
+            try:
+                frontier.extend(c for c in proc.children() if c.pid not in procs)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        if not grew and not frontier:
+            break
+    for proc in procs.values():
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=10)
+    psutil.wait_procs(list(procs.values()), timeout=10)
 
 
 def run_simulator(job_dir: Path, sim_workspace: Path, sites: list[str], log_path: Path, env: dict[str, str],
@@ -133,21 +180,42 @@ def run_simulator(job_dir: Path, sim_workspace: Path, sites: list[str], log_path
     """Run ``nvflare simulator`` on ``job_dir``; return its exit code (124 on timeout)."""
     cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_dir), "-w", str(sim_workspace),
            "-c", ",".join(sites), "-t", str(len(sites))]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(sim_workspace.parent))
-        deadline = time.monotonic() + timeout_s
+    return run_process_tree(cmd, log_path, env, timeout_s, cwd=sim_workspace.parent, on_poll=on_poll)
+
+
+def run_process_tree(cmd: list[str], log_path: Path, env: dict[str, str], timeout_s: float, *, cwd: Path,
+                     on_poll: Callable[[], None] | None = None) -> int:
+    """Run ``cmd`` in its own session and wait; return its exit code, 124 after ``timeout_s``.
+
+    On timeout, on any exception in the caller's thread (KeyboardInterrupt) and on SIGTERM/SIGHUP
+    (raised as :class:`Terminated`), the whole tree is killed before returning or re-raising."""
+    env = {**env, RUN_MARKER_ENV: env.get(RUN_MARKER_ENV) or uuid.uuid4().hex}
+    marker = env[RUN_MARKER_ENV]
+    proc: subprocess.Popen | None = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    with stop_signals_raise(), open(log_path, "w") as log:
         try:
+            if main_thread:  # a signal between fork and the try below must not leave an orphan
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True, cwd=str(cwd))
+            finally:
+                if main_thread:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending signal raises here
+            deadline = time.monotonic() + timeout_s
             while proc.poll() is None:
                 if time.monotonic() > deadline:
-                    kill_process_tree(proc.pid)
+                    kill_process_tree(proc.pid, marker)
                     return 124
                 if on_poll:
                     on_poll()
                 time.sleep(0.5)
         except BaseException:
-            kill_process_tree(proc.pid)
+            if proc is not None:  # a reaped pid may belong to another program by now: marker only
+                kill_process_tree(proc.pid if proc.returncode is None else None, marker)
             raise
+    kill_process_tree(None, marker)  # a site process the simulator left behind
     return proc.returncode
 
 
