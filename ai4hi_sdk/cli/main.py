@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ai4hi_sdk import __version__
-from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.errors import ConfigError, UserError
 from ai4hi_sdk.jobs.signals import Terminated, stop_signals_raise
 
 COMMAND_GROUPS = ("data", "job", "privacy", "provision", "site", "audit", "report", "continuous")
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_signals_raise(override=True):
             return int(args.func(args) or 0)
     except UserError as err:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False)
         return 2
     except Terminated as stop:
         Console(stderr=True, soft_wrap=True).print(f"{stop}: stopped (any simulator started was stopped with all "
@@ -55,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
+
+
+def _one_line(err: UserError) -> str:
+    """The message; a configuration error with a single problem on one line (several: one per line)."""
+    if isinstance(err, ConfigError) and len(err.problems) == 1:
+        field, reason = err.problems[0]
+        return f"{err.file}: invalid configuration: {field}: {reason}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ Workspace layout::
     WS/job/<name>/            the exported NVFlare job that was simulated
     WS/simulate/              the simulator's workspace (server/ and one folder per site)
     WS/simulate.log           the simulator's output
-    WS/result/global_model.pt final global model (state dict of float tensors)
+    WS/result/global_model.pt final global model (state dict of float tensors); a new run replaces
+                              WS/result only when it completed (written beside it, then swapped in);
+                              a failed run's record goes to WS/result.failed and the previous
+                              results stay (a failed run in a fresh workspace writes WS/result)
     WS/result/metrics.json    per round: per-site training/validation metrics, global validation;
                               ``initial_model``: source and sha256 of the round-0 global model
     WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
@@ -25,6 +28,7 @@ Workspace layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -219,10 +223,11 @@ def run_process_tree(cmd: list[str], log_path: Path, env: dict[str, str], timeou
     return proc.returncode
 
 
-def collect_results(workspace: Path, sites: list[str], return_code: int, extra: dict | None = None) -> dict:
-    """Copy model, metrics and logs from the simulator workspace into ``WS/result`` and return
-    the metrics record (with pointers to the egress logs)."""
-    sim, result = workspace / "simulate", workspace / "result"
+def collect_results(workspace: Path, sites: list[str], return_code: int, extra: dict | None = None,
+                    result: Path | None = None) -> dict:
+    """Copy model, metrics and logs from the simulator workspace into ``result`` (default
+    ``WS/result``) and return the metrics record (with pointers to the egress logs)."""
+    sim, result = workspace / "simulate", result or workspace / "result"
     result.mkdir(parents=True, exist_ok=True)
     run_dir = sim / "server" / SIM_JOB_ID
     metrics_src = run_dir / METRICS_FILE
@@ -285,12 +290,36 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
 
 
+def check_secure_aggregation(spec: JobSpec, n_sites: int) -> None:
+    """Refuse up front a secure-aggregation job that cannot run on ``n_sites`` sites (fewer than 3,
+    a threshold above the neighbourhood, an overflowing sum), instead of failing inside NVFlare."""
+    if spec.privacy.secure_aggregation is None:
+        return
+    try:
+        spec.privacy.secure_aggregation.protocol_config().validate_for(n_sites)
+    except ValueError as err:
+        raise UserError(f"job '{spec.name}' uses secure aggregation, which cannot run on {n_sites} sites: {err}") \
+            from None
+
+
+def _check_run_options(n_sites: int | None, timeout_s: float) -> None:
+    if n_sites is not None and (isinstance(n_sites, bool) or not isinstance(n_sites, int) or n_sites < 1):
+        raise UserError(f"--sites must be a whole number >= 1, got {n_sites}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+            or timeout_s <= 0:
+        raise UserError(f"--timeout must be a finite number of seconds > 0, got {timeout_s}")
+
+
 def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
              n_sites: int | None = None, timeout_s: float = 1800, site_policy: str | Path | None = None,
              on_poll: Callable[[Path], None] | None = None, drops: str | None = None,
              initial_model: str | Path | None = None) -> SimulationResult:
     """Export ``spec`` as an NVFlare job, run it in the simulator over the site folders of
     ``data_root`` and collect the results (see the module docstring for the layout).
+
+    Every option is checked (and the job built and warm-started in a staging folder) before
+    anything already in ``workspace`` is changed: a bad option raises :class:`UserError` and leaves
+    the workspace as it was. A run replaces ``WS/result`` only when it completed.
 
     Args:
         sites: site names (sub-folders of ``data_root``); default: all discovered sites.
@@ -307,6 +336,8 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
             instead of the seeded one (see :func:`install_initial_model`).
     """
     data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
+    # 1. every option, before anything in the workspace is touched
+    _check_run_options(n_sites, timeout_s)
     chosen = sites or discover_sites(data_root)
     if n_sites is not None:
         if n_sites > len(chosen):
@@ -314,38 +345,86 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         chosen = chosen[:n_sites]
     if len(chosen) < spec.min_sites:
         raise UserError(f"job '{spec.name}' needs at least {spec.min_sites} sites (min_sites), got {len(chosen)}")
-    for stale in ("job", "simulate", "result"):
-        shutil.rmtree(workspace / stale, ignore_errors=True)
+    check_secure_aggregation(spec, len(chosen))
+    load_site_policy(Path(site_policy) if site_policy is not None else DEFAULT_SITE_POLICY)
+    _check_drops(spec, chosen, drops)
+    if workspace.exists() and not workspace.is_dir():
+        raise UserError(f"--workspace '{workspace}' is a file, not a folder")
+    # 2. the job, built and warm-started beside the previous run's (checks the initial model)
     workspace.mkdir(parents=True, exist_ok=True)
-    policies = install_site_policies(workspace, chosen, site_policy)
-    extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
-    job_dir = export_job(spec, workspace / "job", data_root=data_root)
-    extra: dict = {"site_policies": policies}
-    if initial_model is not None:
-        extra["initial_model_file"] = str(Path(initial_model).resolve())
-        extra["initial_model_file_sha256"] = install_initial_model(spec, job_dir, initial_model)
-    started = time.monotonic()
-    code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll, extra_env=extra_env)
-    metrics = collect_results(workspace, chosen, code, extra=extra)
-    return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)
+    staging = workspace / f".ai4hi-staging-{uuid.uuid4().hex[:12]}"
+    try:
+        job_dir = export_job(spec, staging / "job", data_root=data_root)
+        extra: dict = {}
+        if initial_model is not None:
+            extra["initial_model_file"] = str(Path(initial_model).resolve())
+            extra["initial_model_file_sha256"] = install_initial_model(spec, job_dir, initial_model)
+        # 3. the run: it replaces the previous job and simulator workspace, not the previous results
+        for stale in ("job", "simulate"):
+            shutil.rmtree(workspace / stale, ignore_errors=True)
+        os.replace(staging / "job", workspace / "job")
+        job_dir = workspace / "job" / job_dir.name
+        extra["site_policies"] = install_site_policies(workspace, chosen, site_policy)
+        extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
+        started = time.monotonic()
+        code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll,
+                                extra_env=extra_env)
+        metrics = collect_results(workspace, chosen, code, extra=extra, result=staging / "result")
+        result = SimulationResult(staging / "result", metrics, code, time.monotonic() - started)
+        result.result_dir = _publish(workspace, staging / "result", result.ok)
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+FAILED_RESULT = "result.failed"
+
+
+def _publish(workspace: Path, new: Path, ok: bool) -> Path:
+    """Move a run's results ``new`` into place: ``WS/result`` if the run completed (the previous
+    results are swapped out, then removed) or if there are none yet; else ``WS/result.failed``,
+    keeping the previous results. Returns where they went."""
+    final = workspace / "result"
+    if not ok and final.exists():
+        target = workspace / FAILED_RESULT
+        shutil.rmtree(target, ignore_errors=True)
+        metrics = json.loads((new / "metrics.json").read_text())
+        metrics["previous_results_kept"] = str(final)
+        (new / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        os.replace(new, target)
+        return target
+    old = workspace / f".ai4hi-previous-result-{uuid.uuid4().hex[:12]}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _check_drops(spec: JobSpec, sites: list[str], drops: str | None) -> None:
+    """``--drop`` must name known sites and stages of a secure-aggregation job."""
+    from ai4hi_sdk.jobs.components.secagg_wire import parse_drops
+
+    if not drops:
+        return
+    if spec.privacy.secure_aggregation is None:
+        raise UserError("--drop injects faults into secure aggregation, which this job does not use")
+    try:
+        unknown = set(parse_drops(drops)) - set(sites)
+    except ValueError as err:
+        raise UserError(f"--drop: {err}") from None
+    if unknown:
+        raise UserError(f"--drop names unknown sites {sorted(unknown)}; sites are {', '.join(sites)}")
 
 
 def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], drops: str | None) -> dict[str, str]:
     """Simulated sites have no provisioned identity: give each one from a CA made for this run
     (``WS/sites/<site>/startup/``, where a real kit keeps it), so key signing and verification run
-    exactly as in a deployment. Returns the environment for fault injection."""
-    from ai4hi_sdk.jobs.components.secagg_wire import DROP_ENV, parse_drops
+    exactly as in a deployment. Returns the environment for fault injection (checked by
+    :func:`_check_drops`)."""
+    from ai4hi_sdk.jobs.components.secagg_wire import DROP_ENV
     from ai4hi_sdk.privacy.secagg.protocol.identity import make_throwaway_ca
 
-    if drops:
-        if spec.privacy.secure_aggregation is None:
-            raise UserError("--drop injects faults into secure aggregation, which this job does not use")
-        try:
-            unknown = set(parse_drops(drops)) - set(sites)
-        except ValueError as err:
-            raise UserError(f"--drop: {err}") from None
-        if unknown:
-            raise UserError(f"--drop names unknown sites {sorted(unknown)}; sites are {', '.join(sites)}")
     if spec.privacy.secure_aggregation is not None:
         make_throwaway_ca(sites, {site: workspace / "sites" / site / "startup" for site in sites})
     return {DROP_ENV: drops} if drops else {}
