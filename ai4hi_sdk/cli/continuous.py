@@ -43,6 +43,9 @@ def _print_decision_log(console: Console, report_dir: Path, workspace: Path) -> 
     from ai4hi_sdk.validation.engine import public_key_file
 
     log, pub = report_dir / DECISION_LOG, public_key_file(workspace / SIGNING_KEY)
+    if not log.is_file():
+        console.print(f"no decision log at {escape(str(log))}", highlight=False)
+        return False
     check = verify_log(log, load_public_key(pub, log=log))
     state = "verified" if check.ok else f"NOT verified: {check.reason} (line {check.bad_line})"
     console.print(f"decision log: {escape(str(log))} ({check.entries} signed entries, {escape(state)} with the "
