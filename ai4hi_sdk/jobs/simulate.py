@@ -48,7 +48,7 @@ from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job, install_initial_model
 from ai4hi_sdk.jobs.components.controller import METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.components.payload_log import EGRESS_LOG, RECEIPT_LOG
-from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (Terminated re-exported)
+from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (re-exported)
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.site_paths import SITE_WORKSPACE_ROOT_ENV
@@ -199,14 +199,19 @@ def run_process_tree(cmd: list[str], log_path: Path, env: dict[str, str], timeou
     main_thread = threading.current_thread() is threading.main_thread()
     with stop_signals_raise(), open(log_path, "w") as log:
         try:
-            if main_thread:  # a signal between fork and the try below must not leave an orphan
-                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            # a stop signal while Popen forks must not leave an orphan: note it, deliver it once proc
+            # is known (blocking the signals instead would hand the blocked mask on to the simulator)
+            deferred: list[int] = []
+            previous = {sig: signal.signal(sig, lambda signum, _f: deferred.append(signum))
+                        for sig in STOP_SIGNALS} if main_thread else {}
             try:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True, cwd=str(cwd))
             finally:
-                if main_thread:
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending signal raises here
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            if deferred:
+                signal.raise_signal(deferred[0])  # now to the real handler (ours raises Terminated)
             deadline = time.monotonic() + timeout_s
             while proc.poll() is None:
                 if time.monotonic() > deadline:
