@@ -49,33 +49,30 @@ def ws(tmp_path):
     return ws
 
 
-def _bad_options(tmp_path: Path) -> dict[str, list[str]]:
-    bad_policy = tmp_path / "policy.yaml"
-    bad_policy.write_text("max_epsilon_per_dataset: -3\n")
-    wrong_model = tmp_path / "wrong.pt"
-    torch.save({"conv.weight": torch.zeros(3)}, wrong_model)
-    return {
-        "site-policy invalid": ["--site-policy", str(bad_policy)],
-        "site-policy missing": ["--site-policy", str(tmp_path / "absent.yaml")],
-        "drop unknown site": ["--drop", "hospital-9:after-shares"],
-        "drop bad stage": ["--drop", "hospital-1:after-lunch"],
-        "initial-model wrong architecture": ["--initial-model", str(wrong_model)],
-        "initial-model missing": ["--initial-model", str(tmp_path / "absent.pt")],
-        "sites -1": ["--sites", "-1"],
-        "sites 0": ["--sites", "0"],
-        "timeout nan": ["--timeout", "nan"],
-        "timeout inf": ["--timeout", "inf"],
-        "timeout negative": ["--timeout", "-5"],
-        "rounds 0": ["--rounds", "0"],
-    }
+BAD_OPTIONS = {  # case -> options; "{tmp}" is the test's tmp_path (bad files are written there)
+    "site-policy invalid": ["--site-policy", "{tmp}/policy.yaml"],
+    "site-policy missing": ["--site-policy", "{tmp}/absent.yaml"],
+    "drop unknown site": ["--drop", "hospital-9:after-shares"],
+    "drop bad stage": ["--drop", "hospital-1:after-lunch"],
+    "initial-model wrong architecture": ["--initial-model", "{tmp}/wrong.pt"],
+    "initial-model missing": ["--initial-model", "{tmp}/absent.pt"],
+    "sites -1": ["--sites", "-1"],
+    "sites 0": ["--sites", "0"],
+    "timeout nan": ["--timeout", "nan"],
+    "timeout inf": ["--timeout", "inf"],
+    "timeout negative": ["--timeout", "-5"],
+    "rounds 0": ["--rounds", "0"],
+}
 
 
-@pytest.mark.parametrize("case", list(_bad_options(Path("."))))
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
 def test_a_bad_option_leaves_the_previous_results_byte_for_byte(tmp_path, ws, capsys, case):
+    (tmp_path / "policy.yaml").write_text("max_epsilon_per_dataset: -3\n")
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
     data = _sites(tmp_path, 3)
     before = _snapshot(ws)
     argv = ["job", "simulate", str(JOB), "--data-root", str(data), "--workspace", str(ws),
-            *_bad_options(tmp_path)[case]]
+            *[a.format(tmp=tmp_path) for a in BAD_OPTIONS[case]]]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
