@@ -5,7 +5,11 @@ Line format (one JSON object per line)::
     {"seq": 0, "prev": "<64 hex zeros>", "record": {...}, "hash": "<sha256 of seq|prev|record>"}
 
 Anyone holding the file can re-compute the chain with :func:`verify_chain`; editing, deleting or
-reordering a line breaks it at that line. The log is local to a site and never leaves it.
+reordering a line breaks it at that line. Each hash covers the previous one, so the newest hash (the
+*head*) commits to the whole history: an entry count and head recorded elsewhere (an *anchor*) let a
+verifier detect a truncated or rewritten log. An unsigned chain shows only that the file is
+internally consistent: whoever can write the file can recompute every hash (signed logs:
+:mod:`ai4hi_sdk.validation.decision_log`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 GENESIS = "0" * 64
 
@@ -31,12 +35,17 @@ def entry_hash(seq: int, prev: str, record: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ChainCheck:
-    """Result of verifying a chain: ``ok`` and, if not, the 1-based line that broke it and why."""
+    """Result of verifying a chain: ``ok`` and, if not, the 1-based line that broke it and why.
+
+    ``entries`` counts the entries verified (those before ``bad_line``); ``head`` is the hash of the
+    last of them (:data:`GENESIS` for none).
+    """
 
     ok: bool
     entries: int
     bad_line: int | None = None
     reason: str = ""
+    head: str = GENESIS
 
 
 class ChainDamaged(ValueError):
@@ -68,17 +77,20 @@ def verify_chain(path: str | Path) -> ChainCheck:
                     entry = json.loads(line)
                     seq, entry_prev, record, digest = entry["seq"], entry["prev"], entry["record"], entry["hash"]
                 except (ValueError, KeyError, TypeError):
-                    return ChainCheck(False, count, line_no, "line is not a chain entry")
+                    return ChainCheck(False, count, line_no, "line is not a chain entry", prev)
                 if seq != count:
-                    return ChainCheck(False, count, line_no, f"sequence number {seq}, expected {count}")
+                    return ChainCheck(False, count, line_no, f"sequence number {seq}, expected {count}", prev)
                 if entry_prev != prev:
-                    return ChainCheck(False, count, line_no, "previous-hash link broken (line removed or reordered)")
+                    return ChainCheck(False, count, line_no, "previous-hash link broken (line removed or reordered)",
+                                      prev)
                 if entry_hash(seq, entry_prev, record) != digest:
-                    return ChainCheck(False, count, line_no, "content does not match its hash (line edited)")
+                    return ChainCheck(False, count, line_no, "content does not match its hash (line edited)", prev)
                 prev, count = digest, count + 1
     except FileNotFoundError:
         return ChainCheck(True, 0)
-    return ChainCheck(True, count)
+    except UnicodeDecodeError:
+        return ChainCheck(False, count, count + 1, "not UTF-8 text", prev)
+    return ChainCheck(True, count, head=prev)
 
 
 class HashChainLog:
@@ -93,24 +105,24 @@ class HashChainLog:
         check = verify_chain(self.path)
         if not check.ok:
             raise ChainDamaged(f"{self.path}: line {check.bad_line}: {check.reason}")
-        seq, prev = 0, GENESIS
-        if self.path.exists():
-            for entry in read_entries(self.path):
-                seq, prev = entry["seq"] + 1, entry["hash"]
-        return seq, prev
+        return check.entries, check.head
 
-    def head(self) -> tuple[int, str]:
-        """``(number of entries, hash of the last one)`` (``(0, GENESIS)`` for no file);
-        :class:`ChainDamaged` if the chain does not verify."""
+    def tail(self) -> tuple[int, str]:
+        """``(sequence number of the next entry, hash of the last one)``: the link a new entry gets,
+        i.e. the chain's entry count and head hash. :class:`ChainDamaged` if it does not verify."""
         return self._tail()
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Append ``record`` (JSON-able) and return the full entry written.
+        """Append ``record`` (JSON-able) and return the full entry written. Raises
+        :class:`ChainDamaged` (nothing written) when the existing chain does not verify."""
+        return self.append_linked(lambda _seq, _prev: record)
 
-        Raises :class:`ChainDamaged` (nothing written) when the existing chain does not verify."""
+    def append_linked(self, build: Callable[[int, str], dict[str, Any]]) -> dict[str, Any]:
+        """Append the record ``build(seq, prev)`` makes for the link it will get (a signer signs
+        the sequence number and previous hash with the record); return the full entry written."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         seq, prev = self._tail()
-        record = json.loads(_canonical(record))  # normalise (tuples -> lists) so the hash re-computes
+        record = json.loads(_canonical(build(seq, prev)))  # normalise (tuples -> lists) so the hash re-computes
         entry = {"seq": seq, "prev": prev, "record": record, "hash": entry_hash(seq, prev, record)}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")

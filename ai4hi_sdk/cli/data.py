@@ -168,6 +168,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise UserError(f"--sites must be >= 1, got {args.sites}")
     if args.studies_per_site < 1:
         raise UserError(f"--studies-per-site must be >= 1, got {args.studies_per_site}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.drift_intensity is not None and not -1.0 <= args.drift_intensity <= 1.0:  # also refuses nan
+        raise UserError(f"--drift-intensity must be a fraction of the full range in [-1, 1], got {args.drift_intensity}")
     drifting = args.drift_intensity is not None or args.drift_manufacturer is not None
     if drifting and args.drift_site is None:
         raise UserError("--drift-intensity / --drift-manufacturer need --drift-site NAME")

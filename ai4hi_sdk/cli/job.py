@@ -51,12 +51,16 @@ def register(groups: argparse._SubParsersAction) -> None:
                      help="default data root for sites that do not set AI4HI_DATA_ROOT themselves")
     exp.add_argument("--initial-model", type=Path, default=None, metavar="STATE_DICT.pt",
                      help="warm start: ship this model as the job's round-0 global model")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier export of a different job with the same name in --out "
+                          "(an export of the same job is always replaced; a folder that is not an export never)")
     exp.set_defaults(func=_export)
     __import__("ai4hi_sdk.cli.job_admin", fromlist=["_"]).register_admin_commands(commands)  # deployment commands
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from ai4hi_sdk.errors import UserError
+    from ai4hi_sdk.jobs.wire import METRICS_FILE
     from ai4hi_sdk.jobs.simulate import simulate
 
     spec = load_job_spec(args.spec)
@@ -85,6 +89,9 @@ def _simulate(args: argparse.Namespace) -> int:
     if not result.ok:
         console.print(f"[red]job did not complete:[/] {result.metrics.get('reason', 'unknown')} "
                       f"(log: {args.workspace / 'simulate.log'})")
+        if result.metrics.get("previous_results_kept"):
+            console.print(f"the previous results are kept in {result.metrics['previous_results_kept']}; "
+                          f"this run's record: {result.result_dir}")
         return 1
     return 0
 
@@ -130,18 +137,72 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ai4hi_sdk.jobs.builder import export_job
-
     spec = load_job_spec(args.spec)
-    job_dir = export_job(spec, args.out, data_root=args.data_root)
-    if args.initial_model is not None:
-        from ai4hi_sdk.jobs.builder import install_initial_model
-
-        digest = install_initial_model(spec, job_dir, args.initial_model)
+    job_dir, digest = export_safely(spec, args.out, data_root=args.data_root,
+                                    initial_model=args.initial_model, overwrite=args.overwrite)
+    if digest is not None:
         Console().print(f"warm start from {args.initial_model} (sha256 {digest[:12]}...)")
-    Console().print(f"exported NVFlare job '{spec.name}' to {job_dir}")
+    Console().print(f"exported NVFlare job '{job_dir.name}' to {job_dir}")
     print_code_hash(Console(), spec)
     return 0
+
+
+def _exported_spec(job_dir: Path) -> dict | None:
+    """The job spec inside an earlier ai4hi export (the site executor's ``job`` argument), or None
+    if ``job_dir`` is not one."""
+    for config in sorted(job_dir.glob("*/config/config_fed_client.json")):
+        try:
+            executors = json.loads(config.read_text()).get("executors") or []
+            executor = executors[0]["executor"]
+            if executor.get("path", "").startswith("ai4hi_sdk."):
+                return executor["args"]["job"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+    return None
+
+
+def export_safely(spec, out: Path, *, data_root: Path | None = None, initial_model: Path | None = None,
+                  overwrite: bool = False) -> tuple[Path, str | None]:
+    """Export ``spec`` to ``out/<name>`` (and ship ``initial_model``) without losing anything: the
+    job is built and warm-started in a staging folder beside it and swapped in only when complete,
+    so a failure keeps an earlier export intact. Refuses (UserError) an ``out`` that is a file, a
+    ``out/<name>`` that is not an ai4hi export, and (unless ``overwrite``) an export of another
+    job of the same name. Returns the job folder and the initial model's sha256 (or None)."""
+    import os
+    import shutil
+    import uuid
+
+    from ai4hi_sdk.errors import UserError
+    from ai4hi_sdk.jobs.builder import export_job, install_initial_model
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a folder; give a folder to write the job into")
+    target = out / spec.name
+    if target.exists():
+        earlier = _exported_spec(target) if target.is_dir() else None
+        if earlier is None:
+            raise UserError(f"'{target}' exists and is not an ai4hi job export; nothing was written: choose "
+                            "another --out, or move it away")
+        if earlier != spec.model_dump(mode="json") and not overwrite:
+            raise UserError(f"'{target}' holds an export of another job named '{spec.name}' (its spec differs); "
+                            "nothing was written: choose another --out, or replace it with --overwrite")
+    if initial_model is not None and not Path(initial_model).is_file():
+        raise UserError(f"initial model '{initial_model}' not found")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".ai4hi-export-{uuid.uuid4().hex[:12]}"
+    try:
+        job_dir = export_job(spec, staging, data_root=data_root)
+        digest = install_initial_model(spec, job_dir, initial_model) if initial_model is not None else None
+        previous = staging / ".previous"
+        if target.exists():
+            os.replace(target, previous)
+        os.replace(job_dir, target)
+    finally:
+        if not target.exists() and (staging / ".previous").exists():
+            os.replace(staging / ".previous", target)  # the swap failed half-way: put the earlier export back
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, digest
 
 
 def print_code_hash(console: Console, spec) -> None:

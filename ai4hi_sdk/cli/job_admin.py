@@ -70,15 +70,21 @@ def _submit(args: argparse.Namespace) -> int:
         if args.rounds < 1:
             raise UserError("--rounds must be at least 1")
         spec = spec.with_overrides(rounds=args.rounds)
+    from ai4hi_sdk.jobs.simulate import check_secure_aggregation
+
+    # secure aggregation cannot run on fewer than 3 sites: wait for them, refuse before submitting
+    needed = max(spec.min_sites, 3) if spec.privacy.secure_aggregation is not None else spec.min_sites
     console = Console()
     with _session(args) as session:
-        with console.status(f"waiting for {spec.min_sites} sites to connect ..."):
+        with console.status(f"waiting for {needed} sites to connect ..."):
             deadline = time.monotonic() + args.sites_timeout
-            while len(connected := session.connected_sites()) < spec.min_sites:
+            while len(connected := session.connected_sites()) < needed:
                 if time.monotonic() > deadline:
-                    raise UserError(f"job '{spec.name}' needs {spec.min_sites} sites but only {len(connected)} are "
+                    check_secure_aggregation(spec, len(connected))
+                    raise UserError(f"job '{spec.name}' needs {needed} sites but only {len(connected)} are "
                                     f"connected ({', '.join(connected) or 'none'}); start the sites first")
                 time.sleep(1)
+        check_secure_aggregation(spec, len(connected))
         prepare = None
         if args.initial_model is not None:  # warm start: ship the model in the job folder before submitting
             from functools import partial
@@ -129,17 +135,45 @@ def _wait(args: argparse.Namespace) -> int:
             status.update(f"job {args.job_id}: {escape(_progress_line(progress))}")
 
         meta = session.wait(args.job_id, timeout_s=args.timeout, on_progress=show)
+        record = session.final_record(args.job_id)
     final = meta.get("status")
     seen = last.get("progress")
     if seen is not None:
         console.print(f"last progress seen: {escape(_progress_line(seen))}")
-    for refusal in (seen.refused if seen else None) or []:
-        console.print(f"[yellow]{refusal['site']} refused round {refusal['round']} for policy reasons:[/] "
-                      f"{escape(refusal['reason'])}")
-    ok = final == "FINISHED:COMPLETED"
-    console.print(f"job {args.job_id} {'[green]' if ok else '[red]'}{final}[/]; results: "
-                  f"'ai4hi job download {args.job_id} --admin {args.admin} --out DIR'")
+    if record is None:  # no ai4hi record readable: what the progress showed
+        for refusal in (seen.refused if seen else None) or []:
+            console.print(f"[yellow]{refusal['site']} refused round {refusal['round']} for policy reasons:[/] "
+                          f"{escape(refusal['reason'])}")
+        ok = final == "FINISHED:COMPLETED"
+    else:
+        ok = final == "FINISHED:COMPLETED" and _print_outcome(console, record)
+    console.print(f"job {args.job_id} {'[green]' if ok else '[red]'}{final}[/]"
+                  + (f", ai4hi status {escape(str(record.get('status')))}" if record else "")
+                  + f"; results: 'ai4hi job download {args.job_id} --admin {args.admin} --out DIR'")
     return 0 if ok else 1
+
+
+def _print_outcome(console: Console, record: dict) -> bool:
+    """Each site's refusals/rejections with its real privacy state; a line if no site trained.
+    True if the job's own record says it completed and some site trained."""
+    from ai4hi_sdk.deploy.results import describe_site_privacy, no_site_trained, site_outcomes
+
+    for site, outcome in site_outcomes(record).items():
+        for refusal in outcome["refused"]:
+            console.print(f"[yellow]{escape(site)} refused round {refusal.get('round')}:[/] "
+                          f"{escape(str(refusal.get('reason')))}; {escape(describe_site_privacy(outcome['privacy']))}",
+                          highlight=False)
+        for rejected in outcome["rejected"]:
+            console.print(f"[yellow]{escape(site)}'s update of round {rejected.get('round')} was rejected:[/] "
+                          f"{escape(str(rejected.get('reason')))}", highlight=False)
+        if not outcome["refused"] and outcome["privacy"]["epsilon_spent"] is not None:
+            console.print(f"privacy: {escape(site)}: {escape(describe_site_privacy(outcome['privacy']))}",
+                          highlight=False)
+    nobody = no_site_trained(record)
+    if nobody:
+        console.print(f"[bold red]no site trained[/]: every site refused, was rejected or dropped out "
+                      f"({escape(str(record.get('reason', '')))})", highlight=False)
+    return record.get("status") == "completed" and not nobody
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -149,17 +183,11 @@ def _download(args: argparse.Namespace) -> int:
     rounds = [r for r in metrics.get("rounds", []) if r.get("status") == "completed"]
     console.print(f"job {args.job_id}: {metrics.get('status')} ({escape(str(metrics.get('reason', '')))}), "
                   f"{len(rounds)} rounds completed with sites {', '.join(metrics.get('sites', []))}")
-    for site, privacy in sorted((metrics.get("privacy") or {}).items()):
-        for _, spent in privacy["datasets"].items():
-            console.print(f"privacy: {site}: epsilon {spent['epsilon_spent']:.3g} spent on its dataset (delta "
-                          f"{spent['delta']}) as reported with its updates, {spent['rounds']} rounds, "
-                          f"{spent['refused']} refused")
-    for refusal in metrics.get("refused", []):
-        console.print(f"[yellow]{refusal['site']} refused round {refusal['round']}:[/] {escape(refusal['reason'])}")
+    ok = _print_outcome(console, metrics)
     result = Path(args.out).resolve() / "result"
     console.print(f"results: {result} (global_model.pt, metrics.json, receipts.jsonl); server logs: "
                   f"{Path(args.out).resolve() / 'server'}")
-    return 0 if metrics.get("status") == "completed" else 1
+    return 0 if ok else 1
 
 
 def _abort(args: argparse.Namespace) -> int:

@@ -121,11 +121,13 @@ def _plan(args: argparse.Namespace) -> int:
         f"delta = {result.delta:g}, target epsilon {result.target_epsilon:g})",
         highlight=False,
     )
-    table = Table(title="epsilon after each round")
+    every = len(result.epsilon_rounds) == result.rounds
+    table = Table(title="epsilon after each round" if every else
+                  f"epsilon after {len(result.epsilon_rounds)} of the {result.rounds} rounds (log-spaced)")
     table.add_column("round", justify="right")
     table.add_column("steps so far", justify="right")
     table.add_column("epsilon", justify="right")
-    for index, epsilon in enumerate(result.epsilon_after_each_round, start=1):
+    for index, epsilon in zip(result.epsilon_rounds, result.epsilon_after_each_round):
         table.add_row(str(index), str(index * result.steps_per_round), f"{epsilon:.4f}")
     console.print(table)
     return 0

@@ -54,6 +54,14 @@ def _check(args: argparse.Namespace) -> int:
     for check in report.checks:
         table.add_row(check.name, _STYLE[check.level], escape(check.detail))
     console.print(table)
+    if report.site_reads is not None:
+        reads, how = report.site_reads
+        line = escape(f"the site will read: {reads if reads else 'not set'} ({how})")
+        if reads is not None and not reads.is_dir():
+            line += " [bold red]MISSING[/]"
+        if args.data is not None and (reads is None or args.data.resolve() != reads.resolve()):
+            line += escape(f"; the checks above are of --data {args.data}, which is not that folder")
+        console.print(line, highlight=False, soft_wrap=True)
     if report.data_summary:
         subgroups = report.data_summary.get("subgroup_counts", {})
         data = Table(title="DICOM summary (counts of studies)")

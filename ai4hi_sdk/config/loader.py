@@ -46,6 +46,9 @@ def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
         raise ConfigError(source, [("<file>", "file not found")])
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(source, [("<file>", f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                                              f"{err.start}); save the file as UTF-8")]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"

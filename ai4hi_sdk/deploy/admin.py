@@ -184,6 +184,29 @@ class AdminSession:
         except Exception:  # not authorised, not written yet, or the job folder is gone: no progress detail
             return None
 
+    def final_record(self, job_id: str) -> dict[str, Any] | None:
+        """The finished job's ai4hi round record: read on the server if its run folder is still
+        there, else from a download into the kit's scratch folder (removed after). None if the
+        job wrote none (or this admin may read neither)."""
+        from ai4hi_sdk.deploy.results import find_run_dir
+        from ai4hi_sdk.jobs.wire import METRICS_FILE
+
+        record = self.run_metrics(job_id)
+        if record and record.get("status") != "running":
+            return record
+        with tempfile.TemporaryDirectory(prefix="ai4hi-record-", dir=self._scratch()) as tmp:
+            try:
+                location = self.download(job_id, tmp)
+            except UserError:
+                return record
+            run_dir = find_run_dir(location)
+            if run_dir is None:
+                return record
+            try:
+                return json.loads((run_dir / METRICS_FILE).read_text())
+            except (OSError, ValueError):
+                return record
+
     def progress(self, job_id: str) -> Progress:
         meta = self.job_meta(job_id)
         progress = Progress(status=str(meta.get("status")))

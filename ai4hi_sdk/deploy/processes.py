@@ -78,12 +78,23 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
+def _names_path(part: str, path: Path) -> bool:
+    """Whether a command-line argument is ``path`` or a path inside it (also as ``--opt=PATH``):
+    compared component by component, so ``.../hospital-1`` does not match ``.../hospital-10``."""
+    root = str(path).rstrip(os.sep)
+    for value in (part, part.split("=", 1)[1] if "=" in part else None):
+        if value is not None and (value.rstrip(os.sep) == root or value.startswith(root + os.sep)):
+            return True
+    return False
+
+
 def _belongs_to(proc: psutil.Process, kit: Kit) -> bool:
-    """Whether ``proc`` was started for ``kit`` (guards against a PID reused by another program)."""
+    """Whether ``proc`` was started for ``kit`` (guards against a PID reused by another program,
+    including another kit whose path merely starts the same)."""
     try:
         if proc.environ().get(KIT_MARKER_ENV) == str(kit.path):
             return True
-        return any(str(kit.path) in part for part in proc.cmdline())
+        return any(_names_path(part, kit.path) for part in proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

@@ -7,6 +7,7 @@ ready (non-zero exit); a ``warn`` is reported but does not (e.g. the server is n
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.provision.provision import EGRESS_FILTER, LOG_STREAMER, SITE_CLASSES
-from ai4hi_sdk.site_paths import configured_data_dir
+from ai4hi_sdk.site_paths import SITE_SETTINGS
 
 
 
@@ -30,6 +31,8 @@ class Readiness:
     checks: list[Check] = field(default_factory=list)
     data_summary: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
+    #: (folder the site will read or None, why that one) for sites
+    site_reads: tuple[Path | None, str] | None = None
 
     @property
     def ready(self) -> bool:
@@ -144,6 +147,73 @@ def check_site_config(kit: Kit) -> list[Check]:
     return checks
 
 
+def site_settings(kit: Kit) -> dict[str, Any]:
+    """The site admin's ``<kit>/ai4hi/site.yaml`` ({} if absent); :class:`UserError` (one line,
+    naming the file) if it is not UTF-8 YAML mapping with a text ``data_dir``."""
+    import yaml
+
+    path = kit.path / SITE_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping such as 'data_dir: /path/to/dicom', got {type(data).__name__}")
+    if data.get("data_dir") is not None and not isinstance(data["data_dir"], str):
+        raise UserError(f"{path}: data_dir must be a folder path (text), got {data['data_dir']!r}")
+    return data
+
+
+def data_folder_the_site_reads(kit: Kit) -> tuple[Path | None, str]:
+    """The folder the site will read and why, as :func:`ai4hi_sdk.site.runtime.resolve_site_dir`
+    decides it: ``AI4HI_SITE_DATA_DIR``, then ``AI4HI_DATA_ROOT/<site>`` (this shell's environment,
+    which ``ai4hi site start`` passes on), then ``data_dir`` in ``ai4hi/site.yaml``. ``(None, ...)``
+    if none is set (the site then falls back to the job's ``--data-root``)."""
+    from ai4hi_sdk.site.runtime import DATA_ROOT_ENV, SITE_DATA_DIR_ENV
+
+    if os.environ.get(SITE_DATA_DIR_ENV):
+        return Path(os.environ[SITE_DATA_DIR_ENV]), f"{SITE_DATA_DIR_ENV} in the environment"
+    if os.environ.get(DATA_ROOT_ENV):
+        return Path(os.environ[DATA_ROOT_ENV]) / kit.name, f"{DATA_ROOT_ENV} in the environment, plus the site name"
+    value = site_settings(kit).get("data_dir")
+    if value:
+        return Path(value), f"data_dir in {kit.path / SITE_SETTINGS}"
+    return None, "no AI4HI_SITE_DATA_DIR / AI4HI_DATA_ROOT and no data_dir in ai4hi/site.yaml"
+
+
+def check_data_folder(kit: Kit, data_dir: Path | None) -> tuple[list[Check], Path | None]:
+    """Whether the folder the site will read exists, and whether ``--data`` (``data_dir``) is it.
+    Returns the checks and the folder to scan (``--data`` if given, else the site's own)."""
+    reads, how = data_folder_the_site_reads(kit)
+    if reads is None:
+        if data_dir is None:
+            return [Check("data folder", "fail", f"no --data given and {how}")], None
+        return [Check("data folder", "warn",
+                      f"{how}: the site will read the data root a job is submitted with, not necessarily "
+                      f"'{data_dir}'; set data_dir in {kit.path / SITE_SETTINGS}")], data_dir
+    checks = []
+    if not reads.is_dir():
+        checks.append(Check("data folder", "fail",
+                            f"the site will read '{reads}' ({how}), which is not a folder"
+                            + (f"; '{data_dir}' (--data) is not what it reads" if data_dir is not None
+                               and data_dir.resolve() != reads.resolve() else "")))
+    elif data_dir is not None and data_dir.resolve() != reads.resolve():
+        checks.append(Check("data folder", "warn",
+                            f"the site reads '{reads}' ({how}), not '{data_dir}' (--data): the checks below are of "
+                            f"'{data_dir}'; edit {kit.path / SITE_SETTINGS} if '{data_dir}' is the right folder"))
+    else:
+        checks.append(Check("data folder", "ok", f"the site reads '{reads}' ({how})"))
+    return checks, data_dir if data_dir is not None else reads
+
+
 def check_data(kit: Kit, data_dir: Path) -> tuple[list[Check], dict[str, Any] | None]:
     """DICOM scan summary of the site's data folder (``<dir>/dicom`` if present, else ``<dir>``)."""
     from ai4hi_sdk.data.scan import scan_directory
@@ -151,11 +221,6 @@ def check_data(kit: Kit, data_dir: Path) -> tuple[list[Check], dict[str, Any] | 
     checks = []
     if not data_dir.is_dir():
         return [Check("data folder", "fail", f"'{data_dir}' is not a folder")], None
-    configured = configured_data_dir(kit.path)
-    if configured is not None and configured.resolve() != data_dir.resolve():
-        checks.append(Check("data folder", "warn",
-                            f"the site reads '{configured}' (data_dir in {kit.path / 'ai4hi/site.yaml'}), "
-                            f"not '{data_dir}'; edit that file if '{data_dir}' is the right folder"))
     root = data_dir / "dicom" if (data_dir / "dicom").is_dir() else data_dir
     report = scan_directory(root)
     summary = report.summary()
@@ -194,7 +259,8 @@ def check_policy(kit: Kit) -> tuple[list[Check], dict[str, Any] | None]:
 
 def site_readiness(kit: Kit, data_dir: str | Path | None = None, now: datetime | None = None,
                    gpus: int | None = None) -> Readiness:
-    """Every check for ``kit`` (a site or the server). ``data_dir`` defaults to the site's configured folder."""
+    """Every check for ``kit`` (a site or the server). ``data_dir`` (``--data``) defaults to the folder
+    the site will read; that folder must exist either way (:func:`check_data_folder`)."""
     report = Readiness(kit)
     report.checks += check_certificates(kit, now)
     if kit.kind == "admin":
@@ -203,10 +269,10 @@ def site_readiness(kit: Kit, data_dir: str | Path | None = None, now: datetime |
     report.checks += check_nvflare_preflight(kit)
     if kit.kind == "site":
         report.checks += check_site_config(kit)
-        folder = Path(data_dir) if data_dir is not None else configured_data_dir(kit.path)
-        if folder is None:
-            report.checks.append(Check("data folder", "fail", "no --data given and no data_dir in ai4hi/site.yaml"))
-        else:
+        report.site_reads = data_folder_the_site_reads(kit)
+        checks, folder = check_data_folder(kit, Path(data_dir) if data_dir is not None else None)
+        report.checks += checks
+        if folder is not None:
             checks, report.data_summary = check_data(kit, folder)
             report.checks += checks
         checks, report.policy = check_policy(kit)

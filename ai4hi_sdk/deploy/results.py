@@ -34,24 +34,84 @@ def find_run_dir(download: Path) -> Path | None:
     return None
 
 
+def trained_sites(record: dict[str, Any]) -> list[str]:
+    """Sites whose update went into at least one completed round of the job's record."""
+    return sorted({site for r in record.get("rounds", []) if r.get("status") == "completed"
+                   for site in (r.get("sites") or {})})
+
+
+def no_site_trained(record: dict[str, Any]) -> bool:
+    """True when no site's update was used (every site refused, was rejected or dropped)."""
+    return not trained_sites(record)
+
+
+def site_outcomes(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per site of a job record: ``trained`` (rounds used), ``refused`` / ``rejected`` (the records,
+    each with round and reason) and ``privacy``: what the site said about its budget, i.e. the
+    ``privacy`` of its latest refusal (``dataset_id``, ``epsilon_spent``, ``epsilon_limit``,
+    ``delta``) or else the cumulative ``dp_epsilon`` / ``dp_delta`` it reported with its last update;
+    ``epsilon_remaining`` where the limit is known. Absent fields are None: nothing is made up."""
+    sites = set(record.get("sites", []))
+    for key in ("refused", "rejected"):
+        sites |= {r.get("site") for r in record.get(key, []) if r.get("site")}
+    out: dict[str, dict[str, Any]] = {}
+    for site in sorted(sites):
+        rounds = [r for r in record.get("rounds", []) if site in (r.get("sites") or {})]
+        reported = [r["sites"][site] for r in rounds if "dp_epsilon" in (r["sites"][site] or {})]
+        refused = [r for r in record.get("refused", []) if r.get("site") == site]
+        privacy: dict[str, Any] = {"dataset_id": None, "epsilon_spent": None, "epsilon_limit": None, "delta": None,
+                                   "source": None}
+        stated = [r["privacy"] for r in refused if isinstance(r.get("privacy"), dict)]
+        last_refusal_round = max((r.get("round", -1) for r in refused), default=-1)
+        last_report_round = max((r.get("round", -1) for r in rounds if "dp_epsilon" in (r["sites"][site] or {})),
+                                default=-1)
+        if stated and last_refusal_round >= last_report_round:
+            privacy.update({k: stated[-1].get(k) for k in ("dataset_id", "epsilon_spent", "epsilon_limit", "delta")})
+            privacy["source"] = "stated by the site with its refusal"
+        elif reported:
+            privacy.update(epsilon_spent=reported[-1].get("dp_epsilon"), delta=reported[-1].get("dp_delta"),
+                           source="reported by the site with its last update")
+            if stated:
+                privacy.update(epsilon_limit=stated[-1].get("epsilon_limit"), dataset_id=stated[-1].get("dataset_id"))
+        spent, limit = privacy["epsilon_spent"], privacy["epsilon_limit"]
+        privacy["epsilon_remaining"] = max(limit - spent, 0.0) if spent is not None and limit is not None else None
+        out[site] = {"trained": sum(1 for r in rounds if r.get("status") == "completed"),
+                     "refused": refused, "rejected": [r for r in record.get("rejected", []) if r.get("site") == site],
+                     "privacy": privacy}
+    return out
+
+
+def describe_site_privacy(privacy: dict[str, Any]) -> str:
+    """One phrase for a site's privacy state, e.g. ``epsilon 8 spent of 10 (2 remaining, delta 1e-05)``."""
+    spent, limit = privacy.get("epsilon_spent"), privacy.get("epsilon_limit")
+    if spent is None:
+        return "epsilon spent not reported by the site (its ledger: 'ai4hi privacy report --site KIT')"
+    text = f"epsilon {spent:.3g} spent"
+    if limit is not None:
+        text += f" of {limit:.3g} ({privacy['epsilon_remaining']:.3g} remaining"
+    else:
+        text += " (limit not reported"
+    text += f", delta {privacy['delta']:g})" if privacy.get("delta") is not None else ", delta not reported)"
+    if privacy.get("dataset_id"):
+        text += f" on dataset {privacy['dataset_id']}"
+    return text
+
+
 def privacy_from_rounds(record: dict[str, Any]) -> dict[str, Any]:
-    """Per-site privacy as reported to the server: the latest cumulative ``dp_epsilon`` each site
-    declared (its dataset's total over all jobs, from its ledger), rounds with a DP update, refusals."""
+    """Per-site privacy as reported to the server (:func:`site_outcomes`): epsilon spent on the
+    site's dataset (its total over all jobs, from its ledger), rounds with a DP update, refusals.
+    A value the site did not report is None, never 0."""
     out: dict[str, Any] = {}
-    refused: dict[str, int] = {}
-    for refusal in record.get("refused", []):
-        refused[refusal["site"]] = refused.get(refusal["site"], 0) + 1
-    for site in record.get("sites", []):
-        reported = [r["sites"][site] for r in record.get("rounds", []) if site in r.get("sites", {})
-                    and "dp_epsilon" in r["sites"][site]]
-        entry = {"source": "reported by the site with its updates; its ledger stays at the site",
-                 "chain_ok": None, "ledger": None,
-                 "datasets": {}}
-        if reported or site in refused:
-            last = reported[-1] if reported else {}
-            entry["datasets"]["reported"] = {"epsilon_spent": float(last.get("dp_epsilon", 0.0)),
-                                             "rounds": len(reported), "refused": refused.get(site, 0),
-                                             "delta": last.get("dp_delta")}
+    for site, outcome in site_outcomes(record).items():
+        privacy = outcome["privacy"]
+        entry = {"source": "reported by the site with its updates or refusals; its ledger stays at the site",
+                 "chain_ok": None, "ledger": None, "datasets": {}}
+        rounds = sum(1 for r in record.get("rounds", []) if "dp_epsilon" in ((r.get("sites") or {}).get(site) or {}))
+        if rounds or outcome["refused"]:
+            entry["datasets"][privacy.get("dataset_id") or "reported"] = {
+                "epsilon_spent": privacy["epsilon_spent"], "epsilon_limit": privacy["epsilon_limit"],
+                "epsilon_remaining": privacy["epsilon_remaining"], "delta": privacy["delta"], "rounds": rounds,
+                "refused": len(outcome["refused"])}
         out[site] = entry
     return out
 

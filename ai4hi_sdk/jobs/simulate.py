@@ -2,14 +2,21 @@
 
 The simulator runs as a child process in its own session (``nvflare simulator``), with every
 path it writes redirected under the workspace. NVFlare's simulator has no timeout of its own, so
-this module waits with one and kills the whole process tree (psutil) when it expires.
+this module waits with one and kills the whole process tree (psutil) when it expires. SIGTERM and
+SIGHUP (also coreutils ``timeout``) to the waiting process do the same: the simulator sits in its
+own session, so nothing else stops it, and NVFlare starts each site in yet another session. Every
+process of a run carries a marker in its environment, so :func:`kill_process_tree` also finds one
+that was re-parented away from the tree.
 
 Workspace layout::
 
     WS/job/<name>/            the exported NVFlare job that was simulated
     WS/simulate/              the simulator's workspace (server/ and one folder per site)
     WS/simulate.log           the simulator's output
-    WS/result/global_model.pt final global model (state dict of float tensors)
+    WS/result/global_model.pt final global model (state dict of float tensors); a new run replaces
+                              WS/result only when it completed (written beside it, then swapped in);
+                              a failed run's record goes to WS/result.failed and the previous
+                              results stay (a failed run in a fresh workspace writes WS/result)
     WS/result/metrics.json    per round: per-site training/validation metrics, global validation;
                               ``initial_model``: source and sha256 of the round-0 global model
     WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
@@ -21,11 +28,15 @@ Workspace layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +46,7 @@ import psutil
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job, install_initial_model
+from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (re-exported)
 from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE, RECEIPT_LOG
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
@@ -43,8 +55,8 @@ from ai4hi_sdk.site_paths import SITE_WORKSPACE_ROOT_ENV
 from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
 
 SIM_JOB_ID = "simulate_job"  # the run folder name NVFlare's simulator uses
-
-
+#: environment marker carried by every process of one simulator run (value unique per run)
+RUN_MARKER_ENV = "AI4HI_SIMULATOR_RUN"
 @dataclass
 class SimulationResult:
     """Where a simulation's results are and how it ended."""
@@ -113,19 +125,58 @@ def install_site_policies(workspace: Path, sites: list[str], policy: str | Path 
     return actions
 
 
-def kill_process_tree(pid: int) -> None:
-    """Kill ``pid`` and all its descendants (only processes we started)."""
+def _marked(marker: str) -> list[psutil.Process]:
+    """This user's processes whose environment carries ``RUN_MARKER_ENV=marker``."""
+    found, me = [], os.getuid()
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] is not None and proc.info["uids"].real == me \
+                    and proc.environ().get(RUN_MARKER_ENV) == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_process_tree(pid: int | None, marker: str | None = None) -> None:
+    """Kill ``pid`` (None: a process already reaped), all its descendants and (with ``marker``)
+    every process of this user carrying the run's marker (only processes we started).
+
+    The tree is frozen first (SIGSTOP, parents before children, walked until no new process
+    appears) so that nothing forks or re-parents a child while it is being killed."""
+    procs: dict[int, psutil.Process] = {}
     try:
-        parent = psutil.Process(pid)
+        frontier = [psutil.Process(pid)] if pid is not None else []
     except psutil.NoSuchProcess:
-        return
-    procs = parent.children(recursive=True) + [parent]
-    for proc in procs:
+        frontier = []
+    for _ in range(5):  # walk again: a process may have forked before its SIGSTOP landed
+        if marker:
+            frontier += [p for p in _marked(marker) if p.pid not in procs]
+        grew = False
+        while frontier:
+            proc = frontier.pop()
+            if proc.pid in procs:
+                continue
+            procs[proc.pid] = proc
+            grew = True
+            try:
+                proc.suspend()
+                frontier.extend(proc.children())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        for proc in list(procs.values()):
+            try:
+                frontier.extend(c for c in proc.children() if c.pid not in procs)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        if not grew and not frontier:
+            break
+    for proc in procs.values():
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=10)
+    psutil.wait_procs(list(procs.values()), timeout=10)
 
 
 def run_simulator(job_dir: Path, sim_workspace: Path, sites: list[str], log_path: Path, env: dict[str, str],
@@ -133,28 +184,55 @@ def run_simulator(job_dir: Path, sim_workspace: Path, sites: list[str], log_path
     """Run ``nvflare simulator`` on ``job_dir``; return its exit code (124 on timeout)."""
     cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_dir), "-w", str(sim_workspace),
            "-c", ",".join(sites), "-t", str(len(sites))]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(sim_workspace.parent))
-        deadline = time.monotonic() + timeout_s
+    return run_process_tree(cmd, log_path, env, timeout_s, cwd=sim_workspace.parent, on_poll=on_poll)
+
+
+def run_process_tree(cmd: list[str], log_path: Path, env: dict[str, str], timeout_s: float, *, cwd: Path,
+                     on_poll: Callable[[], None] | None = None) -> int:
+    """Run ``cmd`` in its own session and wait; return its exit code, 124 after ``timeout_s``.
+
+    On timeout, on any exception in the caller's thread (KeyboardInterrupt) and on SIGTERM/SIGHUP
+    (raised as :class:`Terminated`), the whole tree is killed before returning or re-raising."""
+    env = {**env, RUN_MARKER_ENV: env.get(RUN_MARKER_ENV) or uuid.uuid4().hex}
+    marker = env[RUN_MARKER_ENV]
+    proc: subprocess.Popen | None = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    with stop_signals_raise(), open(log_path, "w") as log:
         try:
+            # a stop signal while Popen forks must not leave an orphan: note it, deliver it once proc
+            # is known (blocking the signals instead would hand the blocked mask on to the simulator)
+            deferred: list[int] = []
+            previous = {sig: signal.signal(sig, lambda signum, _f: deferred.append(signum))
+                        for sig in STOP_SIGNALS} if main_thread else {}
+            try:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True, cwd=str(cwd))
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            if deferred:
+                signal.raise_signal(deferred[0])  # now to the real handler (ours raises Terminated)
+            deadline = time.monotonic() + timeout_s
             while proc.poll() is None:
                 if time.monotonic() > deadline:
-                    kill_process_tree(proc.pid)
+                    kill_process_tree(proc.pid, marker)
                     return 124
                 if on_poll:
                     on_poll()
                 time.sleep(0.5)
         except BaseException:
-            kill_process_tree(proc.pid)
+            if proc is not None:  # a reaped pid may belong to another program by now: marker only
+                kill_process_tree(proc.pid if proc.returncode is None else None, marker)
             raise
+    kill_process_tree(None, marker)  # a site process the simulator left behind
     return proc.returncode
 
 
-def collect_results(workspace: Path, sites: list[str], return_code: int, extra: dict | None = None) -> dict:
-    """Copy model, metrics and logs from the simulator workspace into ``WS/result`` and return
-    the metrics record (with pointers to the egress logs)."""
-    sim, result = workspace / "simulate", workspace / "result"
+def collect_results(workspace: Path, sites: list[str], return_code: int, extra: dict | None = None,
+                    result: Path | None = None) -> dict:
+    """Copy model, metrics and logs from the simulator workspace into ``result`` (default
+    ``WS/result``) and return the metrics record (with pointers to the egress logs)."""
+    sim, result = workspace / "simulate", result or workspace / "result"
     result.mkdir(parents=True, exist_ok=True)
     run_dir = sim / "server" / SIM_JOB_ID
     metrics_src = run_dir / METRICS_FILE
@@ -232,12 +310,36 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
                          on_poll=(lambda: on_poll(run_dir)) if on_poll else None)
 
 
+def check_secure_aggregation(spec: JobSpec, n_sites: int) -> None:
+    """Refuse up front a secure-aggregation job that cannot run on ``n_sites`` sites (fewer than 3,
+    a threshold above the neighbourhood, an overflowing sum), instead of failing inside NVFlare."""
+    if spec.privacy.secure_aggregation is None:
+        return
+    try:
+        spec.privacy.secure_aggregation.protocol_config().validate_for(n_sites)
+    except ValueError as err:
+        raise UserError(f"job '{spec.name}' uses secure aggregation, which cannot run on {n_sites} sites: {err}") \
+            from None
+
+
+def _check_run_options(n_sites: int | None, timeout_s: float) -> None:
+    if n_sites is not None and (isinstance(n_sites, bool) or not isinstance(n_sites, int) or n_sites < 1):
+        raise UserError(f"--sites must be a whole number >= 1, got {n_sites}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+            or timeout_s <= 0:
+        raise UserError(f"--timeout must be a finite number of seconds > 0, got {timeout_s}")
+
+
 def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sites: list[str] | None = None,
              n_sites: int | None = None, timeout_s: float = 1800, site_policy: str | Path | None = None,
              on_poll: Callable[[Path], None] | None = None, drops: str | None = None,
              initial_model: str | Path | None = None) -> SimulationResult:
     """Export ``spec`` as an NVFlare job, run it in the simulator over the site folders of
     ``data_root`` and collect the results (see the module docstring for the layout).
+
+    Every option is checked (and the job built and warm-started in a staging folder) before
+    anything already in ``workspace`` is changed: a bad option raises :class:`UserError` and leaves
+    the workspace as it was. A run replaces ``WS/result`` only when it completed.
 
     Args:
         sites: site names (sub-folders of ``data_root``); default: all discovered sites.
@@ -254,6 +356,8 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
             instead of the seeded one (see :func:`install_initial_model`).
     """
     data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
+    # 1. every option, before anything in the workspace is touched
+    _check_run_options(n_sites, timeout_s)
     chosen = sites or discover_sites(data_root)
     if n_sites is not None:
         if n_sites > len(chosen):
@@ -261,38 +365,86 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         chosen = chosen[:n_sites]
     if len(chosen) < spec.min_sites:
         raise UserError(f"job '{spec.name}' needs at least {spec.min_sites} sites (min_sites), got {len(chosen)}")
-    for stale in ("job", "simulate", "result"):
-        shutil.rmtree(workspace / stale, ignore_errors=True)
+    check_secure_aggregation(spec, len(chosen))
+    load_site_policy(Path(site_policy) if site_policy is not None else DEFAULT_SITE_POLICY)
+    _check_drops(spec, chosen, drops)
+    if workspace.exists() and not workspace.is_dir():
+        raise UserError(f"--workspace '{workspace}' is a file, not a folder")
+    # 2. the job, built and warm-started beside the previous run's (checks the initial model)
     workspace.mkdir(parents=True, exist_ok=True)
-    policies = install_site_policies(workspace, chosen, site_policy)
-    extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
-    job_dir = export_job(spec, workspace / "job", data_root=data_root)
-    extra: dict = {"site_policies": policies}
-    if initial_model is not None:
-        extra["initial_model_file"] = str(Path(initial_model).resolve())
-        extra["initial_model_file_sha256"] = install_initial_model(spec, job_dir, initial_model)
-    started = time.monotonic()
-    code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll, extra_env=extra_env)
-    metrics = collect_results(workspace, chosen, code, extra=extra)
-    return SimulationResult(workspace / "result", metrics, code, time.monotonic() - started)
+    staging = workspace / f".ai4hi-staging-{uuid.uuid4().hex[:12]}"
+    try:
+        job_dir = export_job(spec, staging / "job", data_root=data_root)
+        extra: dict = {}
+        if initial_model is not None:
+            extra["initial_model_file"] = str(Path(initial_model).resolve())
+            extra["initial_model_file_sha256"] = install_initial_model(spec, job_dir, initial_model)
+        # 3. the run: it replaces the previous job and simulator workspace, not the previous results
+        for stale in ("job", "simulate"):
+            shutil.rmtree(workspace / stale, ignore_errors=True)
+        os.replace(staging / "job", workspace / "job")
+        job_dir = workspace / "job" / job_dir.name
+        extra["site_policies"] = install_site_policies(workspace, chosen, site_policy)
+        extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
+        started = time.monotonic()
+        code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll,
+                                extra_env=extra_env)
+        metrics = collect_results(workspace, chosen, code, extra=extra, result=staging / "result")
+        result = SimulationResult(staging / "result", metrics, code, time.monotonic() - started)
+        result.result_dir = _publish(workspace, staging / "result", result.ok)
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+FAILED_RESULT = "result.failed"
+
+
+def _publish(workspace: Path, new: Path, ok: bool) -> Path:
+    """Move a run's results ``new`` into place: ``WS/result`` if the run completed (the previous
+    results are swapped out, then removed) or if there are none yet; else ``WS/result.failed``,
+    keeping the previous results. Returns where they went."""
+    final = workspace / "result"
+    if not ok and final.exists():
+        target = workspace / FAILED_RESULT
+        shutil.rmtree(target, ignore_errors=True)
+        metrics = json.loads((new / "metrics.json").read_text())
+        metrics["previous_results_kept"] = str(final)
+        (new / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        os.replace(new, target)
+        return target
+    old = workspace / f".ai4hi-previous-result-{uuid.uuid4().hex[:12]}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _check_drops(spec: JobSpec, sites: list[str], drops: str | None) -> None:
+    """``--drop`` must name known sites and stages of a secure-aggregation job."""
+    from ai4hi_sdk.site.secagg_client import parse_drops
+
+    if not drops:
+        return
+    if spec.privacy.secure_aggregation is None:
+        raise UserError("--drop injects faults into secure aggregation, which this job does not use")
+    try:
+        unknown = set(parse_drops(drops)) - set(sites)
+    except ValueError as err:
+        raise UserError(f"--drop: {err}") from None
+    if unknown:
+        raise UserError(f"--drop names unknown sites {sorted(unknown)}; sites are {', '.join(sites)}")
 
 
 def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], drops: str | None) -> dict[str, str]:
     """Simulated sites have no provisioned identity: give each one from a CA made for this run
     (``WS/sites/<site>/startup/``, where a real kit keeps it), so key signing and verification run
-    exactly as in a deployment. Returns the environment for fault injection."""
-    from ai4hi_sdk.site.secagg_client import DROP_ENV, parse_drops
+    exactly as in a deployment. Returns the environment for fault injection (checked by
+    :func:`_check_drops`)."""
+    from ai4hi_sdk.site.secagg_client import DROP_ENV
     from ai4hi_sdk.privacy.secagg.protocol.identity import make_throwaway_ca
 
-    if drops:
-        if spec.privacy.secure_aggregation is None:
-            raise UserError("--drop injects faults into secure aggregation, which this job does not use")
-        try:
-            unknown = set(parse_drops(drops)) - set(sites)
-        except ValueError as err:
-            raise UserError(f"--drop: {err}") from None
-        if unknown:
-            raise UserError(f"--drop names unknown sites {sorted(unknown)}; sites are {', '.join(sites)}")
     if spec.privacy.secure_aggregation is not None:
         make_throwaway_ca(sites, {site: workspace / "sites" / site / "startup" for site in sites})
     return {DROP_ENV: drops} if drops else {}

@@ -6,7 +6,7 @@ A result folder (written by the continuous loop, :mod:`ai4hi_sdk.jobs.continuous
                               model versions (sha256, training sites and data, epsilon spent)
     validation-<i>.json       the server's record of each validation job (aggregates from sites)
     monitor-<i>.json          ... of each monitoring job (drift statistics and p-values)
-    decisions.jsonl (+ .pub)  the signed, hash-chained decision log
+    decisions.jsonl           the signed, hash-chained decision log
 
 and gets::
 
@@ -49,15 +49,25 @@ def load_history(result_dir: str | Path) -> tuple[dict, dict[str, dict]]:
     path = result_dir / HISTORY
     if not path.is_file():
         raise UserError(f"'{result_dir}' is not a result folder: no {HISTORY} (run 'ai4hi continuous run' first)")
-    history = json.loads(path.read_text())
+    history = _read_json(path)
+    if not isinstance(history, dict) or not isinstance(history.get("steps", []), list):
+        raise UserError(f"{path}: not a result history (expected a JSON object with a list of steps)")
     records = {}
     for step in history.get("steps", []):
-        if step.get("record"):
+        if isinstance(step, dict) and step.get("record"):
             file = result_dir / step["record"]
             if not file.is_file():
                 raise UserError(f"{path}: step {step.get('kind')} refers to missing file {file.name}")
-            records[step["record"]] = json.loads(file.read_text())
+            records[step["record"]] = _read_json(file)
     return history, records
+
+
+def _read_json(path: Path) -> Any:
+    """JSON of a result file; a corrupt one is a one-line :class:`UserError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: corrupt JSON ({err}); restore it from a copy (nothing was changed)") from None
 
 
 # ------------------------------------------------------------------ model cards
@@ -179,6 +189,11 @@ def model_card_markdown(card: dict) -> str:
     lines += ["", "## Update decisions", ""]
     for d in card["decisions"]:
         lines.append(f"* **{d['decision']}** (decision log entry {d['log_seq']}): " + "; ".join(d.get("reasons") or []))
+    anchor = card.get("decision_log")
+    if anchor:
+        lines += ["", f"Decision log anchor: {anchor['entries']} entries, head `{anchor['head']}` (keep a copy of "
+                      "this card: `ai4hi audit verify decisions.jsonl --public-key KEY --card <this card>.json` "
+                      "then detects a truncated or rewritten log)."]
     lines += ["", "## Limitations", ""] + [f"* {x}" for x in card["limitations"]]
     return "\n".join(lines) + "\n"
 
@@ -221,7 +236,13 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
         rows.append([str(i + 1), step["kind"], what])
     parts.append(_table(["#", "step", "what"], rows))
     if verification is not None:
-        status = "intact" if verification.get("ok") else f"TAMPERED at line {verification.get('bad_line')}: {verification.get('reason')}"
+        status = "intact" if verification.get("intact") else \
+            f"TAMPERED at line {verification.get('bad_line')}: {verification.get('reason')}"
+        if verification.get("intact") and verification.get("reason"):
+            status += f" ({verification['reason']})"
+        if verification.get("intact") and not verification.get("pinned_key"):
+            status += ("; signatures checked against the signer the log names, which is not a trust anchor: "
+                       "an auditor runs 'ai4hi audit verify' with the lead's pinned public key")
         parts.append(f"<p>Decision log <code>{html.escape(str(history.get('decision_log')))}</code>: "
                      f"{verification.get('entries')} signed entries, {html.escape(status)}.</p>")
     pooled_by_validation: dict[str, dict | None] = {}
@@ -291,23 +312,45 @@ def _segmentation_html(val: dict[str, dict], pooled: dict | None) -> list[str]:
     return parts
 
 
-def generate_reports(result_dir: str | Path) -> dict[str, Any]:
-    """Write ``report.html`` and ``model_cards/*`` into ``result_dir``; returns their paths."""
-    from ai4hi_sdk.validation.decision import verify_log
+def verify_decision_log(log: Path, public_key: Any = None) -> dict[str, Any] | None:
+    """The decision log's verification for the report, or None without a log. Without a pinned
+    ``public_key`` the signatures are checked against the signer the log names (``pinned_key``:
+    false), which shows consistency, not authorship."""
+    from ai4hi_sdk.validation.decision_log import claimed_signer, verify_log
 
+    if not log.is_file():
+        return None
+    key = public_key if public_key is not None else claimed_signer(log)
+    if key is None:
+        return {"ok": False, "intact": False, "entries": 0, "bad_line": 1, "reason": "entry is not signed",
+                "pinned_key": False}
+    try:
+        check = verify_log(log, key)
+    except ValueError:
+        return {"ok": False, "intact": False, "entries": 0, "bad_line": 1, "reason": "the signer it names is not a key",
+                "pinned_key": False}
+    return check.to_dict() | {"pinned_key": public_key is not None}
+
+
+def generate_reports(result_dir: str | Path, public_key: Any = None) -> dict[str, Any]:
+    """Write ``report.html`` and ``model_cards/*`` into ``result_dir``; returns their paths.
+
+    ``public_key``: the decision signer's pinned key (hex or key object) to verify the log with.
+    Every card JSON records the verified log's anchor (``decision_log``: entries and head hash).
+    """
     result_dir = Path(result_dir)
     history, records = load_history(result_dir)
-    verification = None
     log = result_dir / history.get("decision_log", "decisions.jsonl")
-    pub = log.with_name(log.name + ".pub")
-    if log.is_file() and pub.is_file():
-        check = verify_log(log, pub.read_text().strip())
-        verification = {"ok": check.ok, "entries": check.entries, "bad_line": check.bad_line, "reason": check.reason}
+    verification = verify_decision_log(log, public_key)
     cards_dir = result_dir / "model_cards"
     cards_dir.mkdir(exist_ok=True)
     cards = {}
     for model in history.get("models", {}):
         card = model_card(history, records, model)
+        if verification and verification.get("intact"):
+            card["decision_log"] = {"file": log.name, "entries": verification["entries"],
+                                    "head": verification["head"], "signer": verification["signer"],
+                                    "format": verification["format"]}
         (cards_dir / f"{model}.json").write_text(json.dumps(card, indent=2, sort_keys=True))
         (cards_dir / f"{model}.md").write_text(model_card_markdown(card))
         cards[model] = {"markdown": str(cards_dir / f"{model}.md"), "json": str(cards_dir / f"{model}.json")}

@@ -4,23 +4,17 @@
 :class:`Decision` with every rule's outcome. Precedence: ``retrain`` (a retrain rule fired) over
 ``replace`` (every replace rule passed) over ``keep``.
 
-``DecisionLog`` appends decision records to a :class:`HashChainLog` and signs each record with an
-Ed25519 key; :func:`verify_log` checks the chain and every signature and names the first bad line.
+The signed decision log (``DecisionLog``, ``verify_log``, ``public_key_hex``) lives in
+:mod:`ai4hi_sdk.validation.decision_log`; it is re-exported here so existing imports keep working.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field
 
-from ai4hi_sdk.audit.hash_chain import ChainCheck, HashChainLog, verify_chain
+from ai4hi_sdk.validation.decision_log import DecisionLog, public_key_hex, verify_log  # noqa: F401 (re-exported)
 from ai4hi_sdk.validation.meta_analysis import random_effects
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
@@ -165,82 +159,3 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
         reasons += [f"{r.rule} failed: {r.detail}" for r in rules if r.rule.startswith("replace_if") and not r.passed]
     return Decision(decision=decision, reasons=reasons, rules=rules, sites_used=[s.site for s in used],
                     sites_excluded=[s.site for s in excluded], pooled=pooled)
-
-
-# ---------------------------------------------------------------- signed decision log
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def public_key_hex(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
-    if isinstance(key, Ed25519PrivateKey):
-        key = key.public_key()
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-
-
-def _as_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKey:
-    if isinstance(key, Ed25519PublicKey):
-        return key
-    if isinstance(key, str):
-        key = bytes.fromhex(key)
-    return Ed25519PublicKey.from_public_bytes(key)
-
-
-class DecisionLog:
-    """Signed decision records appended to a hash-chained JSON-lines log.
-
-    Each chain record is ``{"body": {...}, "signer": <public key hex>, "signature": <base64>}`` where the
-    signature is Ed25519 over the canonical JSON of ``body``. ``body`` holds the decision, an evidence
-    summary and the model lineage (parent model sha256, model sha256, job id, data stats, epsilon spent).
-    """
-
-    def __init__(self, path: str | Path, signing_key: Ed25519PrivateKey):
-        self.chain = HashChainLog(path)
-        self.key = signing_key
-
-    def append(
-        self,
-        decision: Decision,
-        evidence: Evidence,
-        *,
-        parent_model_sha256: str | None,
-        model_sha256: str | None = None,
-        job_id: str | None = None,
-        data_stats: dict[str, Any] | None = None,
-        epsilon_spent: float | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        body = {
-            "decision": decision.model_dump(mode="json"),
-            "evidence": evidence.model_dump(mode="json"),
-            "lineage": {"parent_model_sha256": parent_model_sha256, "model_sha256": model_sha256,
-                        "job_id": job_id, "data_stats": data_stats or {}, "epsilon_spent": epsilon_spent},
-        }
-        if extra:
-            body["extra"] = extra
-        body = json.loads(_canonical(body))
-        signature = base64.b64encode(self.key.sign(_canonical(body))).decode()
-        return self.chain.append({"body": body, "signer": public_key_hex(self.key), "signature": signature})
-
-
-def verify_log(path: str | Path, public_key: Ed25519PublicKey | bytes | str) -> ChainCheck:
-    """Verify the hash chain, then every record's Ed25519 signature by ``public_key``; name the first bad line."""
-    check = verify_chain(path)
-    if not check.ok:
-        return check
-    key = _as_public_key(public_key)
-    count = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)["record"]
-            try:
-                sig = base64.b64decode(record["signature"], validate=True)
-                key.verify(sig, _canonical(record["body"]))
-            except (KeyError, TypeError, ValueError, InvalidSignature):
-                return ChainCheck(False, count, line_no, "signature missing or not valid for this public key")
-            count += 1
-    return ChainCheck(True, count)

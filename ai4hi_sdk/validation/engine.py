@@ -6,8 +6,10 @@
 * :func:`make_decision` applies the update policy (per-site rules and the random-effects pooled
   delta, :func:`~ai4hi_sdk.validation.decision.decide`) and appends the signed record — decision,
   evidence, lineage — to the hash-chained decision log;
-* :func:`load_or_create_signing_key` keeps the lead's Ed25519 key next to the log (``0600``) and
-  its public key as ``<log>.pub`` for ``ai4hi audit verify``.
+* :func:`load_or_create_signing_key` keeps the lead's Ed25519 key (``0600``) and its public key
+  beside it as ``<key>.pub`` (hex), outside the log's folder: that file (or a copy the lead
+  publishes to the consortium) is what ``ai4hi audit verify --public-key`` is given. Nothing is
+  written beside the log: a key kept there is not a trust anchor.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ai4hi_sdk.validation.decision import Decision, DecisionLog, Evidence, SiteEvidence, decide, public_key_hex
+from ai4hi_sdk.validation.decision import Decision, Evidence, SiteEvidence, decide
+from ai4hi_sdk.validation.decision_log import DecisionLog, public_key_hex
 from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
@@ -91,21 +94,28 @@ def with_drift(evidence: Evidence, drift: dict[str, dict]) -> Evidence:
                            for s in evidence.sites])
 
 
+def public_key_file(key_path: str | Path) -> Path:
+    """Where the signer's public key (hex) is kept: beside the private key, ``<key>.pub``."""
+    return Path(key_path).with_suffix(".pub")
+
+
 def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    """The decision signer's Ed25519 key (PKCS#8 PEM, created with mode 0600 if absent)."""
+    """The decision signer's Ed25519 key (PKCS#8 PEM, created with mode 0600 if absent); its public
+    key is (re)written to :func:`public_key_file` for verifiers."""
     path = Path(path)
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    else:
+        key = Ed25519PrivateKey.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    public_key_file(path).write_text(public_key_hex(key) + "\n")
     return key
 
 
@@ -113,8 +123,8 @@ def make_decision(evidence: Evidence, policy: UpdatePolicy, log_path: str | Path
                   parent_model_sha256: str | None, model_sha256: str | None, job_id: str | None,
                   data_stats: dict[str, Any] | None = None, epsilon_spent: float | None = None,
                   notes: list[str] | None = None, extra: dict[str, Any] | None = None) -> tuple[Decision, dict]:
-    """Decide, append the signed record to ``log_path`` (and write ``<log>.pub``); returns
-    ``(decision, chain entry)``."""
+    """Decide and append the signed record to ``log_path``; returns ``(decision, chain entry)``
+    (the entry's ``seq`` and ``hash`` are the log's new anchor)."""
     decision = decide(evidence, policy)
     if notes:
         decision = decision.model_copy(update={"reasons": decision.reasons + notes})
@@ -123,5 +133,4 @@ def make_decision(evidence: Evidence, policy: UpdatePolicy, log_path: str | Path
         decision, evidence, parent_model_sha256=parent_model_sha256, model_sha256=model_sha256, job_id=job_id,
         data_stats=data_stats, epsilon_spent=epsilon_spent,
         extra={"policy": policy.model_dump(mode="json"), **(extra or {})})
-    log_path.with_name(log_path.name + ".pub").write_text(public_key_hex(key) + "\n")
     return decision, entry

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain
+from ai4hi_sdk.cli.main import main
 from ai4hi_sdk.deploy.admin import AdminSession
 from ai4hi_sdk.deploy.processes import kit_processes, stop_kit
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
@@ -78,7 +79,7 @@ def _drop_job_filters(job_dir: Path) -> None:
         config.write_text(json.dumps(data, indent=2))
 
 
-def test_site_policy_applies_to_a_job_that_does_not_ask_for_it(deployment):
+def test_site_policy_applies_to_a_job_that_does_not_ask_for_it(deployment, capsys):
     spec = small_spec("deploy-no-dp", dp=False)
     with AdminSession(deployment["admin"], timeout_s=60) as session:
         job_id = session.submit(spec, prepare=_drop_job_filters)
@@ -96,6 +97,17 @@ def test_site_policy_applies_to_a_job_that_does_not_ask_for_it(deployment):
         assert verify_chain(kit.path / EGRESS_LOG).ok
         refused = [r for r in PrivacyLedger(kit.path / PRIVACY_LEDGER).records() if r["job_id"] == job_id]
         assert all(r["status"] != "spent" for r in refused)
+    # no site trained: `job wait` and `job download` end non-zero and name each site's refusal
+    # (NVFlare itself says FINISHED:COMPLETED)
+    capsys.readouterr()
+    assert main(["job", "wait", job_id, "--admin", str(deployment["admin"]), "--timeout", "60"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no site trained" in out and "FINISHED:COMPLETED" in out, out
+    assert all(f"{site} refused round 0" in out for site in SITES), out
+    assert main(["job", "download", job_id, "--admin", str(deployment["admin"]),
+                 "--out", str(deployment["root"] / "download-no-dp-cli")]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no site trained" in out and "epsilon 0 spent" not in out, out
 
 
 def test_stop_leaves_no_process_port_or_tmp_file_behind(deployment):

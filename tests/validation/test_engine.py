@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ai4hi_sdk.validation.decision import verify_log
+from ai4hi_sdk.validation.decision import public_key_hex, verify_log
 from ai4hi_sdk.validation.engine import (
     evidence_from_validation,
     load_or_create_signing_key,
@@ -87,7 +87,9 @@ def test_signed_record_with_lineage_and_tamper_detection(tmp_path):
                                         job_id=f"job/{i}", data_stats={"A": {"test_n": 600}}, epsilon_spent=4.2,
                                         notes=["a note"], extra={"stage": "test"})
         assert entry["seq"] == i and decision.decision == "replace"
-    pub = (tmp_path / "decisions.jsonl.pub").read_text().strip()
+    # the public key is kept beside the private key, nothing beside the log
+    pub = (tmp_path / "keys" / "k.pub").read_text().strip()
+    assert pub == public_key_hex(key) and not (tmp_path / "decisions.jsonl.pub").exists()
     assert verify_log(log, pub).ok
     body = json.loads(log.read_text().splitlines()[1])["record"]["body"]
     assert body["lineage"] == {"parent_model_sha256": "a" * 64, "model_sha256": f"{1:064x}", "job_id": "job/1",

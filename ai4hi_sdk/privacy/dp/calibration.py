@@ -5,7 +5,10 @@
   one that already holds a site's past spend (then the target is the *total*).
 * :func:`plan`: the federated plan a lead or site admin reads before a job: Poisson sampling rate,
   steps per round, noise multiplier for a target epsilon over the whole job, and epsilon after
-  each round.
+  each round (after up to :data:`MAX_LISTED_ROUNDS` rounds; for longer jobs at log-spaced
+  rounds, first and last included, so any number of rounds answers in about a second with RDP).
+  The PRV accountant's time and memory grow with the number of steps (~1 GB and seconds per call
+  at 5e4 steps): :func:`plan` refuses it above :data:`PRV_MAX_STEPS` steps (use RDP there).
 
 The search brackets the root, then refines it by the Illinois variant of regula falsi on
 ``log epsilon`` vs ``log sigma`` (nearly linear), which needs ~5-10 accountant calls instead of
@@ -32,6 +35,19 @@ from ai4hi_sdk.privacy.dp.accountants.registry import create_accountant
 
 MAX_NOISE_MULTIPLIER = 1e6
 MIN_NOISE_MULTIPLIER = 1e-4
+#: rounds whose epsilon :func:`plan` lists one by one; above, this many log-spaced rounds (RDP)
+MAX_LISTED_ROUNDS = 1000
+#: ... and with the PRV accountant, whose every evaluation is a full composition
+PRV_LISTED_ROUNDS = 10
+#: total steps (past and planned) above which :func:`plan` refuses the PRV accountant
+PRV_MAX_STEPS = 25_000
+
+
+def rounds_to_list(rounds: int, limit: int) -> list[int]:
+    """Rounds ``1..rounds`` if at most ``limit``, else about ``limit`` log-spaced ones (1 and ``rounds`` included)."""
+    if rounds <= limit:
+        return list(range(1, rounds + 1))
+    return sorted({1, rounds} | {min(rounds, max(1, round(rounds ** (i / (limit - 1))))) for i in range(limit)})
 
 
 def _positive(name: str, value: object) -> float:
@@ -168,14 +184,15 @@ def _solve(epsilon: Callable[[float], float], target: float, tol: float, start: 
 class Plan:
     """A DP-SGD plan for a federated job at one site (Poisson sampling).
 
-    ``epsilon_after_each_round[r]`` is the total epsilon (past spend of the accountant given, if
-    any, included) after round ``r + 1``.
+    ``epsilon_after_each_round[i]`` is the total epsilon (past spend of the accountant given, if
+    any, included) after round ``epsilon_rounds[i]`` (every round ``1..rounds`` for short jobs).
     """
 
     noise_multiplier: float
     sample_rate: float
     steps_per_round: int
     epsilon_after_each_round: list[float]
+    epsilon_rounds: list[int] = field(default_factory=list)
     rounds: int = 0
     target_epsilon: float = 0.0
     delta: float = 0.0
@@ -212,7 +229,12 @@ def plan(
     ``sample_rate = batch_size / dataset_size`` (Poisson sampling, expected batch size
     ``batch_size``) and ``steps_per_round = epochs_per_round * ceil(1 / sample_rate)``.
     The noise multiplier keeps the epsilon after the last round <= ``target_epsilon``. Pass an
-    accountant object holding the dataset's past spend to plan the *total*.
+    accountant object holding the dataset's past spend to plan the *total*. ``epsilon_rounds``
+    says after which rounds ``epsilon_after_each_round`` is given (see the module doc).
+
+    Raises:
+        InvalidPrivacyParameter: bad arguments, an unreachable target, or the PRV accountant over
+            more than :data:`PRV_MAX_STEPS` steps.
     """
     n = check_steps(dataset_size, minimum=1)
     b = check_steps(batch_size, minimum=1)
@@ -226,13 +248,21 @@ def plan(
 
     q = b / n
     steps_per_round = epochs * (-(-n // b))  # ceil(1/q) in exact integer arithmetic
+    prv = acc.mechanism == "prv"
+    if prv and acc.total_steps + steps_per_round * rounds > PRV_MAX_STEPS:
+        raise InvalidPrivacyParameter(
+            f"the PRV accountant is limited to {PRV_MAX_STEPS} steps here ({steps_per_round * rounds} planned"
+            + (f", {acc.total_steps} already spent" if acc.total_steps else "") + "): its time and memory grow "
+            "with the steps; use the RDP accountant (a slightly looser upper bound)")
     sigma, final = _calibrate(target, delta, q, steps_per_round * rounds, acc, epsilon_tolerance)
-    per_round = [acc.projected_epsilon(delta, sigma, q, r * steps_per_round) for r in range(1, rounds)] + [final]
+    listed = rounds_to_list(rounds, PRV_LISTED_ROUNDS if prv else MAX_LISTED_ROUNDS)
+    per_round = [acc.projected_epsilon(delta, sigma, q, r * steps_per_round) for r in listed[:-1]] + [final]
     return Plan(
         noise_multiplier=sigma,
         sample_rate=q,
         steps_per_round=steps_per_round,
         epsilon_after_each_round=per_round,
+        epsilon_rounds=listed,
         rounds=rounds,
         target_epsilon=target,
         delta=delta,

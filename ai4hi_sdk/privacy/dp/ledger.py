@@ -189,7 +189,7 @@ class PrivacyLedger:
     def head(self) -> tuple[int, str]:
         """``(entries, head hash)``; :class:`LedgerDamaged` if the chain does not verify."""
         try:
-            return self._log.head()
+            return self._log.tail()
         except ChainDamaged as err:
             raise LedgerDamaged(_damage_advice(str(err))) from None
 
