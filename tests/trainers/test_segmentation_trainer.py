@@ -9,10 +9,12 @@ import torch
 
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.data.splits import assign_split
-from ai4hi_sdk.data.synth import synth_site
+from ai4hi_sdk.data.synth import CT_GEOMETRIES, synth_site
 from ai4hi_sdk.trainers.segmentation import SegmentationTrainer, combine_reports
 from ai4hi_sdk.validation.segmentation import segmentation_report
 
+#: hospital-1 carries the geometry of pydicom's CT5N series: 2.5 mm slices of 0.488281 mm pixels
+SPACING = (CT_GEOMETRIES[0].step, *CT_GEOMETRIES[0].pixel_spacing)
 SPEC = JobSpec(name="seg-unit", task="segmentation", trainer="ai4hi_sdk.trainers.segmentation:SegmentationTrainer",
                train={"rounds": 3, "local_epochs": 2, "batch_size": 4, "lr": 0.01, "optimizer": "adam", "threads": 1})
 
@@ -35,16 +37,16 @@ def test_volumes_and_masks_follow_the_site_files(trainer, site):
     for part, name in ((splits.train, "train"), (splits.val, "val"), (splits.test, "test")):
         for i, item in enumerate(part.items):
             assert assign_split(item.study_instance_uid) == name
-            assert len(item.slice_paths) == 24 and item.spacing == (2.5, 1.5, 1.5)
+            assert len(item.slice_paths) == 24 and item.spacing == SPACING
             volume, mask = part[i]
             assert volume.shape == mask.shape == (1, 24, 32, 32) and volume.dtype == torch.float32
             stored = np.load(site / "masks" / f"{item.series_instance_uid}.npy")
             np.testing.assert_array_equal(part.true_mask(i), stored)
-            # slices are in the masks' order: lesions (+50 HU) are brighter than the rest of the body
+            # slices are in the masks' (geometry) order, not that of file names or InstanceNumbers;: lesions (+50 HU) are brighter than the rest of the body
             body = volume[0] > 0.2
             inside = mask[0].bool()
             assert volume[0][inside].mean() > volume[0][body & ~inside].mean() + 0.05
-    assert splits.test.spacing() == (2.5, 1.5, 1.5)
+    assert splits.test.spacing() == SPACING
 
 
 def test_model_is_the_same_everywhere_and_declares_its_metrics():
@@ -75,7 +77,7 @@ def test_predict_test_returns_binary_masks_of_the_test_split(trainer):
     assert len(pred) == len(true) == n > 0
     assert all(p.shape == (24, 32, 32) and p.dtype == np.uint8 and set(np.unique(p)) <= {0, 1} for p in pred)
     assert {k: len(v) for k, v in attrs.items()} == {"sex": n, "age_band": n, "manufacturer": n}
-    assert trainer.test_spacing() == (2.5, 1.5, 1.5)
+    assert trainer.test_spacing() == SPACING
     # evaluate() on the test split reports exactly the Dice of these masks
     trainer.model.eval()
     with torch.no_grad():
