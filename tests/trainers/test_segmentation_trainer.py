@@ -144,3 +144,31 @@ def test_cuda_amp_round_learns_like_cpu(site):
     assert torch.nn.functional.cosine_similarity(flat_g, flat_c, dim=0) > 0.8
     pred, true, _ = gpu.predict_test(start)
     assert len(pred) == len(true) and all(p.dtype == np.uint8 for p in pred)
+
+
+def test_hd95_of_cases_from_sites_of_different_geometry_uses_each_case_s_spacing(trainer, tmp_path):
+    """A split holding series of two geometries (CT5N's 2.5 mm, CT2's 1.25 mm): evaluate() measures
+    each case's HD95 in its own millimetres and test_spacing() returns one spacing per case."""
+    from ai4hi_sdk.data.volumes import DicomVolumeDataset, load_site_volume_splits
+
+    other = tmp_path / "hospital-2"
+    synth_site(other, site_index=1, task="segmentation", n_studies=3, seed=4)
+    mixed = DicomVolumeDataset(trainer.datasets.test.items + load_site_volume_splits(other).train.items[:2])
+    spacings = mixed.spacings()
+    assert len(set(spacings)) == 2 and mixed.spacing() is None
+    assert (CT_GEOMETRIES[1].step, *CT_GEOMETRIES[1].pixel_spacing) in spacings
+
+
+    class Threshold(torch.nn.Module):  # bright voxels are "lesion": imperfect, never empty masks
+        def forward(self, x):
+            return 40.0 * (x - 0.55)
+
+    model = Threshold()
+    with torch.no_grad():
+        metrics = trainer.evaluate(model, mixed)
+    pred, true, _ = trainer.predict_masks(model, mixed)
+    assert all(p.any() for p in pred)
+    expected = segmentation_report(pred, true, spacing=spacings)
+    assert np.isfinite(expected["hd95"]) and metrics["hd95"] == pytest.approx(expected["hd95"], abs=1e-6)
+    one_spacing = segmentation_report(pred, true, spacing=spacings[0])
+    assert metrics["hd95"] != pytest.approx(one_spacing["hd95"], abs=1e-3)
