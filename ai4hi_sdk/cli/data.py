@@ -115,8 +115,9 @@ def _apply_job(report: Any, job_path: Path, root: Path) -> None:
     if purpose == "volume":
         from ai4hi_sdk.data.assembly import assemble_volumes, group_by_series
 
-        _, refusals = assemble_volumes(group_by_series(kept), root, image_types=selection.image_types)
+        volumes, refusals = assemble_volumes(group_by_series(kept), root, image_types=selection.image_types)
         report.refused_series.extend(refusals)
+        report.excluded.extend(e for volume in volumes for e in volume.dropped)
 
 
 def _console() -> Console:

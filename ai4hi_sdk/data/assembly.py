@@ -25,7 +25,7 @@ import numpy as np
 
 from ai4hi_sdk.data import dicomio
 from ai4hi_sdk.data.geometry import GeometryRefusal, SliceGeometry, VolumeGeometry, assess_slices
-from ai4hi_sdk.data.scan import InstanceRecord, SeriesRefusal
+from ai4hi_sdk.data.scan import ExcludedInstance, InstanceRecord, SeriesRefusal
 from ai4hi_sdk.errors import UserError
 
 
@@ -43,6 +43,8 @@ class AssembledVolume:
     geometry: VolumeGeometry
     slice_paths: tuple[Path, ...]
     frames: tuple[int, ...] = ()
+    #: images of the series left out of the stack (localizers, other image types), with reasons
+    dropped: tuple[ExcludedInstance, ...] = ()
 
     @property
     def enhanced(self) -> bool:
@@ -126,12 +128,14 @@ def assemble_volumes(records_by_series: dict[str, list[InstanceRecord]], dicom_r
         if multi:
             volumes.append(AssembledVolume(uid, multi[0], result, (path.absolute(),), frames=result.order))
         else:
-            if all(r.constant for r in records):
+            if all(records[k].constant for k in result.order):
                 refusals.append(SeriesRefusal(uid, "constant_volume", f"series {uid}: every slice holds one value",
                                               len(records)))
                 continue
             ordered = tuple((dicom_root / records[k].path).absolute() for k in result.order)
-            volumes.append(AssembledVolume(uid, records[result.order[0]], result, ordered))
+            dropped = tuple(ExcludedInstance(records[k].path, records[k].sop_instance_uid, code, detail)
+                            for k, code, detail in result.dropped)
+            volumes.append(AssembledVolume(uid, records[result.order[0]], result, ordered, dropped=dropped))
     return volumes, refusals
 
 

@@ -19,9 +19,10 @@ Convention (one for every volume and its mask, that of highdicom's ``Volume``):
 * ``spacing`` is ``(s, dr, dc)`` in mm, where ``s`` is measured from the positions (first to last
   over n - 1 steps along n), never taken from SliceThickness.
 
-Refused (the reason codes): fewer than two slices, missing geometry, mixed sizes / pixel spacing /
-frames of reference, more than one orientation, LOCALIZER or PROJECTION images, an ImageType the
-job does not train on (e.g. DERIVED), two slices at one position, steps not along the normal (a
+LOCALIZER / PROJECTION images and images of an ImageType the job does not train on (e.g. DERIVED)
+are left out of a series' stack, named (``dropped``); a series of nothing else is refused. Refused
+(the reason codes): fewer than two slices, missing geometry, mixed sizes / pixel spacing / frames of
+reference, more than one orientation, two slices at one position, steps not along the normal (a
 gantry tilt or sheared stack: angle over 2.6 degrees, highdicom's tolerance), a gap (a step over
 1.5 x the median: missing slices), steps differing by over 1 % of the mean, and a
 SpacingBetweenSlices header that disagrees with the measured step by over 1 %. A series is
@@ -92,7 +93,8 @@ class VolumeGeometry:
     """Where a volume's voxels lie (module docstring: the convention).
 
     ``order[k]`` is the index (in the input sequence) of the slice that becomes slice ``k``;
-    ``shape`` is ``(slices, rows, columns)``; ``notes`` record header values that disagree with the
+    ``dropped`` lists the input slices left out (localizers, projections, image types the job does
+    not take); ``shape`` is ``(slices, rows, columns)``; ``notes`` record header values that disagree with the
     measured geometry without making it wrong (SliceThickness differing from the step).
     """
 
@@ -102,6 +104,8 @@ class VolumeGeometry:
     affine: np.ndarray = field(compare=False)
     frame_of_reference_uid: str
     notes: tuple[str, ...] = ()
+    #: slices left out of the stack: (input index, reason code, detail naming the series)
+    dropped: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def normal(self) -> np.ndarray:
@@ -143,26 +147,32 @@ def assess_slices(slices: Sequence[SliceGeometry], *, series: str,
     Args:
         slices: every slice of the series, in any order.
         series: how to name the series in a refusal (its Series Instance UID).
-        image_types: accepted first values of ImageType (None: any). LOCALIZER / PROJECTION
-            IMAGE slices are refused whatever this says.
+        image_types: accepted first values of ImageType (None: any). Other slices, and LOCALIZER /
+            PROJECTION IMAGE slices whatever this says, are left out of the stack (``dropped``); a
+            series of nothing else is refused with that reason.
     """
 
     def refuse(code: str, detail: str) -> GeometryRefusal:
         return GeometryRefusal(code, f"series {series}: {detail}")
 
+    # localizers, projections and image types the job does not take are left out of the stack
+    dropped: list[tuple[int, str, str]] = []
+    for k, s in enumerate(slices):
+        marked = [t for t in _NOT_A_SLICE if t in s.image_type]
+        if marked:
+            dropped.append((k, "not_a_slice", f"{s.key} is a {marked[0]} (ImageType {chr(92).join(s.image_type)})"))
+        elif image_types is not None and (s.image_type[0] if s.image_type else "(none)") not in image_types:
+            dropped.append((k, "image_type", f"{s.key} has ImageType {chr(92).join(s.image_type) or '(none)'}; "
+                                             f"the job trains on {' or '.join(image_types)}"))
+    if dropped and len(dropped) == len(slices):
+        return refuse(dropped[0][1], f"all {len(slices)} images left out, e.g. {dropped[0][2]}")
+    index = [k for k in range(len(slices)) if k not in {d[0] for d in dropped}]
+    slices = [slices[k] for k in index]
     if len(slices) < 2:
-        return refuse("too_few_slices", f"{len(slices)} slice(s)")
+        return refuse("too_few_slices", f"{len(slices)} slice(s)" + (f" ({len(dropped)} left out)" if dropped else ""))
     sizes = sorted({(s.rows, s.columns) for s in slices})
     if len(sizes) > 1:
         return refuse("mixed_sizes", "slices of " + ", ".join(f"{r}x{c}" for r, c in sizes) + " pixels")
-    for s in slices:
-        marked = [t for t in _NOT_A_SLICE if t in s.image_type]
-        if marked:
-            return refuse("not_a_slice", f"{s.key} is a {marked[0]} (ImageType {chr(92).join(s.image_type)})")
-    if image_types is not None:
-        bad = sorted({s.image_type[0] if s.image_type else "(none)" for s in slices} - set(image_types))
-        if bad:
-            return refuse("image_type", f"ImageType {', '.join(bad)}; the job trains on {' or '.join(image_types)}")
     missing = [s.key for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None
                or not s.frame_of_reference_uid]
     if missing:
@@ -224,9 +234,10 @@ def assess_slices(slices: Sequence[SliceGeometry], *, series: str,
                      "the step is used")
     pixel_spacing = tuple(float(v) for v in slices[0].pixel_spacing)  # type: ignore[union-attr]
     affine = volume_affine(positions[order[0]], orientation, pixel_spacing, spacing)
-    return VolumeGeometry(order=tuple(order), shape=(len(slices), slices[0].rows, slices[0].columns),
+    return VolumeGeometry(order=tuple(index[k] for k in order), shape=(len(slices), slices[0].rows, slices[0].columns),
                           spacing=(spacing, pixel_spacing[0], pixel_spacing[1]), affine=affine,
-                          frame_of_reference_uid=slices[0].frame_of_reference_uid, notes=tuple(notes))
+                          frame_of_reference_uid=slices[0].frame_of_reference_uid, notes=tuple(notes),
+                          dropped=tuple((k, code, f"series {series}: {detail}") for k, code, detail in dropped))
 
 
 def _highdicom_disagrees(positions: np.ndarray, orientation: np.ndarray, order: list[int],

@@ -188,6 +188,7 @@ def load_site_volume_splits(site_dir: Path, *, mask_column: str = MASK_COLUMN,
     report.excluded.extend(excluded)
     volumes, refusals = assemble_volumes(group_by_series(kept), dicom_root, image_types=selection.image_types)
     report.refused_series.extend(refusals)
+    report.excluded.extend(e for volume in volumes for e in volume.dropped)
     if not volumes:
         raise UserError(f"{site_dir}: no series with a mask to train on ({report.files_read} images read from "
                         f"{dicom_root}, {len(manifest.labels)} rows keyed by {manifest.key_column} in {labels_path}; "

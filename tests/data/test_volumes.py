@@ -216,3 +216,24 @@ def test_every_refusal_reason_is_documented():
     for code in ("gap", "tilted", "multiple_orientations", "not_a_slice", "mixed_sizes", "image_type",
                  "duplicate_position", "spacing_mismatch", "unsupported_multiframe", "irregular_spacing"):
         assert REFUSAL_REASONS[code]
+
+
+def test_a_localizer_inside_a_series_is_left_out_and_the_rest_stacked(tmp_path):
+    """Some exports put the scout in the axial series: it is named and left out, not the series."""
+    original = _one(CT5N)
+
+    def with_scout(ds, k):
+        pass
+    paths = _copy_series(CT5N, tmp_path / "s", with_scout)
+    scout = _read(paths[0])
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    scout.InstanceNumber = 1
+    scout.save_as(tmp_path / "s" / "scout.dcm")
+    volume = _one(tmp_path / "s")
+    assert volume.geometry.shape == original.geometry.shape
+    np.testing.assert_array_equal(decode_volume(volume), decode_volume(original))
+    (dropped,) = volume.dropped
+    assert dropped.path == "scout.dcm" and dropped.reason_code == "not_a_slice"
+    assert volume.series_instance_uid in dropped.detail and "LOCALIZER" in dropped.detail
