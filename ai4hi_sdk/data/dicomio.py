@@ -35,8 +35,6 @@ LOSSY_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.112",  # JPEG XL (not named in pydicom 3.0)
 })
 
-Source = "Path | BinaryIO"
-
 
 def is_gzip(path: Path) -> bool:
     """Whether ``path`` starts with the gzip magic bytes."""
