@@ -1,6 +1,6 @@
 """``ai4hi data``: inspect a site's DICOM folder and write synthetic sites.
 
-    ai4hi data scan DIR [--labels labels.csv] [--json] [--verify-pixels]
+    ai4hi data scan DIR [--labels labels.csv] [--json] [--verify-pixels] [--job JOB.yaml]
     ai4hi data synth OUT --sites N [--task classification|segmentation]
                          [--studies-per-site K] [--seed S]
                          [--drift-site NAME --drift-intensity X] [--overwrite]
@@ -47,6 +47,10 @@ def register(groups: Any) -> None:
     scan.add_argument(
         "--verify-pixels", action="store_true", help="decode every image (slower, stricter)"
     )
+    scan.add_argument(
+        "--job", type=Path, metavar="JOB.yaml",
+        help="also show what this job would train on: images left out by reason, series refused as volumes",
+    )
     scan.set_defaults(func=cmd_scan)
 
     synth = cmds.add_parser("synth", help="write a synthetic consortium of DICOM sites")
@@ -79,6 +83,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.labels is not None and not args.labels.is_file():
         raise UserError(f"label file not found: {args.labels}")
     report = scan_directory(args.dir, verify_pixels=args.verify_pixels)
+    if args.job is not None:
+        _apply_job(report, args.job, Path(args.dir))
     join = None
     if args.labels is not None:
         manifest = load_label_manifest(
@@ -94,6 +100,24 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return 0
     _print_scan(_console(), report, join)
     return 0
+
+
+def _apply_job(report: Any, job_path: Path, root: Path) -> None:
+    """Add to ``report`` what the job leaves out (by reason) and, for volumes, the series it refuses."""
+    from ai4hi_sdk.config.job_spec import load_job_spec
+    from ai4hi_sdk.data.selection import ImageSelection, select
+
+    spec = load_job_spec(job_path)
+    selection = ImageSelection.from_spec(spec.data)
+    purpose = "volume" if spec.task == "segmentation" else "image"
+    kept, excluded = select(report.instances, selection, purpose)
+    report.excluded.extend(excluded)
+    if purpose == "volume":
+        from ai4hi_sdk.data.assembly import assemble_volumes, group_by_series
+
+        volumes, refusals = assemble_volumes(group_by_series(kept), root, image_types=selection.image_types)
+        report.refused_series.extend(refusals)
+        report.excluded.extend(e for volume in volumes for e in volume.dropped)
 
 
 def _console() -> Console:
@@ -131,6 +155,19 @@ def _print_scan(console: Console, report: Any, join: Any) -> None:
         console.print(detail)
         if len(report.skipped) > MAX_SKIPPED_ROWS:
             console.print(f"... and {len(report.skipped) - MAX_SKIPPED_ROWS} more (use --json)")
+
+    if report.segmentations:
+        console.print(f"DICOM SEG objects (masks, not images): {len(report.segmentations)}")
+    if report.excluded:
+        left = _table("Left out by the job (images it does not train on)", "reason", "images")
+        for reason, n in summary["excluded_by_reason"].items():
+            left.add_row(reason, str(n))
+        console.print(left)
+    if report.refused_series:
+        refused = _table("Series refused as volumes", "reason", "detail", numeric_from=2)
+        for r in report.refused_series[:MAX_SKIPPED_ROWS]:
+            refused.add_row(r.reason_code, escape(r.detail))
+        console.print(refused)
 
     if summary["modalities"]:
         mods = _table("Modalities", "modality", "images")
@@ -201,5 +238,5 @@ def cmd_synth(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print("Each site: dicom/ (Part 10 files), labels.csv"
-                  + (", masks/<SeriesInstanceUID>.npy" if args.task == "segmentation" else ""))
+                  + (", masks/<SeriesInstanceUID>.npy|.npz" if args.task == "segmentation" else ""))
     return 0

@@ -37,10 +37,58 @@ class TrainSpec(StrictModel):
 
 
 class DataSpec(StrictModel):
-    """How a site turns its DICOM folder into tensors."""
+    """How a site turns its DICOM folder into tensors, and which of its images a job trains on.
+
+    A labelled study often holds more than the job's images (a chest radiograph study: dose
+    sheets, secondary captures, a CT); whatever falls outside ``modalities``, ``sop_classes`` and
+    ``image_types`` is left out and counted by reason in the site's scan report, as are images
+    holding a single value. Multi-frame objects are left out unless ``multiframe`` says how to use
+    them. ``None`` accepts any value.
+    """
 
     image_size: int = Field(64, ge=8, le=2048, description="images are resized to image_size x image_size pixels")
     label_column: str = "label"
+    modalities: list[str] | None = Field(
+        None, description="Modality values trained on, e.g. [CR, DX] (None: any)")
+    sop_classes: list[str] | None = Field(
+        None, description="SOP Class UIDs or pydicom keywords, e.g. [CTImageStorage] (None: any image class)")
+    image_types: list[str] | None = Field(
+        ["ORIGINAL"], description="accepted first values of ImageType: ORIGINAL and/or DERIVED (None: any)")
+    multiframe: Literal["exclude", "first_frame", "volume"] = Field(
+        "exclude", description="multi-frame objects: left out, their first frame used as a 2D image, "
+                               "or (segmentation) every frame stacked into a volume by its functional groups")
+
+    @field_validator("modalities", "image_types")
+    @classmethod
+    def _upper(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        out = [v.strip().upper() for v in value]
+        if not out or not all(out):
+            raise ValueError("give at least one non-empty value, or leave the field out to accept any")
+        return out
+
+    @field_validator("sop_classes")
+    @classmethod
+    def _sop_class_uids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from pydicom import uid as dicom_uid  # only when the field is given: keeps `--help` light
+
+        out = []
+        for entry in value:
+            text = entry.strip()
+            if re.fullmatch(r"[0-9]+(\.[0-9]+)*", text):
+                out.append(text)
+                continue
+            resolved = getattr(dicom_uid, text, None)
+            if not isinstance(resolved, dicom_uid.UID) or resolved.type != "SOP Class":
+                raise ValueError(f"'{text}' is neither a SOP Class UID nor a pydicom SOP class keyword "
+                                 "(e.g. CTImageStorage, DigitalXRayImageStorageForPresentation)")
+            out.append(str(resolved))
+        if not out:
+            raise ValueError("give at least one SOP class, or leave the field out to accept any")
+        return out
 
 
 class DPSGDSpec(StrictModel):

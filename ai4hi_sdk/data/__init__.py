@@ -3,11 +3,17 @@
 Modules, one job each:
 
 * :mod:`~ai4hi_sdk.data.subgroups`  - normalise sex / age / vendor header values
+* :mod:`~ai4hi_sdk.data.dicomio`    - plain / gzipped files, one-frame decoding, copy ranking
 * :mod:`~ai4hi_sdk.data.scan`       - fault-tolerant folder scan -> :class:`ScanReport`
+* :mod:`~ai4hi_sdk.data.selection`  - what a job trains on (modalities, SOP classes, image types)
 * :mod:`~ai4hi_sdk.data.labels`     - CSV label manifests keyed by a DICOM UID, joins
 * :mod:`~ai4hi_sdk.data.splits`     - deterministic train/val/test by study UID
 * :mod:`~ai4hi_sdk.data.transforms` - pixel loading (LUTs) and MONAI pipelines
-* :mod:`~ai4hi_sdk.data.dataset`    - torch datasets for a site
+* :mod:`~ai4hi_sdk.data.dataset`    - torch datasets for a site (2D classification)
+* :mod:`~ai4hi_sdk.data.geometry`   - slice order, spacing, affine of a series, or why it is no volume
+* :mod:`~ai4hi_sdk.data.assembly`   - classic series and Enhanced multi-frame objects -> volumes
+* :mod:`~ai4hi_sdk.data.masks`      - DICOM SEG / .npz / .npy masks placed on a volume by position
+* :mod:`~ai4hi_sdk.data.volumes`    - torch datasets of volumes and masks (segmentation)
 * :mod:`~ai4hi_sdk.data.synth`      - synthetic consortia written as real DICOM
 
 The torch/MONAI-backed names (datasets, transforms) are imported lazily: importing this
@@ -20,7 +26,16 @@ import importlib
 from typing import Any
 
 from ai4hi_sdk.data.labels import LabelJoin, LabelManifest, join_labels, load_label_manifest
-from ai4hi_sdk.data.scan import InstanceRecord, ScanReport, SkippedFile, scan_directory
+from ai4hi_sdk.data.scan import (
+    ExcludedInstance,
+    InstanceRecord,
+    ScanReport,
+    SegmentationRecord,
+    SeriesRefusal,
+    SkippedFile,
+    scan_directory,
+)
+from ai4hi_sdk.data.selection import ImageSelection, select
 from ai4hi_sdk.data.splits import assign_split, split_counts
 from ai4hi_sdk.data.subgroups import (
     age_band,
@@ -41,7 +56,12 @@ _LAZY = {
 }
 
 __all__ = [
+    "ExcludedInstance",
+    "ImageSelection",
     "InstanceRecord",
+    "SegmentationRecord",
+    "SeriesRefusal",
+    "select",
     "LabelJoin",
     "LabelManifest",
     "ScanReport",

@@ -1,8 +1,9 @@
 """Torch datasets over a scanned, labelled DICOM site.
 
 :func:`load_site_splits` turns a site folder (``labels.csv`` + ``dicom/``) into train / val /
-test :class:`DicomClassificationDataset` objects: scan, join labels, drop unlabelled images,
-split by study UID. Everything stays inside the site: subgroup attributes are kept per item
+test :class:`DicomClassificationDataset` objects: scan, join labels, drop unlabelled images, keep
+the images the job declares it trains on (:class:`~ai4hi_sdk.data.selection.ImageSelection`;
+the rest are counted by reason in the scan report's ``excluded``), split by study UID. Everything stays inside the site: subgroup attributes are kept per item
 for local audits only.
 """
 
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ai4hi_sdk.data.labels import LabelJoin, join_labels, load_label_manifest
 from ai4hi_sdk.data.scan import InstanceRecord, ScanReport, scan_directory
+from ai4hi_sdk.data.selection import ImageSelection, select
 from ai4hi_sdk.data.splits import DEFAULT_FRACTIONS, Split, assign_split
 from ai4hi_sdk.data.transforms import augment_transforms, load_pixels, preprocess_transforms
 from ai4hi_sdk.errors import UserError
@@ -168,6 +170,7 @@ def load_site_splits(
     classes: Sequence[str] | None = None,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     verify_pixels: bool = False,
+    selection: ImageSelection | None = None,
 ) -> SiteSplits:
     """Scan a site, join its labels and split it by study.
 
@@ -181,9 +184,12 @@ def load_site_splits(
         classes: ordered class names when labels are text; default: integer labels.
         fractions: (train, val, test) fractions for :func:`assign_split`.
         verify_pixels: decode every image during the scan (slower, catches bad pixel data).
+        selection: the job's training images (default: :class:`ImageSelection`'s defaults,
+            those of the job spec's ``data:`` block). Labelled images outside it are added to
+            ``scan.excluded`` with a reason.
 
     Raises:
-        UserError: missing folder or labels file, bad labels, or no labelled images.
+        UserError: missing folder or labels file, bad labels, or no labelled training images.
     """
     site_dir = Path(site_dir)
     labels_path = site_labels_path(site_dir)
@@ -198,12 +204,20 @@ def load_site_splits(
             f"in {labels_path}; {len(join.extra_keys)} label keys match no image)"
         )
 
+    labelled = [r for r in report.instances if r.sop_instance_uid in join.labels]
+    kept, excluded = select(labelled, selection or ImageSelection(), "image")
+    report.excluded.extend(excluded)
+    if not kept:
+        raise UserError(
+            f"{site_dir}: none of the {len(labelled)} labelled images is one the job trains on "
+            f"(left out by reason: {report.excluded_by_reason}); check the job's data: block "
+            "(modalities, sop_classes, image_types, multiframe)"
+        )
+
     by_split: dict[Split, list[ClassificationItem]] = {"train": [], "val": [], "test": []}
     used: set[int] = set()
-    for record in report.instances:
-        text = join.labels.get(record.sop_instance_uid)
-        if text is None:
-            continue
+    for record in kept:
+        text = join.labels[record.sop_instance_uid]
         try:
             label = label_to_int(text, classes)
         except ValueError as err:

@@ -3,7 +3,7 @@
 No real patient data may be downloaded, so we write our own hospitals. Each site is a folder
 ``hospital-<k>/`` with ``dicom/`` (Part 10 files written by pydicom, Explicit VR Little
 Endian) and ``labels.csv``. Sites differ the way real ones do: scanner vendor and model,
-intensity calibration (gain, offset, gamma), noise level, slice thickness. A drift knob
+intensity calibration (gain, offset, gamma), noise level, CT geometry. A drift knob
 (``intensity_shift``) shifts a site's intensities *without* updating its window headers,
 as a silently recalibrated detector would.
 
@@ -13,9 +13,14 @@ Tasks:
   bright round opacity of varied size and position in a lung field. ``labels.csv`` has
   columns ``StudyInstanceUID,label``.
 * ``segmentation``: one small CT volume per study (24 slices of 32x32, one file per slice,
-  HU via RescaleSlope/Intercept) with round lesions; masks go to
-  ``masks/<SeriesInstanceUID>.npy`` (uint8 [slices, rows, cols], slices in InstanceNumber
-  order) and ``labels.csv`` has columns ``SeriesInstanceUID,mask``.
+  HU via RescaleSlope/Intercept) with round lesions. Each site's series carry the patient-space
+  geometry of a real CT series shipped with pydicom (:data:`CT_GEOMETRIES`: orientation, pixel
+  spacing, slice step, origin, and whether InstanceNumber runs along or against the slice
+  order), so loaders must order and space slices by geometry. Masks are uint8 [slices, rows,
+  cols]: odd sites write ``masks/<SeriesInstanceUID>.npy`` in the volume convention of
+  :mod:`~ai4hi_sdk.data.geometry`, even sites ``.npz`` files holding the mask in InstanceNumber
+  order with its own affine (matched by position). ``labels.csv`` has columns
+  ``SeriesInstanceUID,mask``.
 
 Everything is a pure function of ``seed`` and the site index: same seed, same UIDs, same
 bytes. A site's content does not depend on how many other sites are generated.
@@ -51,7 +56,6 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RADIOGRAPH_SIZE = 128  # pixels, square
 RADIOGRAPH_SPACING_MM = 3.3  # ~43 cm detector over 128 pixels
 CT_SHAPE = (24, 32, 32)  # slices, rows, columns
-CT_SPACING_MM = 1.5
 BITS_STORED = 12
 MAX_STORED = 2**BITS_STORED - 1
 CT_INTERCEPT = -1024.0
@@ -73,7 +77,56 @@ _CALIBRATION: tuple[tuple[float, float, float, float], ...] = (
     (1.10, -0.03, 0.85, 0.020),
     (0.95, 0.05, 1.10, 0.030),
 )
-_SLICE_THICKNESS_MM = (2.5, 3.0, 2.0, 3.5)
+
+
+@dataclass(frozen=True)
+class CTGeometry:
+    """Patient-space geometry of a real CT series, given to a synthetic one.
+
+    ``first_position`` is ImagePositionPatient of slice 0 in the volume convention (slices along
+    ``column cosines x row cosines``); ``step`` the distance between slices (mm, also written as
+    SliceThickness); ``numbering_along``: InstanceNumber rises along the volume order (else against).
+    """
+
+    source: str
+    orientation: tuple[float, float, float, float, float, float]
+    pixel_spacing: tuple[float, float]
+    step: float
+    first_position: tuple[float, float, float]
+    numbering_along: bool
+
+    def position(self, k: int) -> list[float]:
+        """ImagePositionPatient (mm) of slice ``k`` in the volume convention."""
+        row, col = np.array(self.orientation[:3]), np.array(self.orientation[3:])
+        normal = np.cross(col, row)
+        return [round(float(v), 4) for v in np.array(self.first_position) + k * self.step * normal]
+
+    def affine(self, depth: int) -> np.ndarray:
+        """4 x 4 affine of the volume convention: (slice, row, column) index -> LPS mm."""
+        row, col = np.array(self.orientation[:3]), np.array(self.orientation[3:])
+        out = np.eye(4)
+        out[:3, 0] = np.cross(col, row) * self.step
+        out[:3, 1] = col * self.pixel_spacing[0]
+        out[:3, 2] = row * self.pixel_spacing[1]
+        out[:3, 3] = self.first_position
+        return out
+
+
+#: one per site, cycled; values read from the headers of pydicom's test files (tests check them)
+CT_GEOMETRIES: tuple[CTGeometry, ...] = (
+    # dicomdirtests/98892001/CT5N: axial, 2.5 mm, InstanceNumber 6..10 while z falls 8.76 -> -1.24
+    CTGeometry("pydicom dicomdirtests/98892001/CT5N", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.488281, 0.488281),
+               2.5, (-72.199997, -143.0, 8.7625), numbering_along=True),
+    # dicomdirtests/77654033/CT2 (its contiguous part): axial, 1.25 mm, InstanceNumber rising with z
+    CTGeometry("pydicom dicomdirtests/77654033/CT2", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.488281, 0.488281),
+               1.25, (-125.0, -128.100006, 105.519997), numbering_along=False),
+    # pydicom-data eCT_Supplemental.dcm: rows run right-to-left (-1, 0, 0), 10 mm frames
+    CTGeometry("pydicom-data eCT_Supplemental.dcm", (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.388672, 0.388672),
+               10.0, (99.5, -301.5, -159.0), numbering_along=True),
+    # CT_small.dcm: axial, 0.661468 mm pixels, 5 mm slices
+    CTGeometry("pydicom CT_small.dcm", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (0.661468, 0.661468),
+               5.0, (-158.135803, -179.035797, -75.699997), numbering_along=False),
+)
 
 
 @dataclass(frozen=True)
@@ -409,7 +462,8 @@ def _synth_ct(
     site_dir: Path, rng: np.random.Generator, *, seed: int, site_index: int, n_studies: int,
     manufacturer: str, model: str, intensity_shift: float,
 ) -> tuple[int, float]:
-    thickness = _SLICE_THICKNESS_MM[site_index % len(_SLICE_THICKNESS_MM)]
+    geometry = CT_GEOMETRIES[site_index % len(CT_GEOMETRIES)]
+    npz = site_index % 2 == 1  # hospital-2, -4, ...: masks with their own affine, in InstanceNumber order
     depth, nrows, ncols = CT_SHAPE
     rows: list[tuple[str, str]] = []
     files, total = 0, 0.0
@@ -420,7 +474,7 @@ def _synth_ct(
         study_uid = _uid(seed, site_index, i, "study")
         series_uid = _uid(seed, site_index, i, "series")
         frame_uid = _uid(seed, site_index, i, "frame")
-        hu, mask = ct_volume(sub)
+        hu, mask = ct_volume(sub)  # both in the volume convention: index k = k-th slice along the normal
         stored = calibrate_ct(hu, site_index, sub, intensity_shift=intensity_shift)
         study_date = date(2024, 1, 1) + timedelta(days=int(sub.integers(365)))
         # One header per series; only the per-slice elements change in the loop.
@@ -435,28 +489,36 @@ def _synth_ct(
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.FrameOfReferenceUID = frame_uid
         ds.KVP = 120.0
-        ds.SliceThickness = thickness
-        ds.PixelSpacing = [CT_SPACING_MM, CT_SPACING_MM]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceThickness = geometry.step
+        ds.PixelSpacing = list(geometry.pixel_spacing)
+        ds.ImageOrientationPatient = list(geometry.orientation)
         ds.RescaleIntercept = CT_INTERCEPT
         ds.RescaleSlope = 1
         ds.RescaleType = "HU"
         ds.WindowCenter = 40
         ds.WindowWidth = 400
-        for z in range(depth):
+        numbers = [k + 1 if geometry.numbering_along else depth - k for k in range(depth)]
+        for k in range(depth):
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _uid(
-                seed, site_index, i, "slice", z
+                seed, site_index, i, "slice", k
             )
-            ds.InstanceNumber = z + 1
-            ds.ImagePositionPatient = [
-                -ncols * CT_SPACING_MM / 2, -nrows * CT_SPACING_MM / 2, z * thickness
-            ]
-            ds.SliceLocation = z * thickness
-            _write(ds, site_dir / "dicom" / f"study-{i + 1:04d}" / f"slice-{z + 1:03d}.dcm",
-                   stored[z])
+            ds.InstanceNumber = numbers[k]
+            ds.ImagePositionPatient = geometry.position(k)
+            ds.SliceLocation = ds.ImagePositionPatient[2]
+            _write(ds, site_dir / "dicom" / f"study-{i + 1:04d}" / f"slice-{numbers[k]:03d}.dcm", stored[k])
             files += 1
-        mask_rel = f"masks/{series_uid}.npy"
-        np.save(site_dir / mask_rel, mask)
+        if npz:
+            by_number = np.argsort(numbers)  # array index -> slice in InstanceNumber order
+            affine = geometry.affine(depth)
+            if not geometry.numbering_along:  # slice 0 of this array is the convention's last slice
+                affine[:3, 3] = geometry.position(depth - 1)
+                affine[:3, 0] = -affine[:3, 0]
+            mask_rel = f"masks/{series_uid}.npz"
+            np.savez(site_dir / mask_rel, mask=mask[by_number], affine=affine,
+                     frame_of_reference_uid=np.array(frame_uid))
+        else:
+            mask_rel = f"masks/{series_uid}.npy"
+            np.save(site_dir / mask_rel, mask)
         rows.append((series_uid, mask_rel))
         total += float(stored.mean())
     _write_csv(site_dir / "labels.csv", ("SeriesInstanceUID", "mask"), rows)

@@ -27,6 +27,7 @@ from monai.transforms import (
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
+from ai4hi_sdk.data.dicomio import open_source, read_frame
 from ai4hi_sdk.errors import UserError
 
 # Robust intensity window: the 1st..99th percentile maps to [0, 1]; outliers (markers,
@@ -38,7 +39,8 @@ UPPER_PERCENTILE = 99.0
 def load_pixels(path: Path, *, frame: int = 0, apply_voi: bool = True) -> np.ndarray:
     """Decode one DICOM image into presentation values.
 
-    Applies, in DICOM order: the modality LUT (RescaleSlope/Intercept or Modality LUT
+    Only frame ``frame`` is read and decoded (plain or gzipped files). Applies, in DICOM order:
+    the modality LUT (RescaleSlope/Intercept or Modality LUT
     Sequence), then the VOI LUT or the first WindowCenter/WindowWidth if present and
     ``apply_voi``, then inverts MONOCHROME1 so that higher always means brighter. Colour
     images are converted to luminance (ITU-R BT.601 weights).
@@ -57,17 +59,18 @@ def load_pixels(path: Path, *, frame: int = 0, apply_voi: bool = True) -> np.nda
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
-            arr = ds.pixel_array
-    except Exception as err:  # noqa: BLE001 - decoder errors come in many types
+            source = open_source(Path(path))
+            ds = pydicom.dcmread(source, stop_before_pixels=True)
+    except Exception as err:  # noqa: BLE001 - reader errors come in many types
         raise UserError(f"cannot decode pixel data of {path}: {type(err).__name__}: {err}") from err
-
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        if not 0 <= frame < frames:
-            raise UserError(f"{path}: frame {frame} out of range (image has {frames} frames)")
-        arr = arr[frame]
+    if not 0 <= frame < frames:
+        raise UserError(f"{path}: frame {frame} out of range (image has {frames} frames)")
+    try:
+        arr = read_frame(source, frame, raw=False)  # only this frame is read and decoded
+    except Exception as err:  # noqa: BLE001 - decoder errors come in many types
+        raise UserError(f"cannot decode pixel data of {path}: {type(err).__name__}: {err}") from err
     if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
         arr, samples = apply_color_lut(arr, ds), 3
     if samples > 1:  # pydicom already converted YBR to RGB: [H, W, 3]

@@ -42,10 +42,11 @@ class ClassificationTrainer(SiteTrainer):
 
     def build_datasets(self) -> Any:
         from ai4hi_sdk.data.dataset import load_site_splits
+        from ai4hi_sdk.data.selection import ImageSelection
 
         data = self.spec.data
         return load_site_splits(self.site_dir, image_size=data.image_size, augment=self.spec.train.augment,
-                                label_column=data.label_column)
+                                label_column=data.label_column, selection=ImageSelection.from_spec(data))
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         labels, probs = [], []

@@ -106,6 +106,17 @@ def train_round(trainer: "SiteTrainer", model: nn.Module, global_state: Mapping[
     model.train()
     for _epoch in range(train.local_epochs):
         for batch in loader:
+            if private is not None and _batch_size(batch) == 0:
+                # Poisson sampling drew nobody: the step must still release noise (the accountant
+                # counts it), but opacus's conv grad samplers fail on an empty batch, so the zero
+                # per-sample gradients are given directly and the optimizer adds the noise
+                optimizer.zero_grad(set_to_none=True)
+                _empty_grad_samples(model)
+                optimizer.step()
+                steps += 1
+                if max_steps and steps >= max_steps:
+                    break
+                continue
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=trainer.device.type, dtype=torch.float16, enabled=use_amp):
                 loss = trainer.train_step(forward_model, batch, loss_fn)
@@ -126,6 +137,21 @@ def train_round(trainer: "SiteTrainer", model: nn.Module, global_state: Mapping[
     delta = state_delta(exchanged_state(model), {k: torch.as_tensor(v) for k, v in global_state.items()})
     metrics["local_seconds"] = time.perf_counter() - fit_start
     return LocalRound(delta=delta, num_samples=len(dataset), steps=steps, metrics=metrics)
+
+
+def _batch_size(batch: Any) -> int:
+    """Examples in a batch (first dimension of its first tensor)."""
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if isinstance(batch, dict) and batch:
+        batch = next(iter(batch.values()))
+    return int(batch.shape[0]) if hasattr(batch, "shape") and len(batch.shape) else 1
+
+
+def _empty_grad_samples(model: nn.Module) -> None:
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
 
 
 def private_setup(session: Any, loader: DataLoader, optimizer: torch.optim.Optimizer, plan: Any,

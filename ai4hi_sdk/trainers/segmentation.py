@@ -5,9 +5,9 @@ defaults make a small network (channels (8, 16, 32), strides (2, 2), about 30k p
 trains on CPU in seconds per round on the synthetic 24 x 32 x 32 CT volumes. Loss: soft Dice on
 the sigmoid of one output channel. A voxel is predicted foreground when its sigmoid is >= 0.5.
 
-Data: :func:`~ai4hi_sdk.data.volumes.load_site_volume_splits` (DICOM slices grouped by series,
-masks from ``labels.csv``'s ``mask`` column). ``data.label_column`` names the mask column when it
-is not the default ``label``.
+Data: :func:`~ai4hi_sdk.data.volumes.load_site_volume_splits` (series assembled by geometry, masks
+matched by position; the images it uses are those the job's ``data:`` block declares). ``data.label_column``
+names the mask column when it is not the default ``label``. HD95 is in each case's own millimetres.
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ class SegmentationTrainer(SiteTrainer):
         return UNet(spatial_dims=3, in_channels=1, out_channels=1, **args)
 
     def build_datasets(self) -> Any:
+        from ai4hi_sdk.data.selection import ImageSelection
         from ai4hi_sdk.data.volumes import DEFAULT_HU_WINDOW, MASK_COLUMN, load_site_volume_splits
 
         column = self.spec.data.label_column
         window = tuple(self.spec.model.get("hu_window", DEFAULT_HU_WINDOW))
         return load_site_volume_splits(self.site_dir, mask_column=MASK_COLUMN if column == "label" else column,
-                                       hu_window=window, divisor=int(np.prod(self._strides())))
+                                       hu_window=window, divisor=int(np.prod(self._strides())),
+                                       selection=ImageSelection.from_spec(self.spec.data))
 
     def build_loss(self) -> nn.Module:
         return DiceLoss(sigmoid=True)
@@ -94,7 +96,7 @@ class SegmentationTrainer(SiteTrainer):
         if len(dataset) == 0:
             return {}
         pred, true, loss = self.predict_masks(model, dataset)
-        report = _report(pred, true, dataset.spacing())
+        report = _report(pred, true, dataset.spacings())  # each case's HD95 in its own mm
         return {"loss": loss, "dice": report["dice"], "hd95": report["hd95"]}
 
     def predict_test(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Any, Any, dict[str, list[str]]]:
@@ -112,25 +114,31 @@ class SegmentationTrainer(SiteTrainer):
                 attributes.setdefault(name, []).append(str(value))
         return pred, true, attributes
 
-    def test_spacing(self) -> tuple[float, float, float] | None:
-        """Voxel spacing (mm, slice/row/column) shared by the test split; None if it varies."""
-        return self.datasets.test.spacing()
+    def test_spacing(self) -> tuple[float, float, float] | list[tuple[float, float, float]] | None:
+        """Voxel spacing (mm, slice/row/column) of the test split: the one all cases share, else one
+        per case (in ``predict_test`` order); None for an empty split."""
+        dataset = self.datasets.test
+        return dataset.spacing() if dataset.spacing() is not None or not len(dataset) else dataset.spacings()
 
 
-def _report(pred: list[np.ndarray], true: list[np.ndarray], spacing) -> dict:
-    """:func:`segmentation_report` over cases of possibly different shapes (grouped by shape)."""
+def _report(pred: list[np.ndarray], true: list[np.ndarray], spacings: list) -> dict:
+    """:func:`segmentation_report` over cases of possibly different shapes (grouped by shape), each
+    case's HD95 with its own ``spacings[i]``."""
     if len({p.shape for p in pred}) <= 1:
-        return segmentation_report(pred, true, spacing=spacing)
+        return segmentation_report(pred, true, spacing=spacings or None)
     parts = {}
     for shape in {p.shape for p in pred}:
         idx = [i for i, p in enumerate(pred) if p.shape == shape]
-        parts[shape] = segmentation_report([pred[i] for i in idx], [true[i] for i in idx], spacing=spacing)
+        parts[shape] = segmentation_report([pred[i] for i in idx], [true[i] for i in idx],
+                                           spacing=[spacings[i] for i in idx])
     return combine_reports(list(parts.values()))
 
 
 def combine_reports(reports: list[dict]) -> dict:
     """Pool :func:`segmentation_report` results of disjoint case sets (means weighted by support)."""
-    out = {"n": sum(r["n"] for r in reports), "spacing": reports[0]["spacing"] if reports else None}
+    shared = {tuple(r["spacing"]) if r["spacing"] is not None else None for r in reports}
+    out = {"n": sum(r["n"] for r in reports), "spacing": list(shared.pop()) if len(shared) == 1 and None not in shared
+           else None}
     for metric in ("dice", "hd95"):
         n = sum(r[f"n_{metric}"] for r in reports)
         out[f"n_{metric}"] = n

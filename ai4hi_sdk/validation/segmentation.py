@@ -29,10 +29,36 @@ def _as_batch(masks) -> torch.Tensor:
     return torch.as_tensor(arr != 0, dtype=torch.float32)[:, None]
 
 
-def segmentation_report(pred_masks, true_masks, *, spacing: Sequence[float] | None = None) -> dict:
+def case_spacings(spacing, n: int) -> list[list[float]] | None:
+    """``spacing`` as one ``[slice, row, column]`` list per case: it may be one spacing shared by all
+    ``n`` cases, a sequence of ``n`` per-case spacings, or None (voxels)."""
+    if spacing is None:
+        return None
+    values = list(spacing)
+    if values and isinstance(values[0], (Sequence, np.ndarray)):
+        if len(values) != n:
+            raise ValueError(f"{len(values)} per-case spacings for {n} cases")
+        return [[float(v) for v in s] for s in values]
+    return [[float(v) for v in values] for _ in range(n)]
+
+
+def common_spacing(spacing) -> list[float] | None:
+    """The one spacing all cases share, or None if none was given or the cases differ."""
+    if spacing is None:
+        return None
+    values = list(spacing)
+    if values and isinstance(values[0], (Sequence, np.ndarray)):
+        distinct = {tuple(float(v) for v in s) for s in values}
+        return list(distinct.pop()) if len(distinct) == 1 else None
+    return [float(v) for v in values]
+
+
+def segmentation_report(pred_masks, true_masks, *, spacing=None) -> dict:
     """Mean Dice and mean HD95 (in the units of ``spacing``, voxels if None) over cases.
 
-    Returns ``{"n", "dice", "n_dice", "dice_undefined", "hd95", "n_hd95", "hd95_undefined", "spacing"}``.
+    ``spacing``: one ``(slice, row, column)`` spacing for every case, or one per case (each case's
+    HD95 in its own millimetres). Returns ``{"n", "dice", "n_dice", "dice_undefined", "hd95",
+    "n_hd95", "hd95_undefined", "spacing"}`` (``spacing``: the shared one, None if per case differs).
     """
     pred, true = _as_batch(pred_masks), _as_batch(true_masks)
     if pred.shape != true.shape:
@@ -42,7 +68,7 @@ def segmentation_report(pred_masks, true_masks, *, spacing: Sequence[float] | No
         warnings.filterwarnings("ignore", message=".*is all 0.*")
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
         hd = compute_hausdorff_distance(pred, true, include_background=True, percentile=95,
-                                        spacing=None if spacing is None else [float(s) for s in spacing])
+                                        spacing=case_spacings(spacing, int(pred.shape[0])))
     hd = hd.ravel().numpy().astype(np.float64)
     empty = (pred.flatten(1).sum(1) == 0) | (true.flatten(1).sum(1) == 0)
     hd[empty.numpy()] = np.nan
@@ -56,5 +82,5 @@ def segmentation_report(pred_masks, true_masks, *, spacing: Sequence[float] | No
         "hd95": float(hd[hd_ok].mean()) if hd_ok.any() else float("nan"),
         "n_hd95": int(hd_ok.sum()),
         "hd95_undefined": int(n - hd_ok.sum()),
-        "spacing": None if spacing is None else [float(s) for s in spacing],
+        "spacing": common_spacing(spacing),
     }

@@ -57,13 +57,16 @@ def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Se
                                 attributes: Mapping[str, Sequence[str]], *, min_count: int = 10,
                                 spacing: Sequence[float] | None = None, dp_epsilon: float | None = None,
                                 seed: int = 0) -> dict[str, dict]:
-    """Egress form ``{attr: {"cells": {value: {"n", "dice", "hd95"}}, "suppressed_cells": int}}``."""
-    from ai4hi_sdk.validation.segmentation import segmentation_report
+    """Egress form ``{attr: {"cells": {value: {"n", "dice", "hd95"}}, "suppressed_cells": int}}``.
+
+    ``spacing``: one spacing for all cases or one per case (see ``segmentation_report``)."""
+    from ai4hi_sdk.validation.segmentation import case_spacings, segmentation_report
 
     if dp_epsilon is not None and dp_epsilon <= 0:
         raise ValueError("dp_epsilon must be > 0")
     rng = np.random.default_rng(seed)
     n = len(pred_masks)
+    per_case = case_spacings(spacing, n)
     out: dict[str, dict] = {}
     for attr, values in attributes.items():
         vals = np.array(["unknown" if v is None else str(v) for v in values])
@@ -73,7 +76,8 @@ def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Se
         cells: dict[str, dict] = {}
         for value in sorted(set(vals.tolist()) - hidden):
             idx = np.flatnonzero(vals == value)
-            rep = segmentation_report([pred_masks[i] for i in idx], [true_masks[i] for i in idx], spacing=spacing)
+            rep = segmentation_report([pred_masks[i] for i in idx], [true_masks[i] for i in idx],
+                                      spacing=None if per_case is None else [per_case[i] for i in idx])
             cell: dict[str, Any] = {"n": int(idx.size)}
             for metric in SEGMENTATION_METRICS:
                 cell[metric] = rep[metric] if rep[f"n_{metric}"] >= min_count else None
@@ -127,13 +131,17 @@ def site_segmentation_report(true_masks, pred_candidate, pred_champion, attribut
     """Nested aggregate report of candidate vs champion masks on one site's fixed test split.
 
     Returns ``{"candidate": ..., "champion": ..., "paired": ..., "meta": {"k", "ci", "threshold",
-    "segmentation": 1, "hd95_in_mm": 0|1, "spacing": [..]}}``. Nothing per case.
+    "segmentation": 1, "hd95_in_mm": 0|1, "spacing": [..]}}``. Nothing per case: with per-case
+    spacings (each case's HD95 in its own mm) ``meta`` states a spacing only if all cases share it.
     """
+    from ai4hi_sdk.validation.segmentation import common_spacing
+
     kw = dict(min_count=min_count, spacing=spacing, dp_count_epsilon=dp_count_epsilon, seed=seed)
     meta: dict[str, Any] = {"k": int(min_count), "ci": float(ci), "threshold": 0.5, "segmentation": 1,
                             "hd95_in_mm": int(spacing is not None)}
-    if spacing is not None:
-        meta["spacing"] = [float(s) for s in spacing]
+    shared = common_spacing(spacing)
+    if shared is not None:
+        meta["spacing"] = shared
     return {
         "candidate": segmentation_model_report(pred_candidate, true_masks, attributes, **kw),
         "champion": segmentation_model_report(pred_champion, true_masks, attributes, **kw),

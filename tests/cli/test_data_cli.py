@@ -125,3 +125,22 @@ def test_scan_bad_manifest_is_config_error(synth_root, tmp_path, capsys):
     rc = cli_main.main(["data", "scan", str(synth_root / "hospital-1"), "--labels", str(bad)])
     err = capsys.readouterr().err
     assert rc == 2 and "no key column" in err
+
+
+def test_scan_with_a_job_shows_what_it_leaves_out_and_refuses(tmp_path, capsys):
+    """A folder with pydicom's CT2 (a 202 mm gap), CT5N (a volume) and MR700 (projections), scanned
+    for the segmentation job: MR is left out by modality, CT2 refused as a volume naming the gap."""
+    import shutil
+
+    base = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
+    for series in ("77654033/CT2", "98892001/CT5N", "98892003/MR700"):
+        shutil.copytree(base / series, tmp_path / series.replace("/", "_"))
+    job = Path(__file__).resolve().parents[2] / "jobs" / "ct_segmentation.yaml"
+    assert cli_main.main(["data", "scan", str(tmp_path), "--job", str(job), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"]["excluded_by_reason"] == {"modality": 7}
+    assert doc["summary"]["series_refused_by_reason"] == {"gap": 1}
+    assert "202.50 mm step" in doc["refused_series"][0]["detail"]
+    assert cli_main.main(["data", "scan", str(tmp_path), "--job", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "Series refused as volumes" in out and "gap" in out and "Left out by the job" in out

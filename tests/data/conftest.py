@@ -16,8 +16,10 @@ PYDICOM_TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
 @pytest.fixture(scope="session")
 def pydicom_files() -> list[Path]:
-    """Every regular file pydicom ships as test data (get_testdata_files also lists folders)."""
-    return sorted(Path(f) for f in get_testdata_files() if Path(f).is_file())
+    """Every regular file pydicom's wheel ships as test data (get_testdata_files also lists
+    folders, and the larger files of the pydicom-data package, used by name where needed)."""
+    return sorted(Path(f) for f in get_testdata_files()
+                  if Path(f).is_file() and Path(f).is_relative_to(PYDICOM_TEST_FILES))
 
 
 @pytest.fixture(scope="session")

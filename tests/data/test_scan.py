@@ -43,7 +43,8 @@ def test_every_pydicom_file_is_read_or_skipped_once(pydicom_tree, pydicom_files,
     all_files = sorted(p.relative_to(pydicom_tree).as_posix() for p in pydicom_tree.rglob("*")
                        if p.is_file())
     assert len(all_files) == len(pydicom_files)
-    seen = [r.path for r in report.instances] + [s.path for s in report.skipped]
+    seen = ([r.path for r in report.instances] + [r.path for r in report.segmentations]
+            + [s.path for s in report.skipped])
     assert sorted(seen) == all_files  # each exactly once
     assert report.files_seen == len(all_files)
     assert report.files_read > 20 and report.files_skipped > 20
@@ -58,7 +59,7 @@ def test_every_pydicom_file_is_read_or_skipped_once(pydicom_tree, pydicom_files,
         ("rtplan_truncated.dcm", {"truncated"}),
         ("README.txt", {"not_dicom"}),
         ("crayons.icc", {"not_dicom"}),
-        ("zipMR.gz", {"not_dicom"}),
+        ("zipMR.gz", {"duplicate_instance"}),  # gzipped MR_small.dcm: read, then a copy of it
         ("test1.json", {"not_dicom"}),
         ("no_meta.dcm", {"not_dicom", "no_file_meta"}),
         ("ExplVR_LitEndNoMeta.dcm", {"no_file_meta"}),
@@ -260,3 +261,95 @@ def test_bad_root(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a folder"):
         scan_directory(tmp_path / "file")
+
+
+# --------------------------------------------------------------------------- issue 15, point 9
+
+
+def test_gzipped_dicom_is_read_and_decodes_like_the_original(tmp_path):
+    import gzip
+
+    from ai4hi_sdk.data.transforms import load_pixels
+
+    src = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    (tmp_path / "ct.dcm.gz").write_bytes(gzip.compress(src.read_bytes()))
+    (tmp_path / "cut.dcm.gz").write_bytes(gzip.compress(src.read_bytes())[:-300])
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"not dicom" * 40))
+    report = scan_directory(tmp_path)
+    assert [r.path for r in report.instances] == ["ct.dcm.gz"]
+    assert report.instances[0].sop_instance_uid == _pydicom_read(src).SOPInstanceUID
+    assert {s.path: s.reason_code for s in report.skipped} == {"cut.dcm.gz": "truncated", "notes.txt.gz": "not_dicom"}
+    np.testing.assert_array_equal(load_pixels(tmp_path / "ct.dcm.gz"), load_pixels(src))
+
+
+def test_duplicates_keep_the_uncompressed_then_lossless_copy(tmp_path):
+    """pydicom-data's RG1 film in four encodings, given one SOP Instance UID as a PACS would (the test
+    files number them apart); path order would pick the lossy JPEG 2000 first."""
+    copies = {"a_j2k_lossy.dcm": "RG1_J2KI.dcm", "b_j2k_lossless.dcm": "RG1_J2KR.dcm",
+              "c_uncompressed_from_lossy.dcm": "RG1_UNCI.dcm", "d_uncompressed.dcm": "RG1_UNCR.dcm"}
+    uid = _pydicom_read(pydicom.data.get_testdata_file("RG1_UNCR.dcm")).SOPInstanceUID
+    for name, source in copies.items():
+        ds = _pydicom_read(pydicom.data.get_testdata_file(source))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as(tmp_path / name)
+    report = scan_directory(tmp_path)
+    assert [r.path for r in report.instances] == ["d_uncompressed.dcm"]
+    assert not report.instances[0].lossy
+    details = {s.path: s.detail for s in report.skipped if s.reason_code == "duplicate_instance"}
+    assert set(details) == set(copies) - {"d_uncompressed.dcm"}
+    assert all("d_uncompressed.dcm" in d for d in details.values())
+    assert "lossless kept over lossy" in details["a_j2k_lossy.dcm"]
+    assert "uncompressed kept over compressed" in details["b_j2k_lossless.dcm"]
+    assert "lossless kept over lossy" in details["c_uncompressed_from_lossy.dcm"]  # LossyImageCompression 01
+    # without the uncompressed copy, the lossless JPEG 2000 wins over the lossy ones
+    (tmp_path / "d_uncompressed.dcm").unlink()
+    assert [r.path for r in scan_directory(tmp_path).instances] == ["b_j2k_lossless.dcm"]
+
+
+def test_missing_codec_hint_names_the_packages_to_install(tmp_path):
+    from pydicom.uid import HTJ2KLossless
+
+    assert not get_decoder(HTJ2KLossless).is_available  # this environment has no HTJ2K decoder
+    ds = _pydicom_read(Path(pydicom.data.get_testdata_file("MR_small_jp2klossless.dcm")))
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    ds.save_as(tmp_path / "htj2k.dcm")
+    (skip,) = scan_directory(tmp_path).skipped
+    assert skip.reason_code == "unsupported_transfer_syntax"
+    assert skip.detail.endswith("install one: pip install pylibjpeg pylibjpeg-openjpeg"), skip.detail
+    assert "High-Throughput JPEG 2000" in skip.detail
+
+
+def test_jpeg2000_cut_inside_its_pixel_data_says_so(tmp_path):
+    for name in ("US1_J2KR.dcm", "MR_small_jp2klossless.dcm"):
+        src = Path(pydicom.data.get_testdata_file(name))
+        data = src.read_bytes()
+        start = _pydicom_read(src)  # where the pixel data starts: after every other element
+        tell = pydicom.dcmread(src, defer_size=64).get_item("PixelData", keep_deferred=True).value_tell
+        assert start.file_meta.TransferSyntaxUID.is_compressed
+        (tmp_path / name).write_bytes(data[: tell + (len(data) - tell) // 2])
+    for skip in scan_directory(tmp_path).skipped:
+        assert skip.reason_code == "truncated"
+        assert skip.detail.startswith("file ends inside the compressed pixel data"), skip
+        assert "file meta" not in skip.detail
+
+
+def test_one_bit_seg_is_a_mask_not_an_image(pydicom_tree, tree_report):
+    segs = {s.path: s for s in tree_report.segmentations}
+    assert "liver_1frame.dcm" in segs and "liver_1frame.dcm" not in {r.path for r in tree_report.instances}
+    seg = segs["liver_1frame.dcm"]
+    ds = _pydicom_read(Path(pydicom_tree) / "liver_1frame.dcm")
+    assert ds.BitsAllocated == 1 and ds.Modality == "SEG"
+    assert seg.segmentation_type == ds.SegmentationType and seg.segments == len(ds.SegmentSequence)
+    assert seg.referenced_series_uids == tuple(sorted(
+        {item.SeriesInstanceUID for item in ds.ReferencedSeriesSequence}))
+    assert tree_report.summary()["segmentation_objects"] == len(tree_report.segmentations) >= 1
+    assert "SEG" not in tree_report.modalities
+
+
+def test_records_carry_geometry_and_image_type(tree_report):
+    rec = {r.path: r for r in tree_report.instances}
+    ct = rec["CT_small.dcm"]
+    ds = _pydicom_read(Path(tree_report.root) / "CT_small.dcm")
+    assert ct.image_orientation == tuple(float(v) for v in ds.ImageOrientationPatient)
+    assert ct.image_type == tuple(ds.ImageType) and ct.frame_of_reference_uid == ds.FrameOfReferenceUID
+    assert ct.slice_thickness == float(ds.SliceThickness) and not ct.constant and not ct.enhanced

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from ai4hi_sdk.data.labels import join_labels, load_label_manifest
 from ai4hi_sdk.data.scan import scan_directory
-from ai4hi_sdk.data.synth import synth_consortium, synth_site
+from ai4hi_sdk.data.synth import CT_GEOMETRIES, synth_consortium, synth_site
 from ai4hi_sdk.errors import UserError
 
 SITES = ("hospital-1", "hospital-2", "hospital-3")
@@ -144,6 +144,14 @@ def test_drift_shifts_intensity_not_identity(tmp_path):
     assert d1.Manufacturer == "ACME Imaging" and d0.Manufacturer == "GE MEDICAL SYSTEMS"
 
 
+def _slices_by_geometry(site: Path, report, series_uid: str):
+    """The series' slice records ordered along n = column x row (computed here, independently)."""
+    slices = [r for r in report.instances if r.series_instance_uid == series_uid]
+    iop = np.array(slices[0].image_orientation)
+    normal = np.cross(iop[3:], iop[:3])
+    return sorted(slices, key=lambda r: float(np.dot(r.image_position, normal)))
+
+
 def test_segmentation_site(ct_site):
     report = scan_directory(ct_site / "dicom", verify_pixels=True)
     assert report.files_skipped == 0 and report.files_read == 3 * 24
@@ -153,21 +161,86 @@ def test_segmentation_site(ct_site):
     assert list(rows[0]) == ["SeriesInstanceUID", "mask"]
     series = {s for per_study in report.studies.values() for s in per_study}
     assert {r["SeriesInstanceUID"] for r in rows} == series
+    geometry = CT_GEOMETRIES[0]  # hospital-1: pydicom's CT5N
     for row in rows:
         mask = np.load(ct_site / row["mask"])
         assert row["mask"] == f"masks/{row['SeriesInstanceUID']}.npy"
         assert mask.shape == (24, 32, 32) and mask.dtype == np.uint8
         assert 0 < mask.sum() < mask.size // 4
-        slices = sorted((r for r in report.instances
-                         if r.series_instance_uid == row["SeriesInstanceUID"]),
-                        key=lambda r: r.instance_number)
+        slices = _slices_by_geometry(ct_site, report, row["SeriesInstanceUID"])
+        assert all(r.image_orientation == geometry.orientation and r.pixel_spacing == geometry.pixel_spacing
+                   for r in slices)
         z = [r.image_position[2] for r in slices]
-        assert z == sorted(z) and len(set(z)) == 24
+        # CT5N: slices run head to feet along n = (0, 0, -1), 2.5 mm apart; numbering rises with them
+        assert np.allclose(np.diff(z), -2.5) and z[0] == pytest.approx(8.7625)
+        assert [r.instance_number for r in slices] == list(range(1, 25))
         hu = np.stack([apply_modality_lut(_read(ct_site / "dicom" / r.path).pixel_array,
                                           _read(ct_site / "dicom" / r.path)) for r in slices])
         assert hu.min() < -900  # air outside the body
         lesion, tissue = hu[mask == 1].mean(), hu[(mask == 0) & (hu > -500)].mean()
-        assert 20 < tissue < 80 and lesion > tissue + 25
+        assert 20 < tissue < 80 and lesion > tissue + 25  # the mask is in geometry order
+
+
+def test_npz_masks_carry_their_own_geometry(tmp_path):
+    """hospital-2 (CT2's geometry, numbering against the slice order): the .npz mask is stored in
+    InstanceNumber order, and its affine puts array slice a at the position of the a-th numbered file."""
+    site = tmp_path / "hospital-2"
+    synth_site(site, site_index=1, task="segmentation", n_studies=2, seed=3)
+    report = scan_directory(site / "dicom")
+    with open(site / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        assert row["mask"].endswith(".npz")
+        data = np.load(site / row["mask"])
+        slices = sorted((r for r in report.instances if r.series_instance_uid == row["SeriesInstanceUID"]),
+                        key=lambda r: r.instance_number)
+        assert str(data["frame_of_reference_uid"]) == slices[0].frame_of_reference_uid
+        for a, rec in enumerate(slices):
+            np.testing.assert_allclose(data["affine"] @ [a, 0, 0, 1], [*rec.image_position, 1], atol=1e-3)
+        hu = np.stack([apply_modality_lut(_read(site / "dicom" / r.path).pixel_array,
+                                          _read(site / "dicom" / r.path)) for r in slices])
+        mask = data["mask"]
+        assert hu[mask == 1].mean() > hu[(mask == 0) & (hu > -500)].mean() + 25
+
+
+@pytest.mark.parametrize("index", range(len(CT_GEOMETRIES)))
+def test_ct_geometries_are_those_of_real_pydicom_series(index):
+    """The hard-coded geometries equal the headers of the pydicom files they name."""
+    geometry = CT_GEOMETRIES[index]
+    base = Path(pydicom.__file__).parent / "data" / "test_files"
+    if "CT5N" in geometry.source or "CT2" in geometry.source:
+        folder = base / "dicomdirtests" / geometry.source.split("dicomdirtests/")[1]
+        headers = [_read(p) for p in sorted(folder.iterdir())]
+        if "CT2" in geometry.source:
+            headers = [h for h in headers if h.ImagePositionPatient[2] > 100]  # its contiguous part
+        positions = [[float(v) for v in h.ImagePositionPatient] for h in headers]
+        numbers = [int(h.InstanceNumber) for h in headers]
+        first = headers[0]
+    else:
+        name = geometry.source.split()[-1]
+        first = _read(pydicom.data.get_testdata_file(name))
+        positions = numbers = None
+        if "SharedFunctionalGroupsSequence" in first:
+            shared = first.SharedFunctionalGroupsSequence[0]
+            first.ImageOrientationPatient = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+            first.PixelSpacing = shared.PixelMeasuresSequence[0].PixelSpacing
+            first.SliceThickness = shared.PixelMeasuresSequence[0].SliceThickness
+            first.ImagePositionPatient = (first.PerFrameFunctionalGroupsSequence[0]
+                                          .PlanePositionSequence[0].ImagePositionPatient)
+    assert tuple(float(v) for v in first.ImageOrientationPatient) == geometry.orientation
+    assert tuple(float(v) for v in first.PixelSpacing) == geometry.pixel_spacing
+    assert float(first.SliceThickness) == geometry.step
+    if positions is not None:
+        iop = np.array(geometry.orientation)
+        normal = np.cross(iop[3:], iop[:3])
+        d = np.array(positions) @ normal
+        order = np.argsort(d)
+        assert np.allclose(np.diff(d[order]), geometry.step, atol=1e-3)
+        assert positions[order[0]] == pytest.approx(list(geometry.first_position))
+        rising = bool(np.all(np.diff(np.array(numbers)[order]) > 0))
+        assert rising == geometry.numbering_along
+    else:
+        assert tuple(float(v) for v in first.ImagePositionPatient) == pytest.approx(geometry.first_position)
 
 
 def test_refuses_to_overwrite(tmp_path):

@@ -111,3 +111,22 @@ def test_train_pipeline_augments_reproducibly():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert any(not torch.equal(x, off(img)) for x in a)
     assert all(x.shape == (1, 32, 32) for x in a)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["RG3_UNCR.dcm", "RG1_J2KR.dcm", "US1_UNCR.dcm", "examples_palette.dcm", "examples_ybr_color.dcm",
+     "SC_rgb_rle_2frame.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm", "color3d_jpeg_baseline.dcm"],
+)
+def test_frame_wise_decoding_equals_pydicom_full_decode(name):
+    """load_pixels decodes only the frame it needs; that frame equals pydicom's full decode of it
+    (colour converted the same way), for real CR films, palette, YBR, RLE, JPEG and a 120-frame cine."""
+    from ai4hi_sdk.data.dicomio import read_frame
+
+    path = get_testdata_file(name)
+    ds = _read(path)
+    full = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    for index in sorted({0, frames - 1}):
+        expected = full[index] if frames > 1 else full
+        np.testing.assert_array_equal(read_frame(path, index, raw=False), expected)

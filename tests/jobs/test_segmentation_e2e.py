@@ -1,4 +1,6 @@
-"""End-to-end (real NVFlare simulator): a segmentation job trains 2 rounds at 2 synthetic CT sites,
+"""End-to-end (real NVFlare simulator): a segmentation job trains 2 rounds at 2 synthetic CT sites
+whose series carry the geometry of real pydicom CT series (volumes assembled by position, HD95 in mm
+from that geometry),
 then the validation job returns, per site, Dice / HD95 / support of the trained model (candidate)
 and the untrained one (champion) equal to the same metrics computed centrally from the same
 predictions (here, in the test only); training beats the untrained model; no per-case value is in
@@ -17,6 +19,7 @@ from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain
 from ai4hi_sdk.cli import main as cli_main
 from ai4hi_sdk.config.job_spec import load_job_spec
 from ai4hi_sdk.config.validation_spec import ValidationSpec
+from ai4hi_sdk.data.synth import CT_GEOMETRIES
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validate import run_validation
 from ai4hi_sdk.trainers.segmentation import SegmentationTrainer
@@ -70,6 +73,17 @@ def test_training_and_validation_complete(run):
     rec = run["validated"].record
     assert run["validated"].ok, rec
     assert set(rec["validation"]) == set(SITES) and not rec["rejected"] and not rec["refused"]
+
+
+def test_spacing_comes_from_each_site_s_real_series_geometry(run, central):
+    """hospital-1 carries pydicom's CT5N geometry (2.5 mm slices, numbering along the slice order),
+    hospital-2 CT2's (1.25 mm, numbering against it, masks as .npz placed by their affine): the
+    spacing used for HD95 is what the positions say, per site."""
+    for k, site in enumerate(SITES):
+        geometry = CT_GEOMETRIES[k]
+        assert central[site]["spacing"] == (geometry.step, *geometry.pixel_spacing)
+        assert run["validated"].record["validation"][site]["meta"]["spacing"] == [geometry.step, *geometry.pixel_spacing]
+    assert central[SITES[0]]["spacing"] != central[SITES[1]]["spacing"]
 
 
 def test_site_dice_and_hd95_equal_central(run, central):

@@ -9,10 +9,12 @@ import torch
 
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.data.splits import assign_split
-from ai4hi_sdk.data.synth import synth_site
+from ai4hi_sdk.data.synth import CT_GEOMETRIES, synth_site
 from ai4hi_sdk.trainers.segmentation import SegmentationTrainer, combine_reports
 from ai4hi_sdk.validation.segmentation import segmentation_report
 
+#: hospital-1 carries the geometry of pydicom's CT5N series: 2.5 mm slices of 0.488281 mm pixels
+SPACING = (CT_GEOMETRIES[0].step, *CT_GEOMETRIES[0].pixel_spacing)
 SPEC = JobSpec(name="seg-unit", task="segmentation", trainer="ai4hi_sdk.trainers.segmentation:SegmentationTrainer",
                train={"rounds": 3, "local_epochs": 2, "batch_size": 4, "lr": 0.01, "optimizer": "adam", "threads": 1})
 
@@ -35,16 +37,16 @@ def test_volumes_and_masks_follow_the_site_files(trainer, site):
     for part, name in ((splits.train, "train"), (splits.val, "val"), (splits.test, "test")):
         for i, item in enumerate(part.items):
             assert assign_split(item.study_instance_uid) == name
-            assert len(item.slice_paths) == 24 and item.spacing == (2.5, 1.5, 1.5)
+            assert len(item.slice_paths) == 24 and item.spacing == SPACING
             volume, mask = part[i]
             assert volume.shape == mask.shape == (1, 24, 32, 32) and volume.dtype == torch.float32
             stored = np.load(site / "masks" / f"{item.series_instance_uid}.npy")
             np.testing.assert_array_equal(part.true_mask(i), stored)
-            # slices are in the masks' order: lesions (+50 HU) are brighter than the rest of the body
+            # slices are in the masks' (geometry) order, not that of file names or InstanceNumbers;: lesions (+50 HU) are brighter than the rest of the body
             body = volume[0] > 0.2
             inside = mask[0].bool()
             assert volume[0][inside].mean() > volume[0][body & ~inside].mean() + 0.05
-    assert splits.test.spacing() == (2.5, 1.5, 1.5)
+    assert splits.test.spacing() == SPACING
 
 
 def test_model_is_the_same_everywhere_and_declares_its_metrics():
@@ -75,7 +77,7 @@ def test_predict_test_returns_binary_masks_of_the_test_split(trainer):
     assert len(pred) == len(true) == n > 0
     assert all(p.shape == (24, 32, 32) and p.dtype == np.uint8 and set(np.unique(p)) <= {0, 1} for p in pred)
     assert {k: len(v) for k, v in attrs.items()} == {"sex": n, "age_band": n, "manufacturer": n}
-    assert trainer.test_spacing() == (2.5, 1.5, 1.5)
+    assert trainer.test_spacing() == SPACING
     # evaluate() on the test split reports exactly the Dice of these masks
     trainer.model.eval()
     with torch.no_grad():
@@ -142,3 +144,31 @@ def test_cuda_amp_round_learns_like_cpu(site):
     assert torch.nn.functional.cosine_similarity(flat_g, flat_c, dim=0) > 0.8
     pred, true, _ = gpu.predict_test(start)
     assert len(pred) == len(true) and all(p.dtype == np.uint8 for p in pred)
+
+
+def test_hd95_of_cases_from_sites_of_different_geometry_uses_each_case_s_spacing(trainer, tmp_path):
+    """A split holding series of two geometries (CT5N's 2.5 mm, CT2's 1.25 mm): evaluate() measures
+    each case's HD95 in its own millimetres and test_spacing() returns one spacing per case."""
+    from ai4hi_sdk.data.volumes import DicomVolumeDataset, load_site_volume_splits
+
+    other = tmp_path / "hospital-2"
+    synth_site(other, site_index=1, task="segmentation", n_studies=3, seed=4)
+    mixed = DicomVolumeDataset(trainer.datasets.test.items + load_site_volume_splits(other).train.items[:2])
+    spacings = mixed.spacings()
+    assert len(set(spacings)) == 2 and mixed.spacing() is None
+    assert (CT_GEOMETRIES[1].step, *CT_GEOMETRIES[1].pixel_spacing) in spacings
+
+
+    class Threshold(torch.nn.Module):  # bright voxels are "lesion": imperfect, never empty masks
+        def forward(self, x):
+            return 40.0 * (x - 0.55)
+
+    model = Threshold()
+    with torch.no_grad():
+        metrics = trainer.evaluate(model, mixed)
+    pred, true, _ = trainer.predict_masks(model, mixed)
+    assert all(p.any() for p in pred)
+    expected = segmentation_report(pred, true, spacing=spacings)
+    assert np.isfinite(expected["hd95"]) and metrics["hd95"] == pytest.approx(expected["hd95"], abs=1e-6)
+    one_spacing = segmentation_report(pred, true, spacing=spacings[0])
+    assert metrics["hd95"] != pytest.approx(one_spacing["hd95"], abs=1e-3)

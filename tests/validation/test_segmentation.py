@@ -45,3 +45,22 @@ def test_mean_over_cases_and_empty_cases():
 def test_shape_mismatch():
     with pytest.raises(ValueError):
         segmentation_report(np.zeros((1, 4, 4, 4)), np.zeros((1, 4, 4, 5)))
+
+
+def test_hd95_per_case_in_that_case_s_own_spacing():
+    """Cases from series of different slice spacing: each case's HD95 in its own mm (not voxels for
+    all, not one case's spacing for all)."""
+    gt = np.zeros((5, 5, 5), bool)
+    gt[2, 2, 1:4] = True
+    pred = np.zeros_like(gt)
+    pred[2, 2, 1:3] = True
+    fine, coarse = (1.0, 1.0, 0.5), (1.0, 1.0, 2.5)
+    both = segmentation_report([pred, pred], [gt, gt], spacing=[fine, coarse])
+    by_hand = [_hd95_by_hand(pred, gt, fine), _hd95_by_hand(pred, gt, coarse)]
+    assert by_hand[0] != pytest.approx(by_hand[1])
+    assert both["hd95"] == pytest.approx(np.mean(by_hand), abs=1e-5)
+    assert both["spacing"] is None  # no one spacing to state
+    same = segmentation_report([pred, pred], [gt, gt], spacing=[coarse, coarse])
+    assert same["spacing"] == list(coarse) and same["hd95"] == pytest.approx(by_hand[1], abs=1e-5)
+    with pytest.raises(ValueError, match="3 per-case spacings for 2 cases"):
+        segmentation_report([pred, pred], [gt, gt], spacing=[fine, coarse, fine])

@@ -112,3 +112,18 @@ def test_decision_engine_uses_dice_evidence():
                                                                      {"sex": ["F", "M"]}, min_count=2)))
     evidence, notes = evidence_from_validation({"validation": {"C": one}})
     assert not evidence.sites and "Dice change undefined" in notes[0]
+
+
+def test_per_case_spacings_are_used_per_case_and_not_stated_in_meta():
+    true, good, bad, attrs = _cases()
+    spacings = [(2.5, 0.5, 0.5) if i % 2 else (1.0, 0.7, 0.7) for i in range(len(true))]
+    rep = site_segmentation_report(true, good, bad, attrs, min_count=5, spacing=spacings)
+    expected = segmentation_report(good, true, spacing=spacings)
+    assert rep["candidate"]["hd95"] == pytest.approx(expected["hd95"])
+    assert rep["candidate"]["hd95"] != pytest.approx(segmentation_report(good, true, spacing=spacings[0])["hd95"])
+    assert rep["meta"]["hd95_in_mm"] == 1 and "spacing" not in rep["meta"]
+    # a subgroup cell measures its own cases in their own spacings
+    idx = [i for i, s in enumerate(attrs["sex"]) if s == "M"]  # F is suppressed alongside O
+    cell = rep["candidate"]["subgroups"]["sex"]["cells"]["M"]
+    sub = segmentation_report([good[i] for i in idx], [true[i] for i in idx], spacing=[spacings[i] for i in idx])
+    assert cell["hd95"] == pytest.approx(sub["hd95"])
