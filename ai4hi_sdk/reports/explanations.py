@@ -146,8 +146,9 @@ def render_explanations(candidate: nn.Module, champion: nn.Module, dataset: Data
         min_count: ``k``: the in-mask shares leave only when at least ``k`` shown images had a mask.
 
     Returns:
-        ``{"n_images", "n_masked", "candidate": {"saliency_in_mask"}, "champion": {...}}`` where the
-        shares are present only with ``n_masked >= k``. Numbers only, nothing per image.
+        ``{"candidate": {"n_images", "n_masked", "saliency_in_mask"}, "champion": {...}}``, the share
+        present only with ``n_masked >= k``: each model's part goes under its root of the site's
+        validation report (``candidate|explanations|...``). Numbers only, nothing per image.
     """
     labels = [int(torch.as_tensor(dataset[i][1])) for i in range(len(dataset))]
     chosen = _sample(labels, min(n_images, len(dataset)), seed)
@@ -183,9 +184,9 @@ def render_explanations(candidate: nn.Module, champion: nn.Module, dataset: Data
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(page)
-    n_masked = min(len(shares["candidate"]), len(shares["champion"]))
-    summary: dict[str, Any] = {"n_images": len(chosen), "n_masked": n_masked, "candidate": {}, "champion": {}}
-    if n_masked >= min_count:
-        for role in shares:
-            summary[role]["saliency_in_mask"] = float(np.mean(shares[role]))
+    summary: dict[str, Any] = {}
+    for role, values in shares.items():
+        summary[role] = {"n_images": len(chosen), "n_masked": len(values)}
+        if len(values) >= min_count:
+            summary[role]["saliency_in_mask"] = float(np.mean(values))
     return summary

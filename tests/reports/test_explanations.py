@@ -66,14 +66,15 @@ def test_page_stays_local_and_only_numbers_return(tmp_path):
     # sampled half and half
     assert page.count("<figcaption>label: positive") == 5 and page.count("<figcaption>label: negative") == 5
     assert "candidate P(positive)" in page and "never sent" in page
-    assert summary["n_images"] == 10 and summary["n_masked"] == 10
+    assert summary["candidate"]["n_images"] == summary["champion"]["n_masked"] == 10
     assert summary["candidate"]["saliency_in_mask"] > 0.8 > 0.2 > summary["champion"]["saliency_in_mask"]
     flat = flatten_metrics(summary)
-    assert set(flat) == {"n_images", "n_masked", "candidate|saliency_in_mask", "champion|saliency_in_mask"}
+    assert set(flat) == {f"{role}|{k}" for role in ("candidate", "champion")
+                         for k in ("n_images", "n_masked", "saliency_in_mask")}
     # fewer masked images than k: the shares do not leave
     few = render_explanations(Quadrant((0, 0)), Quadrant((16, 16)), ds, tmp_path / "b", n_images=4,
                               masks=lambda i: TOP_LEFT, min_count=10)
-    assert few == {"n_images": 4, "n_masked": 4, "candidate": {}, "champion": {}}
+    assert few == {role: {"n_images": 4, "n_masked": 4} for role in ("candidate", "champion")}
 
 
 def test_gradcam_on_a_conv_net(tmp_path):
@@ -94,6 +95,6 @@ def test_gradcam_on_a_conv_net(tmp_path):
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and 0 <= maps.min() and maps.max() <= 1
     summary = render_explanations(Net(), Net(), ds, tmp_path, n_images=2, method="gradcam",
                                   target_layers=("features.3", "features.3"))
-    assert summary["n_images"] == 2 and (tmp_path / PAGE).is_file()
+    assert summary["candidate"]["n_images"] == 2 and (tmp_path / PAGE).is_file()
     with pytest.raises(ValueError, match="target_layer"):
         saliency_maps(Net(), ds[0][0][None], method="gradcam")
