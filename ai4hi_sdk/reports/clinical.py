@@ -28,8 +28,8 @@ from ai4hi_sdk.validation.robustness import robustness_summary
 FLOOR_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity",
                "max_subgroup_sensitivity_gap": "largest subgroup sensitivity gap", "max_ece": "ECE"}
 CSS = """.pass{background:#d4edda;color:#0a4d1c}.fail{background:#f8d7da;color:#8a1020;font-weight:bold}
-.na{background:#eee;color:#666}.missing{background:#fff3cd;color:#6b4e00}#safety{border:3px solid #444;padding:.3em 1em;margin:1em 0}
-#safety h2{margin-top:.3em}"""
+.na{background:#eee;color:#666}.missing{background:#fff3cd;color:#6b4e00}
+#safety{border:3px solid #444;padding:.3em 1em;margin:1em 0}#safety h2{margin-top:.3em}"""
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -131,7 +131,8 @@ def operating_points_html(history: dict[str, Any]) -> str:
                      "exact (secure aggregation)" if (op or {}).get("exact_counts") else
                      f"merged, k={(op or {}).get('k')}" if op else "–",
                      (cal or {}).get("method", "none"),
-                     f"{_f((cal or {}).get('before', {}).get('ece'))} -> {_f((cal or {}).get('after', {}).get('ece'))}"])
+                     f"{_f((cal or {}).get('before', {}).get('ece'))} -> "
+                     f"{_f((cal or {}).get('after', {}).get('ece'))}"])
     if not rows:
         return ""
     return ("<h2 id='operating-points'>Operating points and recalibration</h2><p>Chosen on the sites' validation "
@@ -324,8 +325,8 @@ def card_clinical_markdown(card: dict[str, Any]) -> list[str]:
                   "| site | " + " | ".join(f"t={t:.2f}" for t in pooled["thresholds"]) + " |",
                   "|---|" + "---|" * len(pooled["thresholds"])]
         for site, c in nb["curves"].items():
-            lines.append(f"| {site} | " + " | ".join(f"{m:.3f} (all {a:.3f})" for m, a in zip(c["model"], c["treat_all"]))
-                         + " |")
+            lines.append(f"| {site} | "
+                         + " | ".join(f"{m:.3f} (all {a:.3f})" for m, a in zip(c["model"], c["treat_all"])) + " |")
     if card.get("robustness"):
         lines += ["", "## Robustness", "", "| site | clean | worst perturbation | change |", "|---|---|---|---|"]
         for site, p in sorted(card["robustness"].items()):
@@ -334,7 +335,8 @@ def card_clinical_markdown(card: dict[str, Any]) -> list[str]:
                 continue
             metric = "auroc" if "auroc" in p else "dice"
             worst = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"], default=("–", {}))
-            lines.append(f"| {site} | {metric.upper()} {_f(p.get(metric))} | {worst[0]} | {_f(worst[1].get('delta'))} |")
+            lines.append(f"| {site} | {metric.upper()} {_f(p.get(metric))} | {worst[0]} | "
+                         f"{_f(worst[1].get('delta'))} |")
     if card.get("leave_one_site_out"):
         lines += ["", "## Leave-one-site-out", "", "| held-out site | score without it | with every site |",
                   "|---|---|---|"]

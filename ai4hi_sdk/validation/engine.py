@@ -30,9 +30,15 @@ def audit_cells(subgroups: dict[str, dict]) -> dict[str, dict[str, dict]]:
 
 
 def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None, *,
-                             gap_metric: str = "auroc") -> tuple[Evidence, list[str]]:
+                             gap_metric: str = "auroc", candidate_operating_point: dict | None = None,
+                             champion_operating_point: dict | None = None) -> tuple[Evidence, list[str]]:
     """Evidence for :func:`decide` from a validation record (``record["validation"][site]``) and
     per-site drift reports (``{site: {"alarm": bool, ...}}``).
+
+    Each site's confusion counts, ECE and threshold come from its report (the threshold the site
+    used); ``*_operating_point`` (the model versions' records, e.g. from
+    :func:`~ai4hi_sdk.validation.operating_point.operating_point_from_payloads`) go into the signed
+    evidence as they are.
 
     Returns ``(evidence, notes)``; a site whose paired AUROC test is undefined (one class in its
     test split) or that refused is left out and named in ``notes``.
@@ -64,7 +70,8 @@ def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None,
     for site in sorted(set(drift) - {s.site for s in sites}):
         if drift[site].get("alarm"):
             notes.append(f"drift alarm at {site}, which has no validation evidence in this decision")
-    return Evidence(sites=sites), notes
+    return Evidence(sites=sites, candidate_operating_point=candidate_operating_point,
+                    champion_operating_point=champion_operating_point), notes
 
 
 def operating_counts(model_report: dict) -> dict[str, int] | None:
@@ -117,8 +124,9 @@ def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[
 
 def with_drift(evidence: Evidence, drift: dict[str, dict]) -> Evidence:
     """The same evidence with each site's drift alarm set from a monitoring job's reports."""
-    return Evidence(sites=[s.model_copy(update={"drift_alarm": bool((drift.get(s.site) or {}).get("alarm", False))})
-                           for s in evidence.sites])
+    return evidence.model_copy(update={"sites": [
+        s.model_copy(update={"drift_alarm": bool((drift.get(s.site) or {}).get("alarm", False))})
+        for s in evidence.sites]})
 
 
 def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:

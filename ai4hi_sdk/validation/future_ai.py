@@ -114,7 +114,8 @@ def future_ai_table(ev: ModelVersionEvidence | dict, limits: Limits | None = Non
         for site, r in sorted(ev.leave_one_site_out.items()):
             score, full = r.get("score"), r.get("full_score")
             parts.append(f"{site}: {_num(score)}" + (f" (all sites: {full:.3f})" if full is not None else ""))
-            if score is None or score < lim.min_held_out_score or (full is not None and full - score > lim.max_held_out_drop):
+            dropped = full is not None and score is not None and full - score > lim.max_held_out_drop
+            if score is None or score < lim.min_held_out_score or dropped:
                 bad.append(site)
         rows.append(_row("universality", "leave-one-site-out (validated at a hospital it never saw)",
                          "failed" if bad else "passed",
@@ -143,10 +144,12 @@ def future_ai_table(ev: ModelVersionEvidence | dict, limits: Limits | None = Non
 
     # usability
     op = ev.operating_point
+    detail = "no recorded threshold"
+    if op:
+        value = f" >= {op['value']}" if op.get("value") is not None else ""
+        detail = f"threshold {op['threshold']:.3f} for {op.get('target')}{value}"
     rows.append(_row("usability", "operating point chosen on the validation splits",
-                     "passed" if op and op.get("split", "validation") == "validation" else "missing",
-                     f"threshold {op['threshold']:.3f} for {op.get('target')}"
-                     + (f" >= {op['value']}" if op.get("value") is not None else "") if op else "no recorded threshold"))
+                     "passed" if op and op.get("split", "validation") == "validation" else "missing", detail))
     rows.append(_rules_row("usability", "calibration (ECE) at every used site and pooled", ev.rules,
                            ("safety_floor.max_ece",)))
     if ev.net_benefit is None:
@@ -157,7 +160,8 @@ def future_ai_table(ev: ModelVersionEvidence | dict, limits: Limits | None = Non
         below = [t for t, m, a in zip(nb["thresholds"], nb["model"], nb["treat_all"]) if m < max(a, 0.0)]
         rows.append(_row("usability", "net benefit over the policy's threshold range", "failed" if below else "passed",
                          ("below treat-all or treat-none at t = " + ", ".join(f"{t:.2f}" for t in below)) if below else
-                         f"above treat-all and treat-none at every t in {nb['thresholds'][0]:.2f}-{nb['thresholds'][-1]:.2f}"))
+                         "above treat-all and treat-none at every t in "
+                         f"{nb['thresholds'][0]:.2f}-{nb['thresholds'][-1]:.2f}"))
     rows.append(_row("usability", "model card and clinician report", "passed" if ev.model_card and ev.report
                      else "missing", "written" if ev.model_card and ev.report else "not written"))
 
@@ -177,7 +181,8 @@ def future_ai_table(ev: ModelVersionEvidence | dict, limits: Limits | None = Non
         rows.append(_row("robustness", "robustness panel (noise, contrast, blur, resolution)",
                          "failed" if bad else "passed",
                          ("brittle at " + ", ".join(bad) + ": " if bad else "") + "; ".join(parts)
-                         + f" (drop <= {lim.max_robustness_drop}, <= {lim.max_drop_beyond_champion} beyond the champion)"))
+                         + f" (drop <= {lim.max_robustness_drop}, "
+                         f"<= {lim.max_drop_beyond_champion} beyond the champion)"))
     if ev.drift_alarms is None:
         rows.append(_row("robustness", "drift monitoring", "missing", "never monitored"))
     else:

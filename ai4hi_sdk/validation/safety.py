@@ -110,10 +110,9 @@ def _rate_check(name: str, models: list[ModelAtSite], floor: RateFloor, floors: 
         failed.append("pooled")
         values["pooled"] = {"passed": False, "missing": True}
         parts.append(f"pooled: no {total} in any site's counts")
-    bounds = [f"{name} >= {floor.min}" if floor.min is not None else "",
-              f"site lower bound >= {floor.lower_bound_min}" if floor.lower_bound_min is not None else "",
-              f"pooled lower bound >= {floor.pooled_lower_bound_min}" if floor.pooled_lower_bound_min is not None else ""]
-    rule = ", ".join(b for b in bounds if b)
+    bounds = [(name, floor.min), ("site lower bound", floor.lower_bound_min),
+              ("pooled lower bound", floor.pooled_lower_bound_min)]
+    rule = ", ".join(f"{what} >= {v}" for what, v in bounds if v is not None)
     ci = f"{floors.ci:.0%} {floors.interval}"
     detail = "; ".join(parts) + f" ({ci} intervals; floors: {rule})"
     if failed:

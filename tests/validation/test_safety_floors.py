@@ -67,10 +67,14 @@ def test_candidate_with_higher_auroc_but_low_sensitivity_is_kept_out():
         sites[name] = unflatten_metrics(flatten_metrics(rep))
         assert rep["candidate"]["auroc"] > rep["champion"]["auroc"] + 0.05 and rep["paired"]["ci"][0] > 0.03
         assert rep["candidate"]["sensitivity"] < 0.2
-    ev, _ = evidence_from_validation({"validation": sites})
+    op = {"threshold": 0.5, "target": "fixed", "split": "validation"}
+    ev, _ = evidence_from_validation({"validation": sites}, candidate_operating_point=op)
+    assert ev.candidate_operating_point == op and ev.sites[0].candidate_threshold == 0.5
+    assert ev.sites[0].champion_threshold == 0.3
     d = decide(ev, load_update_policy(SHIPPED))
     assert d.decision == "keep"
-    assert rule(d, "replace_if.auroc_delta_lower_bound_gt").passed and rule(d, "replace_if.pooled_delta_lower_bound_gt").passed
+    assert rule(d, "replace_if.auroc_delta_lower_bound_gt").passed
+    assert rule(d, "replace_if.pooled_delta_lower_bound_gt").passed
     sens = rule(d, "safety_floor.sensitivity")
     assert not sens.passed and sens.detail.startswith("candidate below the floor at A, B, C, pooled")
     assert all(sens.values[s]["passed"] is False for s in ("A", "B", "C", "pooled"))
