@@ -157,6 +157,7 @@ def robustness_panel(model: nn.Module, dataset: Dataset, *, task: Literal["class
         dataset: items ``(image (C, *spatial), label)`` or dicts with ``image``/``label`` (a mask
             for segmentation); the site's fixed test split.
         min_count: ``k``; below it per class (or lesion cases) only ``n`` and ``suppressed`` return.
+        device: where the batches go; ``model`` must already be there (the perturbations run on CPU).
 
     Returns:
         ``{"n", M, "perturbations": {label: {M, "delta"}}, "worst_delta"}`` where ``M`` is
