@@ -129,3 +129,49 @@ def drift_tests_plot(drift: dict[str, dict], title: str) -> str:
     ax.set_title(title)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def net_benefit_plot(curves: dict[str, dict[str, list[float]]], title: str) -> str:
+    """Decision curves: net benefit per study of the model at each site and pooled (solid), treat-all
+    (dashed, pooled) and treat-none (0), over the policy's threshold probabilities."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, c) in enumerate(sorted(curves.items(), key=lambda kv: (kv[0] == "pooled", kv[0]))):
+        pooled = name == "pooled"
+        ax.plot(c["thresholds"], c["model"], "-o" if pooled else "-", color="black" if pooled else colours[i % 10],
+                lw=2.2 if pooled else 1.2, ms=3, label=f"{name}: model")
+    if "pooled" in curves:
+        ax.plot(curves["pooled"]["thresholds"], curves["pooled"]["treat_all"], "--", color="tab:red",
+                label="pooled: treat all")
+    ax.axhline(0, color="grey", lw=1, label="treat none")
+    lows = [min(c["model"] + c["treat_all"]) for c in curves.values()]
+    highs = [max(c["model"] + c["treat_all"]) for c in curves.values()]
+    if lows:
+        ax.set_ylim(max(min(lows), -0.05) - 0.02, max(highs) + 0.05)
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit per study")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def robustness_plot(panels: dict[str, dict[str, dict]], title: str) -> str:
+    """Change of the score under each perturbation, per site: candidate (filled) vs champion (hatched)."""
+    rows = [(site, role, panel) for site, by_role in sorted(panels.items()) for role, panel in sorted(by_role.items())
+            if panel and not panel.get("suppressed") and panel.get("perturbations")]
+    labels = sorted({k for _, _, p in rows for k in p["perturbations"]})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 3.6))
+    width = 0.8 / max(len(rows), 1)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    sites = sorted(panels)
+    for j, (site, role, panel) in enumerate(rows):
+        ys = [panel["perturbations"].get(k, {}).get("delta", 0.0) for k in labels]
+        ax.bar([i + j * width for i in range(len(labels))], ys, width, color=colours[sites.index(site) % 10],
+               hatch=None if role == "candidate" else "//", edgecolor="black", lw=0.3, label=f"{site} {role}")
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("score change vs clean")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _png(fig)

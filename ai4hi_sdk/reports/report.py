@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.reports import plots
+from ai4hi_sdk.reports import clinical, plots
 from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
 
 HISTORY = "history.json"
@@ -73,8 +73,9 @@ def _read_json(path: Path) -> Any:
 # ------------------------------------------------------------------ model cards
 
 
-def model_card(history: dict, records: dict[str, dict], model: str) -> dict:
-    """Model card of ``model`` (a label in ``history["models"]``) as a JSON-able dict."""
+def model_card(history: dict, records: dict[str, dict], model: str, verification: dict | None = None) -> dict:
+    """Model card of ``model`` (a label in ``history["models"]``) as a JSON-able dict; ``verification``
+    (of the decision log) feeds the FUTURE-AI table's traceability row."""
     info = history["models"][model]
     card: dict[str, Any] = {
         "model": model,
@@ -112,6 +113,7 @@ def model_card(history: dict, records: dict[str, dict], model: str) -> dict:
                                         "k": next(iter(rec.get("validation", {}).values()), {}).get("meta", {}).get("k")})
         if step["kind"] == "decision" and step.get("candidate") == model:
             card["decisions"].append({k: step.get(k) for k in ("decision", "reasons", "log_seq", "stage")})
+    card.update(clinical.card_clinical_fields(history, records, card, verification))
     return card
 
 
@@ -186,6 +188,7 @@ def model_card_markdown(card: dict) -> str:
         lines += ["", f"Subgroups (cells with fewer than k={v['k']} studies are suppressed and not named):", "",
                   "| site | attribute | group | n | AUROC | sensitivity | specificity |", "|---|---|---|---|---|---|---|"]
         lines += _subgroup_card_rows(v, ("auroc", "sensitivity", "specificity"))
+    lines += clinical.card_clinical_markdown(card)
     lines += ["", "## Update decisions", ""]
     for d in card["decisions"]:
         lines.append(f"* **{d['decision']}** (decision log entry {d['log_seq']}): " + "; ".join(d.get("reasons") or []))
@@ -220,9 +223,10 @@ figcaption{font-size:12px;color:#555}img{max-width:100%}"""
 def html_report(history: dict, records: dict[str, dict], verification: dict | None = None) -> str:
     """Self-contained HTML report (plots inline)."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(history.get('name', 'report'))}"
-             f"</title><style>{CSS}</style></head><body>",
+             f"</title><style>{CSS}\n{clinical.CSS}</style></head><body>",
              f"<h1>{html.escape(history.get('name', 'ai4hi report'))}</h1>",
              f"<p>{html.escape(history.get('intended_use', ''))}</p>",
+             clinical.safety_panel_html(history), clinical.operating_points_html(history),
              "<p>Everything below was computed from aggregates the sites sent (no image, label or per-patient "
              "prediction left a site). Subgroup cells and calibration bins with fewer than k studies were "
              "suppressed at the site.</p>", "<h2 id='timeline'>Timeline and decisions</h2>"]
@@ -275,6 +279,7 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
             if val:
                 parts.append(_img(plots.subgroup_gap_plot(val, "subgroup AUROC gaps"), "subgroup gaps"))
                 parts.append(_img(plots.calibration_plot(val, "calibration"), "calibration curves"))
+            parts += clinical.validation_clinical_html(val)
         if step["kind"] == "monitor":
             drift = records[step["record"]].get("drift") or {}
             monitors.append((step.get("label", step["record"]), drift))
@@ -289,6 +294,8 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
                 parts.append(_img(plots.drift_tests_plot(drift, "drift tests"), "drift tests per site"))
     if monitors:
         parts.append("<h2>Drift over time</h2>" + _img(plots.drift_plot(monitors), "drift over time"))
+    parts.append(clinical.future_ai_html({m: model_card(history, records, m, verification)
+                                          for m in history.get("models", {})}))
     parts.append("<h2>Model cards</h2><ul>" + "".join(
         f"<li><a href='model_cards/{html.escape(m)}.md'>{html.escape(m)}</a> "
         f"(<a href='model_cards/{html.escape(m)}.json'>JSON</a>)</li>" for m in history.get("models", {})) + "</ul>")
@@ -346,7 +353,7 @@ def generate_reports(result_dir: str | Path, public_key: Any = None) -> dict[str
     cards_dir.mkdir(exist_ok=True)
     cards = {}
     for model in history.get("models", {}):
-        card = model_card(history, records, model)
+        card = model_card(history, records, model, verification)
         if verification and verification.get("intact"):
             card["decision_log"] = {"file": log.name, "entries": verification["entries"],
                                     "head": verification["head"], "signer": verification["signer"],

@@ -1,8 +1,16 @@
 """Update decision engine and its signed, hash-chained decision log.
 
 ``decide(evidence, policy)`` applies the policy's rules to per-site aggregate evidence and returns a
-:class:`Decision` with every rule's outcome. Precedence: ``retrain`` (a retrain rule fired) over
-``replace`` (every replace rule passed) over ``keep``.
+:class:`Decision` with every rule's outcome. Precedence: ``rollback`` (the deployed model is below a
+safety floor and the policy says roll back) over ``retrain`` (a retrain rule fired) over ``replace``
+(every replace rule and every safety floor passed) over ``keep``. A candidate below any safety floor
+is never ``replace``; the failing floor is named in the rules and the reasons.
+
+Evidence and decisions carry ``format_version`` (:data:`FORMAT_VERSION`). Version 1 evidence (fields
+``candidate_auroc``, ``champion_auroc``, ``auroc_delta...``, no operating-point counts) is still
+read: its names are mapped to the neutral ones (``candidate_score``, ``champion_score``,
+``score_delta...``, with ``metric`` saying what the score is) and, lacking counts, it fails the
+safety floors (fail closed).
 
 The signed decision log (``DecisionLog``, ``verify_log``, ``public_key_hex``) lives in
 :mod:`ai4hi_sdk.validation.decision_log`; it is re-exported here so existing imports keep working.
@@ -12,30 +20,71 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ai4hi_sdk.validation.decision_log import DecisionLog, public_key_hex, verify_log  # noqa: F401 (re-exported)
 from ai4hi_sdk.validation.meta_analysis import random_effects
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
+#: version of the evidence and decision records (1: AUROC-named fields, no operating point)
+FORMAT_VERSION = 2
+#: version-1 field names -> version-2 names
+_V1_NAMES = {"candidate_auroc": "candidate_score", "champion_auroc": "champion_score", "auroc_delta": "score_delta",
+             "auroc_delta_ci": "score_delta_ci", "auroc_delta_variance": "score_delta_variance"}
+
+
+class OperatingCounts(BaseModel):
+    """Confusion counts of one model at its operating point on one site's test split."""
+
+    model_config = ConfigDict(extra="forbid")
+    tp: int = Field(ge=0)
+    positives: int = Field(ge=0)
+    tn: int = Field(ge=0)
+    negatives: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OperatingCounts":
+        if self.tp > self.positives or self.tn > self.negatives:
+            raise ValueError("true positives/negatives exceed the class counts")
+        return self
+
 
 class SiteEvidence(BaseModel):
-    """One site's aggregates for the candidate and champion on its fixed test split."""
+    """One site's aggregates for the candidate and champion on its fixed test split.
+
+    ``metric`` names the score: ``"auroc"`` (classification: DeLong paired interval of the AUROC
+    change) or ``"dice"`` (segmentation: mean Dice, paired t interval of the mean Dice change); the
+    policy's ``auroc_*`` rules apply to whichever it is.
+    """
 
     model_config = ConfigDict(extra="forbid")
     site: str
     n: int = Field(ge=0)
-    candidate_auroc: float
-    champion_auroc: float
-    auroc_delta: float
-    auroc_delta_ci: tuple[float, float]
-    auroc_delta_variance: float | None = None
+    metric: Literal["auroc", "dice"] = "auroc"
+    candidate_score: float
+    champion_score: float
+    score_delta: float
+    score_delta_ci: tuple[float, float]
+    score_delta_variance: float | None = None
     candidate_subgroup_gap: float | None = None
     champion_subgroup_gap: float | None = None
     drift_alarm: bool = False
-    #: the performance metric in the ``*_auroc`` fields: "dice" for segmentation (mean Dice, paired
-    #: t interval of the mean Dice change); the policy's AUROC rules then apply to it
-    metric: Literal["auroc", "dice"] = "auroc"
+    # at each model's operating point (format 2): threshold, counts, ECE, subgroup sensitivity gap
+    candidate_threshold: float | None = None
+    champion_threshold: float | None = None
+    candidate_counts: OperatingCounts | None = None
+    champion_counts: OperatingCounts | None = None
+    candidate_ece: float | None = None
+    champion_ece: float | None = None
+    candidate_sensitivity_gap: float | None = None
+    champion_sensitivity_gap: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_format_1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in _V1_NAMES):
+            data = {_V1_NAMES.get(k, k): v for k, v in data.items()}
+        return data
 
     @classmethod
     def from_results(
@@ -47,33 +96,53 @@ class SiteEvidence(BaseModel):
         champion_audit: dict | None = None,
         gap_metric: str = "auroc",
         drift_alarm: bool = False,
+        **operating_point: Any,
     ) -> "SiteEvidence":
-        """Build from :func:`paired_auroc_difference` output and the two models' :func:`subgroup_audit`."""
+        """Build from :func:`paired_auroc_difference` output and the two models' :func:`subgroup_audit`;
+        ``operating_point`` takes the ``candidate_*``/``champion_*`` threshold, counts and ECE fields
+        (the subgroup sensitivity gaps come from the audits)."""
         from ai4hi_sdk.validation.subgroups import max_gap
 
         return cls(
-            site=site, n=paired["n"], candidate_auroc=paired["auroc_candidate"],
-            champion_auroc=paired["auroc_champion"], auroc_delta=paired["delta"],
-            auroc_delta_ci=tuple(paired["ci"]), auroc_delta_variance=paired["variance"],
+            site=site, n=paired["n"], candidate_score=paired["auroc_candidate"],
+            champion_score=paired["auroc_champion"], score_delta=paired["delta"],
+            score_delta_ci=tuple(paired["ci"]), score_delta_variance=paired["variance"],
             candidate_subgroup_gap=max_gap(candidate_audit, gap_metric) if candidate_audit else None,
             champion_subgroup_gap=max_gap(champion_audit, gap_metric) if champion_audit else None,
-            drift_alarm=drift_alarm,
+            candidate_sensitivity_gap=max_gap(candidate_audit, "sensitivity") if candidate_audit else None,
+            champion_sensitivity_gap=max_gap(champion_audit, "sensitivity") if champion_audit else None,
+            drift_alarm=drift_alarm, **operating_point,
         )
 
 
 class Evidence(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    format_version: int = FORMAT_VERSION
     sites: list[SiteEvidence]
+    #: the operating points the counts were taken at (model version record: threshold, target, split...)
+    candidate_operating_point: dict[str, Any] | None = None
+    champion_operating_point: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "format_version" not in data:
+            old = any(isinstance(s, dict) and any(k in s for k in _V1_NAMES) for s in data.get("sites", []))
+            data = {**data, "format_version": 1 if old else FORMAT_VERSION}
+        return data
 
 
 class RuleResult(BaseModel):
     rule: str
     passed: bool
     detail: str
+    #: per site (and ``"pooled"``): what was checked there, e.g. ``{"value", "lower_bound", "passed"}``
+    values: dict[str, dict[str, Any]] | None = None
 
 
 class Decision(BaseModel):
-    decision: Literal["replace", "keep", "retrain"]
+    format_version: int = FORMAT_VERSION
+    decision: Literal["replace", "keep", "retrain", "rollback"]
     reasons: list[str]
     rules: list[RuleResult]
     sites_used: list[str]
@@ -81,8 +150,23 @@ class Decision(BaseModel):
     pooled: dict[str, Any] | None = None
 
 
+def _floor_models(sites: list[SiteEvidence], role: str, used: set[str]) -> list:
+    from ai4hi_sdk.validation.safety import ModelAtSite
+
+    out = []
+    for s in sites:
+        counts: OperatingCounts | None = getattr(s, f"{role}_counts")
+        out.append(ModelAtSite(
+            site=s.site, used=s.site in used, metric=s.metric, n=s.n, ece=getattr(s, f"{role}_ece"),
+            sensitivity_gap=getattr(s, f"{role}_sensitivity_gap"), threshold=getattr(s, f"{role}_threshold"),
+            **(counts.model_dump() if counts else {})))
+    return out
+
+
 def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
     """Apply ``policy`` to ``evidence``; see the module doc for precedence."""
+    from ai4hi_sdk.validation.safety import evaluate_floors
+
     ev = evidence if isinstance(evidence, Evidence) else Evidence.model_validate(evidence)
     rp, rt = policy.replace_if, policy.retrain_if
     used = [s for s in ev.sites if s.n >= rp.min_site_support]
@@ -91,8 +175,8 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
                           for s in excluded]
     rules: list[RuleResult] = []
 
-    def rule(name: str, passed: bool, detail: str) -> bool:
-        rules.append(RuleResult(rule=name, passed=passed, detail=detail))
+    def rule(name: str, passed: bool, detail: str, values: dict | None = None) -> bool:
+        rules.append(RuleResult(rule=name, passed=passed, detail=detail, values=values))
         return passed
 
     ok = rule("replace_if.min_site_support", bool(used),
@@ -102,9 +186,9 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
     if metrics and metrics != ["AUROC"]:
         reasons.append(f"performance metric: {'/'.join(metrics)} (the policy's AUROC thresholds apply to it)")
     if used:
-        bad = [s for s in used if not s.auroc_delta_ci[0] > rp.auroc_delta_lower_bound_gt]
+        bad = [s for s in used if not s.score_delta_ci[0] > rp.auroc_delta_lower_bound_gt]
         ok &= rule("replace_if.auroc_delta_lower_bound_gt", not bad,
-                   "; ".join(f"{s.site}: lower bound {s.auroc_delta_ci[0]:.4f}" for s in used)
+                   "; ".join(f"{s.site}: lower bound {s.score_delta_ci[0]:.4f}" for s in used)
                    + f" (must be > {rp.auroc_delta_lower_bound_gt})")
         if rp.max_subgroup_gap_widening is not None:
             parts, widened = [], []
@@ -119,9 +203,9 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
             ok &= rule("replace_if.max_subgroup_gap_widening", not widened,
                        "; ".join(parts) + f" (widening must be <= {rp.max_subgroup_gap_widening})")
     pooled = None
-    with_var = [s for s in used if s.auroc_delta_variance and s.auroc_delta_variance > 0]
+    with_var = [s for s in used if s.score_delta_variance and s.score_delta_variance > 0]
     if with_var:
-        pooled = random_effects([s.auroc_delta for s in with_var], [s.auroc_delta_variance for s in with_var])
+        pooled = random_effects([s.score_delta for s in with_var], [s.score_delta_variance for s in with_var])
         pooled = {k: v for k, v in pooled.items() if k != "fixed"} | {"sites": [s.site for s in with_var]}
     if rp.pooled_delta_lower_bound_gt is not None:
         ok &= rule("replace_if.pooled_delta_lower_bound_gt",
@@ -129,9 +213,13 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
                    "no site reported a variance" if pooled is None else
                    f"random-effects pooled delta {pooled['estimate']:.4f}, lower bound {pooled['ci'][0]:.4f}"
                    f" (must be > {rp.pooled_delta_lower_bound_gt})")
+    # safety floors at the candidate's operating point: any failure keeps it out
+    used_names = {s.site for s in used}
+    for check in evaluate_floors(_floor_models(ev.sites, "candidate", used_names), policy.safety_floors):
+        ok &= rule(f"safety_floor.{check.floor}", check.passed, f"candidate {check.detail}", check.values)
     replace_ok = bool(ok)
 
-    retrain = False
+    retrain = rollback = False
     if rt.drift_alarm:
         alarmed = [s.site for s in ev.sites if s.drift_alarm]
         fired = rule("retrain_if.drift_alarm", bool(alarmed),
@@ -139,23 +227,52 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
         retrain |= fired
     if rt.auroc_below is not None and used:
         which = "candidate" if replace_ok else "champion"
-        low = [s for s in used if getattr(s, f"{which}_auroc") < rt.auroc_below]
+        low = [s for s in used if getattr(s, f"{which}_score") < rt.auroc_below]
         fired = rule("retrain_if.auroc_below", bool(low),
                      f"{which} (the model to deploy) {'/'.join(sorted({label[s.metric] for s in used}))} "
-                     + "; ".join(f"{s.site}: {getattr(s, f'{which}_auroc'):.4f}" for s in used)
+                     + "; ".join(f"{s.site}: {getattr(s, f'{which}_score'):.4f}" for s in used)
                      + f" (floor {rt.auroc_below})")
         retrain |= fired
+    if not replace_ok:
+        # the champion stays deployed: is it still above every floor on this data?
+        on_fail = policy.safety_floors.on_deployed_below_floor
+        below = []
+        for check in evaluate_floors(_floor_models(ev.sites, "champion", used_names), policy.safety_floors):
+            # only a measured shortfall counts against the deployed model; missing evidence is said
+            where = [k for k, v in check.values.items() if v.get("passed") is False and not v.get("missing")]
+            rule(f"deployed_safety_floor.{check.floor}", not where,
+                 f"deployed model (champion) {check.detail}" + ("" if where or check.passed else
+                                                                " (missing evidence is not counted against it)"),
+                 check.values)
+            if where:
+                below.append(f"deployed_safety_floor.{check.floor} at {', '.join(where)}")
+        fired = rule(f"{on_fail}_if.deployed_below_safety_floor", bool(below),
+                     f"the deployed model is below {', '.join(below)}" if below
+                     else "the deployed model meets every evaluable safety floor")
+        if on_fail == "rollback":
+            rollback |= fired
+        else:
+            retrain |= fired
 
-    if retrain:
+    fired_reasons = [f"{r.rule} fired: {r.detail}" for r in rules
+                     if r.rule.split(".")[0] in ("retrain_if", "rollback_if") and r.passed]
+    fired_reasons += [f"{r.rule} failed: {r.detail}" for r in rules
+                      if r.rule.startswith("deployed_safety_floor.") and not r.passed]
+    if rollback:
+        decision = "rollback"
+        reasons += fired_reasons
+    elif retrain:
         decision = "retrain"
-        reasons += [f"{r.rule} fired: {r.detail}" for r in rules if r.rule.startswith("retrain_if") and r.passed]
+        reasons += fired_reasons
         if replace_ok:
             reasons.append("the validation evidence passes every replace rule, but a retrain rule takes precedence")
     elif replace_ok:
         decision = "replace"
-        reasons.append("every replace rule passed at every used site")
+        reasons.append("every replace rule and safety floor passed at every used site")
     else:
         decision = "keep"
-        reasons += [f"{r.rule} failed: {r.detail}" for r in rules if r.rule.startswith("replace_if") and not r.passed]
+    if decision != "replace":
+        reasons += [f"{r.rule} failed: {r.detail}" for r in rules
+                    if r.rule.split(".")[0] in ("replace_if", "safety_floor") and not r.passed]
     return Decision(decision=decision, reasons=reasons, rules=rules, sites_used=[s.site for s in used],
                     sites_excluded=[s.site for s in excluded], pooled=pooled)

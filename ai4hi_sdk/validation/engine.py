@@ -33,9 +33,15 @@ def audit_cells(subgroups: dict[str, dict]) -> dict[str, dict[str, dict]]:
 
 
 def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None, *,
-                             gap_metric: str = "auroc") -> tuple[Evidence, list[str]]:
+                             gap_metric: str = "auroc", candidate_operating_point: dict | None = None,
+                             champion_operating_point: dict | None = None) -> tuple[Evidence, list[str]]:
     """Evidence for :func:`decide` from a validation record (``record["validation"][site]``) and
     per-site drift reports (``{site: {"alarm": bool, ...}}``).
+
+    Each site's confusion counts, ECE and threshold come from its report (the threshold the site
+    used); ``*_operating_point`` (the model versions' records, e.g. from
+    :func:`~ai4hi_sdk.validation.operating_point.operating_point_from_payloads`) go into the signed
+    evidence as they are.
 
     Returns ``(evidence, notes)``; a site whose paired AUROC test is undefined (one class in its
     test split) or that refused is left out and named in ``notes``.
@@ -62,11 +68,42 @@ def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None,
              "delta": paired["delta"], "ci": paired["ci"], "variance": paired["variance"]},
             candidate_audit=audit_cells(rep["candidate"].get("subgroups", {})) or None,
             champion_audit=audit_cells(rep["champion"].get("subgroups", {})) or None,
-            gap_metric=gap_metric, drift_alarm=bool((drift.get(site) or {}).get("alarm", False))))
+            gap_metric=gap_metric, drift_alarm=bool((drift.get(site) or {}).get("alarm", False)),
+            **_operating_point_fields(rep)))
     for site in sorted(set(drift) - {s.site for s in sites}):
         if drift[site].get("alarm"):
             notes.append(f"drift alarm at {site}, which has no validation evidence in this decision")
-    return Evidence(sites=sites), notes
+    return Evidence(sites=sites, candidate_operating_point=candidate_operating_point,
+                    champion_operating_point=champion_operating_point), notes
+
+
+def operating_counts(model_report: dict) -> dict[str, int] | None:
+    """``{"tp", "positives", "tn", "negatives"}`` of a model's site report at its threshold: the sent
+    counts, or (reports of SDKs that sent only rates) rates times class counts; None if absent."""
+    n, pos = model_report.get("n"), model_report.get("positives")
+    if n is None or pos is None:
+        return None
+    neg = int(n) - int(pos)
+    tp, tn = model_report.get("tp"), model_report.get("tn")
+    if tp is None:
+        sens = model_report.get("sensitivity")
+        tp = 0 if pos == 0 else (None if sens is None else round(float(sens) * int(pos)))
+    if tn is None:
+        spec = model_report.get("specificity")
+        tn = 0 if neg == 0 else (None if spec is None else round(float(spec) * neg))
+    if tp is None or tn is None:
+        return None
+    return {"tp": int(tp), "positives": int(pos), "tn": int(tn), "negatives": neg}
+
+
+def _operating_point_fields(rep: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for role in ("candidate", "champion"):
+        r = rep.get(role, {})
+        out[f"{role}_counts"] = operating_counts(r)
+        out[f"{role}_ece"] = r.get("ece")
+        out[f"{role}_threshold"] = r.get("threshold")
+    return out
 
 
 def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[str]) -> SiteEvidence | None:
@@ -80,9 +117,9 @@ def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[
         return None
     cand_audit = audit_cells(cand.get("subgroups", {}))
     champ_audit = audit_cells(champ.get("subgroups", {}))
-    return SiteEvidence(site=site, n=int(paired["n"]), candidate_auroc=cand["dice"], champion_auroc=champ["dice"],
-                        auroc_delta=paired["delta"], auroc_delta_ci=tuple(paired["ci"]),
-                        auroc_delta_variance=paired.get("variance"),
+    return SiteEvidence(site=site, n=int(paired["n"]), candidate_score=cand["dice"], champion_score=champ["dice"],
+                        score_delta=paired["delta"], score_delta_ci=tuple(paired["ci"]),
+                        score_delta_variance=paired.get("variance"),
                         candidate_subgroup_gap=max_gap(cand_audit, "dice") if cand_audit else None,
                         champion_subgroup_gap=max_gap(champ_audit, "dice") if champ_audit else None,
                         drift_alarm=drift_alarm, metric="dice")
@@ -90,8 +127,9 @@ def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[
 
 def with_drift(evidence: Evidence, drift: dict[str, dict]) -> Evidence:
     """The same evidence with each site's drift alarm set from a monitoring job's reports."""
-    return Evidence(sites=[s.model_copy(update={"drift_alarm": bool((drift.get(s.site) or {}).get("alarm", False))})
-                           for s in evidence.sites])
+    return evidence.model_copy(update={"sites": [
+        s.model_copy(update={"drift_alarm": bool((drift.get(s.site) or {}).get("alarm", False))})
+        for s in evidence.sites]})
 
 
 def public_key_file(key_path: str | Path) -> Path:

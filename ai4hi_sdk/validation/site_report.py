@@ -7,7 +7,10 @@ site's fixed test split into aggregates only:
   sensitivity/specificity at the operating point, ECE, Brier, support ``n``), a subgroup audit
   (:func:`~ai4hi_sdk.validation.subgroups.subgroup_audit`, cells under ``k`` suppressed) and a
   calibration curve whose bins with fewer than ``k`` studies are dropped;
-* the paired DeLong candidate-minus-champion AUROC difference.
+* the paired DeLong candidate-minus-champion AUROC difference;
+* at each model's own operating point (its threshold, chosen on the validation splits): confusion
+  counts ``tp``/``tn``, calibration before/after its recalibration and, with the policy's
+  thresholds, decision-curve counts (``net_benefit``).
 
 Suppressed subgroup cells are not named in what leaves: only their number per attribute is
 (``suppressed_cells``), so a rare category (one scanner model, one age band) is not revealed.
@@ -34,7 +37,7 @@ SEP = "|"
 REPORT_ROOTS = ("candidate", "champion", "paired", "meta")
 DRIFT_ROOTS = ("drift", "meta")
 _INT_KEYS = {"n", "positives", "k", "suppressed_cells", "dof", "n_permutations", "n_reference", "n_current",
-             "calibration_bins", "dropped_bins"}
+             "calibration_bins", "dropped_bins", "tp", "tn"}
 _INDEX = re.compile(r"^(.*)\[(\d+)\]$")
 
 
@@ -72,37 +75,71 @@ def _egress_audit(audit: dict[str, dict[str, dict]]) -> dict[str, dict]:
 
 def model_report(labels: np.ndarray, prob: np.ndarray, attributes: Mapping[str, Sequence[str]], *,
                  threshold: float = 0.5, min_count: int = 10, ci: float = 0.95, calibration_bins: int = 10,
-                 dp_count_epsilon: float | None = None, seed: int = 0) -> dict:
-    """Aggregates of one model on one site's test split (see the module docstring)."""
-    report = classification_report(labels, prob, threshold=threshold, ci=ci)
+                 dp_count_epsilon: float | None = None, seed: int = 0, calibration: Mapping[str, Any] | None = None,
+                 net_benefit_thresholds: Sequence[float] | None = None) -> dict:
+    """Aggregates of one model on one site's test split (see the module docstring).
+
+    ``threshold`` is the model version's operating point on its raw scores. With ``calibration``
+    (the version's recalibration map, :func:`~ai4hi_sdk.validation.calibration.fit_calibration`)
+    every metric is of the recalibrated scores, the model as deployed (the threshold moves with the
+    map, so sensitivity and specificity are the same), and ``calibration_summary`` holds ECE, Brier
+    and calibration-in-the-large before and after. ``net_benefit`` (decision curve counts) is added
+    when ``net_benefit_thresholds`` are given.
+    """
+    from ai4hi_sdk.validation.calibration import apply_calibration, calibrate_threshold, calibration_summary
+    from ai4hi_sdk.validation.net_benefit import net_benefit_counts
+    from ai4hi_sdk.validation.operating_point import confusion_at
+
+    y = np.asarray(labels).astype(int).ravel()
+    raw = np.asarray(prob, dtype=np.float64).ravel()
+    prob = apply_calibration(raw, calibration)
+    threshold = calibrate_threshold(threshold, calibration) if calibration else threshold
+    report = classification_report(y, prob, threshold=threshold, ci=ci)
     report.pop("ci_method", None)  # a string; the method is stated in the payload's meta
-    audit = subgroup_audit(labels, prob, {a: list(v) for a, v in attributes.items()}, min_count=min_count,
+    counts = confusion_at(prob, y, threshold)
+    audit = subgroup_audit(y, prob, {a: list(v) for a, v in attributes.items()}, min_count=min_count,
                            threshold=threshold, dp_epsilon=dp_count_epsilon, seed=seed)
-    return {**report, "subgroups": _egress_audit(audit),
-            "calibration": calibration_curve(labels, prob, n_bins=calibration_bins, min_count=min_count)}
+    out = {**report, "tp": counts["tp"], "tn": counts["tn"], "subgroups": _egress_audit(audit),
+           "calibration": calibration_curve(y, prob, n_bins=calibration_bins, min_count=min_count),
+           "calibration_summary": calibration_summary(y, raw, calibration), "recalibrated": calibration is not None}
+    if net_benefit_thresholds is not None:
+        out["net_benefit"] = net_benefit_counts(y, prob, net_benefit_thresholds)
+    return out
 
 
 def site_validation_report(labels, prob_candidate, prob_champion, attributes: Mapping[str, Sequence[str]], *,
                            threshold: float = 0.5, min_count: int = 10, ci: float = 0.95,
                            calibration_bins: int = 10, dp_count_epsilon: float | None = None,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, champion_threshold: float | None = None,
+                           candidate_calibration: Mapping[str, Any] | None = None,
+                           champion_calibration: Mapping[str, Any] | None = None,
+                           net_benefit_thresholds: Sequence[float] | None = None) -> dict:
     """Nested aggregate report of candidate vs champion on one site's fixed test split.
 
     Args:
         labels: shape ``(n,)`` in {0, 1}; ``prob_*``: shape ``(n,)`` predicted P(class 1).
         attributes: attribute name -> ``n`` category strings (sex, age band, manufacturer...).
+        threshold: the candidate's operating point (raw score scale); ``champion_threshold`` the
+            champion's (default: the same).
+        candidate_calibration / champion_calibration: each version's recalibration map, if it has one.
+        net_benefit_thresholds: the policy's decision-curve thresholds (adds ``net_benefit`` counts).
 
     Returns:
         ``{"candidate": model_report, "champion": model_report, "paired": {...} | {"error": 1.0},
-        "meta": {"k", "threshold", "ci"}}``. Nothing per study.
+        "meta": {"k", "threshold", "champion_threshold", "ci"}}``. Nothing per study. The paired AUROC
+        change is of the raw scores (a monotone recalibration does not change an AUROC).
     """
     y = np.asarray(labels).astype(int).ravel()
-    kw = dict(threshold=threshold, min_count=min_count, ci=ci, calibration_bins=calibration_bins,
-              dp_count_epsilon=dp_count_epsilon, seed=seed)
+    champion_threshold = threshold if champion_threshold is None else champion_threshold
+    kw = dict(min_count=min_count, ci=ci, calibration_bins=calibration_bins, dp_count_epsilon=dp_count_epsilon,
+              seed=seed, net_benefit_thresholds=net_benefit_thresholds)
     out: dict[str, Any] = {
-        "candidate": model_report(y, prob_candidate, attributes, **kw),
-        "champion": model_report(y, prob_champion, attributes, **kw),
-        "meta": {"k": int(min_count), "threshold": float(threshold), "ci": float(ci)},
+        "candidate": model_report(y, prob_candidate, attributes, threshold=threshold,
+                                  calibration=candidate_calibration, **kw),
+        "champion": model_report(y, prob_champion, attributes, threshold=champion_threshold,
+                                 calibration=champion_calibration, **kw),
+        "meta": {"k": int(min_count), "threshold": float(threshold), "champion_threshold": float(champion_threshold),
+                 "ci": float(ci)},
     }
     if 0 < y.sum() < y.size:
         paired = paired_auroc_difference(y, prob_candidate, prob_champion, ci=ci)

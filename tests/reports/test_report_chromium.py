@@ -40,9 +40,17 @@ window.addEventListener("load", () => {
     return {alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight,
             box: [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]};
   });
+  // the safety panel's verdict cells, with their laid-out boxes and computed background colours
+  const cells = [...document.querySelectorAll("#safety td.pass, #safety td.fail")].map(c => {
+    const r = c.getBoundingClientRect();
+    return {cls: c.className, text: c.textContent, bg: getComputedStyle(c).backgroundColor,
+            box: [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]};
+  });
+  const safety = document.getElementById("safety");
+  const first = safety ? safety.getBoundingClientRect().top + window.scrollY : -1;
   const out = document.createElement("pre");
   out.id = "ai4hi-probe";
-  out.textContent = JSON.stringify({imgs, height: document.documentElement.scrollHeight});
+  out.textContent = JSON.stringify({imgs, cells, safety_top: first, height: document.documentElement.scrollHeight});
   document.body.appendChild(out);
 });
 </script>"""
@@ -71,8 +79,15 @@ def test_report_renders_in_headless_chromium(result_dir, tmp_path):  # noqa: F81
     probe = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     imgs = probe["imgs"]
     alts = [i["alt"] for i in imgs]
-    for wanted in ("forest plot", "subgroup gaps", "calibration curves", "drift tests per site", "drift over time"):
+    for wanted in ("forest plot", "subgroup gaps", "calibration curves", "drift tests per site", "drift over time",
+                   "net benefit curves", "robustness panel"):
         assert any(wanted in a for a in alts), alts
+    # the safety panel comes first, above every plot, with red FAIL and green PASS cells
+    assert 0 <= probe["safety_top"] < min(i["box"][1] for i in imgs)
+    cells = probe["cells"]
+    assert any(c["cls"] == "fail" for c in cells) and any(c["cls"] == "pass" for c in cells)
+    assert {c["bg"] for c in cells if c["cls"] == "fail"} == {"rgb(248, 215, 218)"}
+    assert {c["bg"] for c in cells if c["cls"] == "pass"} == {"rgb(212, 237, 218)"}
     for img in imgs:  # every PNG decoded by the browser and laid out at a readable size
         assert img["complete"] and img["w"] >= 300 and img["h"] >= 150, img
         assert img["box"][2] >= 300 and img["box"][3] >= 100, img
@@ -92,3 +107,7 @@ def test_report_renders_in_headless_chromium(result_dir, tmp_path):  # noqa: F81
         colour = (area.max(axis=2) - area.min(axis=2) > 0.25).mean()  # saturated marks (matplotlib's palette)
         assert ink > 0.01, f"{img['alt']}: the plot's box is blank in the screenshot ({ink:.4f} inked)"
         assert colour > 0.001, f"{img['alt']}: no coloured marks in the screenshot ({colour:.4f})"
+    for cell in cells:  # painted: the median pixel of a FAIL cell is red-tinted, of a PASS cell green-tinted
+        x, y, w, h = (int(round(v)) for v in cell["box"])
+        r, g, _ = np.median(pixels[y:y + h, x:x + w].reshape(-1, 3), axis=0)
+        assert (r - g > 0.08) if cell["cls"] == "fail" else (g - r > 0.06), (cell["text"], r, g)

@@ -14,10 +14,18 @@ POLICY = UpdatePolicy.model_validate({
 })
 
 
-def site(name, n=100, cand=0.85, champ=0.82, lo=0.005, hi=0.055, cgap=0.05, pgap=0.05, drift=False, var=0.0002):
-    return {"site": name, "n": n, "candidate_auroc": cand, "champion_auroc": champ, "auroc_delta": cand - champ,
-            "auroc_delta_ci": [lo, hi], "auroc_delta_variance": var, "candidate_subgroup_gap": cgap,
-            "champion_subgroup_gap": pgap, "drift_alarm": drift}
+def site(name, n=100, cand=0.85, champ=0.82, lo=0.005, hi=0.055, cgap=0.05, pgap=0.05, drift=False, var=0.0002,
+         ccounts=(45, 50, 40, 50), pcounts=(44, 50, 40, 50), cece=0.05, pece=0.05, csgap=0.05, psgap=0.05):
+    """Format-2 evidence of one site; counts are (tp, positives, tn, negatives) at each model's threshold."""
+    def counts(c):
+        return None if c is None else dict(zip(("tp", "positives", "tn", "negatives"), c))
+
+    return {"site": name, "n": n, "metric": "auroc", "candidate_score": cand, "champion_score": champ,
+            "score_delta": cand - champ, "score_delta_ci": [lo, hi], "score_delta_variance": var,
+            "candidate_subgroup_gap": cgap, "champion_subgroup_gap": pgap, "drift_alarm": drift,
+            "candidate_threshold": 0.3, "champion_threshold": 0.5, "candidate_counts": counts(ccounts),
+            "champion_counts": counts(pcounts), "candidate_ece": cece, "champion_ece": pece,
+            "candidate_sensitivity_gap": csgap, "champion_sensitivity_gap": psgap}
 
 
 def rule(d, name):
@@ -160,6 +168,6 @@ def test_evidence_from_site_results_end_to_end():
         candidate_audit=subgroup_audit(y, cand, {"sex": sex.tolist()}),
         champion_audit=subgroup_audit(y, champ, {"sex": sex.tolist()}),
     )
-    assert ev.auroc_delta > 0 and ev.auroc_delta_ci[0] > -0.01
+    assert ev.score_delta > 0 and ev.score_delta_ci[0] > -0.01
     d = decide(Evidence(sites=[ev]), POLICY)
     assert d.decision == "keep" and not rule(d, "replace_if.max_subgroup_gap_widening").passed

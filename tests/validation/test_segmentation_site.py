@@ -97,7 +97,7 @@ def test_decision_engine_uses_dice_evidence():
     record = {"validation": {"A": rep, "B": rep}, "refused": [], "rejected": []}
     evidence, notes = evidence_from_validation(record)
     assert [s.metric for s in evidence.sites] == ["dice", "dice"] and not notes
-    assert evidence.sites[0].candidate_auroc == pytest.approx(rep["candidate"]["dice"])
+    assert evidence.sites[0].candidate_score == pytest.approx(rep["candidate"]["dice"])
     policy = UpdatePolicy.model_validate({"replace_if": {"min_site_support": 10, "max_subgroup_gap_widening": None},
                                          "retrain_if": {"drift_alarm": True, "auroc_below": 0.3}})
     decision = decide(evidence, policy)
