@@ -60,7 +60,6 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     from ai4hi_sdk.errors import UserError
-    from ai4hi_sdk.jobs.wire import METRICS_FILE
     from ai4hi_sdk.jobs.simulate import simulate
 
     spec = load_job_spec(args.spec)

@@ -135,7 +135,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-    from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+    from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
 
     site: Path = args.site
     if not site.is_dir():

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ai4hi_sdk.config.loader import StrictModel, load_yaml_model
-from ai4hi_sdk.privacy.dp.policy import SitePrivacyPolicy
+from ai4hi_sdk.config.site_policy import SitePrivacyPolicy
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")

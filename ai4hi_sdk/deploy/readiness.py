@@ -17,7 +17,7 @@ from ai4hi_sdk.deploy.kit import Check, Kit, check_certificates
 from ai4hi_sdk.deploy.processes import is_running
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.provision.provision import EGRESS_FILTER, LOG_STREAMER, SITE_CLASSES
 from ai4hi_sdk.site_paths import SITE_SETTINGS
 

@@ -50,7 +50,7 @@ from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise 
 from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE, RECEIPT_LOG
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.site_paths import SITE_WORKSPACE_ROOT_ENV
 from ai4hi_sdk.trainers.site_trainer import TORCH_THREADS_ENV
 

@@ -32,7 +32,7 @@ from ai4hi_sdk.jobs.simulate import DEFAULT_SITE_POLICY, SIM_JOB_ID, discover_si
 from ai4hi_sdk.jobs.wire import RECEIPT_LOG
 from ai4hi_sdk.jobs.wire import VALIDATION_RESULT_FILE as RESULT_FILE
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+from ai4hi_sdk.config.site_policy import SITE_POLICY
 
 RESULT_JSON = "validation.json"
 

@@ -40,7 +40,7 @@ import yaml
 
 from ai4hi_sdk.config.consortium import ConsortiumSpec
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+from ai4hi_sdk.config.site_policy import SITE_POLICY
 from ai4hi_sdk.site_paths import SITE_SETTINGS
 
 #: the only components a job may run at a site (NVFlare's class allow list; nothing else)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ai4hi_sdk.privacy.dp.budget import file_lock, write_json_atomic
+from ai4hi_sdk.audit.files import file_lock, write_json_atomic
 
 SALT_FILE = Path("ai4hi") / "dataset_salt"
 REGISTRY_FILE = Path("ai4hi") / "datasets.json"

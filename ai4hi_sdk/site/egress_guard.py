@@ -15,6 +15,7 @@ is that only the site runtime and site-allowed code run at all (class allow list
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
@@ -26,10 +27,10 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from ai4hi_sdk.audit.hash_chain import HashChainLog
 from ai4hi_sdk.errors import ConfigError
-from ai4hi_sdk.jobs.components.payload_log import describe_shareable
+from ai4hi_sdk.jobs.describe import describe_shareable
 from ai4hi_sdk.jobs.wire import REFUSAL_PRIVACY_KEY, REFUSED_KEY, ROUND_KEY
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
 from ai4hi_sdk.site.egress_rules import egress_violation
 from ai4hi_sdk.site_paths import site_workspace
 
@@ -38,8 +39,11 @@ EGRESS_LOG = Path("ai4hi") / "egress_log.jsonl"
 LOGGED_HEADER = "ai4hi_egress_logged"
 
 
-def _refusal(original: Shareable, reason: str) -> Shareable:
-    out = FLModelUtils.to_shareable(FLModel(metrics={}, meta={REFUSED_KEY: reason}))
+def _refusal(original: Shareable, reason: str, round_index: Any = None) -> Shareable:
+    meta: dict[str, Any] = {REFUSED_KEY: reason}
+    if round_index is not None:
+        meta[ROUND_KEY] = round_index
+    out = FLModelUtils.to_shareable(FLModel(metrics={}, meta=meta))
     current = original.get_header(AppConstants.CURRENT_ROUND)
     if current is not None:
         out.set_header(AppConstants.CURRENT_ROUND, current)
@@ -67,7 +71,7 @@ class Ai4hiEgressGuard(Filter):
         if violation:
             log.append({**record, "blocked": violation})
             self.logger.error(f"egress guard blocked a {record.get('task')} result: {violation}")
-            shareable = _refusal(shareable, f"egress guard: {violation}")
+            shareable = _refusal(shareable, f"egress guard: {violation}", record.get("round"))
             record = describe_shareable(shareable, fl_ctx)
             record.update(site=site, refusal=f"egress guard: {violation}")
         elif refused:

@@ -17,11 +17,12 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from ai4hi_sdk.errors import RoundRefused
 from ai4hi_sdk.jobs.wire import (CROSS_VALIDATE_TASK, MONITOR_TASK, PROTOCOL_TASKS, REFUSAL_PRIVACY_KEY,
-                                 REFUSED_KEY, SECAGG_META, TRAIN_TASK, VALIDATE_TASK, WIRE_VERSION, DROPPED_KEY,
+                                 REFUSED_KEY, ROUND_KEY, SECAGG_META, TRAIN_TASK, VALIDATE_TASK, WIRE_VERSION, DROPPED_KEY,
                                  split_models)
 from ai4hi_sdk.site.runtime import Outgoing, SiteRuntime
 from ai4hi_sdk.site_paths import site_workspace
@@ -74,6 +75,9 @@ class Ai4hiSiteExecutor(Executor):
             reason = runtime.refusal_reason(err)
             self.log_warning(fl_ctx, f"refused {task_name}: {reason}")
             meta: dict[str, Any] = {REFUSED_KEY: reason}
+            current = shareable.get_header(AppConstants.CURRENT_ROUND)
+            if current is not None:
+                meta[ROUND_KEY] = int(current)
             privacy = runtime.refusal_privacy(err) if isinstance(err, RoundRefused) else None
             if privacy:
                 meta[REFUSAL_PRIVACY_KEY] = privacy

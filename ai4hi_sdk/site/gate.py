@@ -30,11 +30,12 @@ from typing import Any, Callable
 from ai4hi_sdk.config.job_spec import ClientDPSpec, DPSGDSpec
 from ai4hi_sdk.errors import ConfigError, RoundRefused
 from ai4hi_sdk.privacy.dp.accountants import AccountingError, create_accountant
-from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, BudgetExceeded, Decision, PrivacyBudget
+from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, BudgetExceeded, PrivacyBudget
+from ai4hi_sdk.privacy.dp.budget_decision import BudgetDecision
 from ai4hi_sdk.privacy.dp.calibration import noise_multiplier_for_target
 from ai4hi_sdk.privacy.dp.dpsgd import RoundPlan
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, LedgerDamaged, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
 from ai4hi_sdk.audit.hash_chain import ChainDamaged
 from ai4hi_sdk.site.dataset_identity import DatasetIdentity, DatasetRegistry, identify_dataset, site_salt
 
@@ -209,7 +210,7 @@ class SiteGate:
             self._record_refusal(decision, round_index)
             raise RoundRefused(f"privacy budget: {decision.reason}", self.position())
 
-    def _record_refusal(self, decision: Decision, round_index: int) -> None:
+    def _record_refusal(self, decision: BudgetDecision, round_index: int) -> None:
         try:
             self.ledger.record_decision(decision, job_id=self.job_id, round_index=round_index)
         except (ChainDamaged, OSError):
@@ -266,7 +267,7 @@ class SiteGate:
             return metrics
         out: dict[str, float] = {}
 
-        def write_ahead(decision: Decision) -> None:
+        def write_ahead(decision: BudgetDecision) -> None:
             out.update(dp_metrics(decision.epsilon_after))
             egress = build(dict(out))
             for s, qq, st, mech in compositions:  # one entry per mechanism, same payload, same projected total

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 KEY = "allowed_code_sha256"

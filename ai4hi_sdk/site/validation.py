@@ -36,7 +36,7 @@ from ai4hi_sdk.validation.monitoring import (
     model_output_features,
     reference_path,
 )
-from ai4hi_sdk.validation.site_report import flatten_metrics, site_validation_report
+from ai4hi_sdk.validation.site_report import site_validation_report
 
 VALIDATION_FILE = "ai4hi_validation.json"
 

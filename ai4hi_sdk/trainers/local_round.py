@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from ai4hi_sdk.trainers.device import derive_seed, seed_everything
 from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state, state_delta
 
-if TYPE_CHECKING:
-    from ai4hi_sdk.trainers.site_trainer import SiteTrainer
+#: a :class:`~ai4hi_sdk.trainers.site_trainer.SiteTrainer` (its hooks); not imported here, because
+#: SiteTrainer.fit uses this module
+Trainer = Any
 
 
 @dataclass
@@ -58,7 +59,7 @@ class PrivateSetup:
 MakePrivate = Callable[[DataLoader, torch.optim.Optimizer], PrivateSetup]
 
 
-def evaluate_split(trainer: "SiteTrainer", model: nn.Module, dataset: Dataset) -> dict[str, float]:
+def evaluate_split(trainer: Trainer, model: nn.Module, dataset: Dataset) -> dict[str, float]:
     """The trainer's ``evaluate`` on ``dataset`` plus ``samples``; names outside the trainer's
     ``metric_names`` are an error, not a leak."""
     model.eval()
@@ -72,7 +73,7 @@ def evaluate_split(trainer: "SiteTrainer", model: nn.Module, dataset: Dataset) -
     return result
 
 
-def train_round(trainer: "SiteTrainer", model: nn.Module, global_state: Mapping[str, torch.Tensor],
+def train_round(trainer: Trainer, model: nn.Module, global_state: Mapping[str, torch.Tensor],
                 round_index: int, *, make_private: MakePrivate | None = None) -> LocalRound:
     """Train ``model`` locally from ``global_state`` for one round with ``trainer``'s hooks.
 
@@ -166,7 +167,7 @@ def private_setup(session: Any, loader: DataLoader, optimizer: torch.optim.Optim
     return PrivateSetup(private_loader, private_optimizer, session.wrapped, plan, session)
 
 
-def steps_per_round(trainer: "SiteTrainer", loader: DataLoader) -> tuple[float, int]:
+def steps_per_round(trainer: Trainer, loader: DataLoader) -> tuple[float, int]:
     """``(sample rate q, optimizer steps)`` of a DP-SGD round: q = 1 / batches per epoch."""
     train = trainer.spec.train
     batches = max(len(loader), 1)

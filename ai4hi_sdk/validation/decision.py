@@ -13,7 +13,7 @@ read: its names are mapped to the neutral ones (``candidate_score``, ``champion_
 safety floors (fail closed).
 
 The signed decision log (``DecisionLog``, ``verify_log``, ``public_key_hex``) lives in
-:mod:`ai4hi_sdk.validation.decision_log`; it is re-exported here so existing imports keep working.
+:mod:`ai4hi_sdk.validation.decision_log`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ai4hi_sdk.validation.decision_log import DecisionLog, public_key_hex, verify_log  # noqa: F401 (re-exported)
 from ai4hi_sdk.validation.meta_analysis import random_effects
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 

@@ -7,7 +7,7 @@ import pytest
 from ai4hi_sdk.cli.main import main
 from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, PrivacyBudget
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
 
 MNIST = ["--q", str(256 / 60000), "--sigma", "1.1", "--steps", "14063", "--delta", "1e-5"]
 

@@ -16,7 +16,7 @@ from ai4hi_sdk.data.synth import synth_site
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.privacy.dp.accountants import RDPAccountant
 from ai4hi_sdk.privacy.dp.ledger import PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+from ai4hi_sdk.config.site_policy import SITE_POLICY
 from ai4hi_sdk.trainers.classification import ClassificationTrainer
 
 pytestmark = pytest.mark.e2e

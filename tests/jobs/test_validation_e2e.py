@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ai4hi_sdk.config.job_spec import JobSpec
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+from ai4hi_sdk.config.site_policy import SITE_POLICY
 from ai4hi_sdk.site.code_bundle import bundle_sha256, pack_code
 from ai4hi_sdk.site.runtime import SiteRuntime
 

@@ -11,7 +11,6 @@ import torch
 
 from ai4hi_sdk.errors import RoundRefused
 from ai4hi_sdk.jobs.wire import ACCOUNTING_METRICS, NUM_SAMPLES_KEY
-from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.egress import describe_payload
 from ai4hi_sdk.site.code_bundle import bundle_sha256, pack_code

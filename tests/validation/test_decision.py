@@ -5,7 +5,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ai4hi_sdk.audit.hash_chain import entry_hash
 from ai4hi_sdk.errors import ConfigError
-from ai4hi_sdk.validation.decision import DecisionLog, Evidence, decide, public_key_hex, verify_log
+from ai4hi_sdk.validation.decision import Evidence, decide
+from ai4hi_sdk.validation.decision_log import DecisionLog, public_key_hex, verify_log
 from ai4hi_sdk.validation.update_policy import UpdatePolicy, load_update_policy
 
 POLICY = UpdatePolicy.model_validate({

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ai4hi_sdk.audit.hash_chain import GENESIS, HashChainLog
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.validation import decision
 from ai4hi_sdk.validation.decision import Evidence, decide
 from ai4hi_sdk.validation.decision_log import (
     LOG_FORMAT,
@@ -37,11 +36,6 @@ def _write(path, key, n=3, job="j"):
     log = DecisionLog(path, key)
     return [log.append(decide(EVIDENCE, UpdatePolicy()), EVIDENCE, parent_model_sha256=None, job_id=f"{job}{i}")
             for i in range(n)]
-
-
-def test_old_imports_still_work():
-    assert decision.DecisionLog is DecisionLog and decision.verify_log is verify_log
-    assert decision.public_key_hex is public_key_hex
 
 
 def test_signature_covers_position_signer_and_body(tmp_path):

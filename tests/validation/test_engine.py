@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
-from ai4hi_sdk.validation.decision import public_key_hex, verify_log
+from ai4hi_sdk.validation.decision_log import public_key_hex, verify_log
 from ai4hi_sdk.validation.engine import (
     evidence_from_validation,
     load_or_create_signing_key,

@@ -7,8 +7,8 @@ Pure cores (no NVFlare). Names are imported lazily, so ``import ai4hi_sdk.privac
 * :mod:`.accountants` - ``PrivacyAccountant`` (``step``, ``get_epsilon``, ``projected_epsilon``,
   ``to_dict``/``from_dict``), ``RDPAccountant``, ``PRVAccountant``, ``create_accountant``.
 * :mod:`.calibration` - ``noise_multiplier_for_target``, ``plan`` -> ``Plan``.
-* :mod:`.policy` - ``SitePrivacyPolicy``, ``load_site_policy``, ``SITE_POLICY``.
-* :mod:`.budget` - ``PrivacyBudget`` (``check_round``, ``commit_round``) -> ``Decision``,
+* the site's policy schema lives with the other schemas: :mod:`ai4hi_sdk.config.site_policy`.
+* :mod:`.budget` - ``PrivacyBudget`` (``check_round``, ``commit_round``) -> ``BudgetDecision``,
   ``BudgetExceeded``, ``PRIVACY_STATE_DIR``.
 * :mod:`.ledger` - ``PrivacyLedger`` (``record_round``, ``record_decision``, ``summary``, ``verify``),
   ``PRIVACY_LEDGER``.
@@ -26,8 +26,8 @@ _EXPORTS = {
         "available_accountants", "create_accountant",
     ],
     "calibration": ["Plan", "noise_multiplier_for_target", "plan"],
-    "policy": ["SITE_POLICY", "SitePrivacyPolicy", "load_site_policy"],
-    "budget": ["PRIVACY_STATE_DIR", "BudgetExceeded", "Decision", "PrivacyBudget"],
+    "budget": ["PRIVACY_STATE_DIR", "BudgetExceeded", "PrivacyBudget"],
+    "budget_decision": ["BudgetDecision"],
     "ledger": ["PRIVACY_LEDGER", "DatasetSummary", "PrivacyLedger"],
     "client_level": [
         "add_distributed_gaussian_noise", "clip_by_l2", "effective_noise_multiplier", "privatize_delta",

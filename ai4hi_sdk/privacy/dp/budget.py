@@ -43,13 +43,12 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from ai4hi_sdk.audit.files import file_lock, write_json_atomic  # noqa: F401 (file_lock re-exported)
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.privacy.dp.accountants.base import (
     AccountingError,
@@ -59,15 +58,11 @@ from ai4hi_sdk.privacy.dp.accountants.base import (
     check_steps,
 )
 from ai4hi_sdk.privacy.dp.accountants.registry import create_accountant
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
+from ai4hi_sdk.privacy.dp.budget_decision import BudgetDecision
+from ai4hi_sdk.config.site_policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
 
 if TYPE_CHECKING:
     from ai4hi_sdk.privacy.dp.ledger import PrivacyLedger
-
-try:  # POSIX sites (NVFlare runs on Linux); elsewhere only one writer process is safe
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 PRIVACY_STATE_DIR = Path("ai4hi") / "privacy_state"
 """Where per-dataset accountant state lives, relative to the site workspace."""
@@ -76,90 +71,12 @@ STATE_FORMAT = 2  # 2: anchors the ledger (entry count and head hash)
 _READABLE_FORMATS = (1, 2)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Outcome of checking one round against the budget.
-
-    ``epsilon_after`` is the projected total after the round (``inf`` for zero noise); for a
-    refused round nothing is spent, so the dataset stays at ``epsilon_before``.
-    """
-
-    allowed: bool
-    epsilon_before: float
-    epsilon_after: float
-    limit: float
-    reason: str
-    dataset_id: str = ""
-    delta: float = 0.0
-    accountant: str = ""
-    noise_multiplier: float = 0.0
-    sample_rate: float = 0.0
-    steps: int = 0
-
-    @property
-    def remaining_after(self) -> float:
-        spent = self.epsilon_after if self.allowed else self.epsilon_before
-        return max(self.limit - spent, 0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able (non-finite numbers become ``None``)."""
-        return {
-            "allowed": self.allowed,
-            "epsilon_before": _finite_or_none(self.epsilon_before),
-            "epsilon_after": _finite_or_none(self.epsilon_after),
-            "limit": self.limit,
-            "reason": self.reason,
-            "dataset_id": self.dataset_id,
-            "delta": self.delta,
-            "accountant": self.accountant,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-        }
-
-
 class BudgetExceeded(UserError):
     """``commit_round`` refused the round; ``decision`` says why. Nothing was spent."""
 
-    def __init__(self, decision: Decision):
+    def __init__(self, decision: BudgetDecision):
         self.decision = decision
         super().__init__(f"privacy budget refused the round for dataset '{decision.dataset_id}': {decision.reason}")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if missing) for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file, fsync, rename, fsync folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, allow_nan=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # directory fsync is not supported everywhere
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _check_dataset_id(dataset_id: Any) -> str:
@@ -300,7 +217,7 @@ class PrivacyBudget:
         return max(self.limit(dataset_id) - self.epsilon_spent(dataset_id, related), 0.0)
 
     def check_round(self, dataset_id: str, noise_multiplier: float, sample_rate: float, steps: int,
-                    related: Iterable[str] = (), extra: Iterable[tuple[float, float, int]] = ()) -> Decision:
+                    related: Iterable[str] = (), extra: Iterable[tuple[float, float, int]] = ()) -> BudgetDecision:
         """Would a round of ``steps`` DP-SGD steps at ``(noise_multiplier, sample_rate)`` fit?
 
         Refuses (``allowed=False``, with the reason) when the noise is below the policy minimum,
@@ -317,8 +234,8 @@ class PrivacyBudget:
         return self._decide(dataset_id, accountant, sigma, q, steps, extra)
 
     def commit_round(self, dataset_id: str, noise_multiplier: float, sample_rate: float, steps: int,
-                     related: Iterable[str] = (), write_ahead: Callable[[Decision], Any] | None = None,
-                     extra: Iterable[tuple[float, float, int]] = ()) -> Decision:
+                     related: Iterable[str] = (), write_ahead: Callable[[BudgetDecision], Any] | None = None,
+                     extra: Iterable[tuple[float, float, int]] = ()) -> BudgetDecision:
         """Record the round's spend, after re-checking it under the dataset's lock.
 
         Call after training and **before** the update leaves the site. ``write_ahead(decision)``
@@ -349,12 +266,12 @@ class PrivacyBudget:
         return sigma, q, steps
 
     def _refusal(self, dataset_id: str, sigma: float, q: float, steps: int, before: float, after: float,
-                 reason: str) -> Decision:
-        return Decision(False, before, after, self.limit(dataset_id), reason, dataset_id, self.policy.delta,
+                 reason: str) -> BudgetDecision:
+        return BudgetDecision(False, before, after, self.limit(dataset_id), reason, dataset_id, self.policy.delta,
                         self.policy.accountant, sigma, q, steps)
 
     def _decide(self, dataset_id: str, accountant: PrivacyAccountant, sigma: float, q: float, steps: int,
-                extra: Iterable[tuple[float, float, int]] = ()) -> Decision:
+                extra: Iterable[tuple[float, float, int]] = ()) -> BudgetDecision:
         delta, limit = self.policy.delta, self.limit(dataset_id)
         extra = list(extra)
         try:
@@ -378,5 +295,5 @@ class PrivacyBudget:
                 f"the round would take dataset '{dataset_id}' to epsilon {after:.4g} > its limit {limit:g} "
                 f"(delta={delta:g}, {accountant.mechanism}; spent {before:.4g}, remaining {max(limit - before, 0):.4g})",
             )
-        return Decision(True, before, after, limit, "within budget", dataset_id, delta, accountant.mechanism,
+        return BudgetDecision(True, before, after, limit, "within budget", dataset_id, delta, accountant.mechanism,
                         sigma, q, steps)

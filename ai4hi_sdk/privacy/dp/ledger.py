@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ai4hi_sdk.audit.hash_chain import ChainCheck, ChainDamaged, HashChainLog, read_entries, verify_chain
-from ai4hi_sdk.privacy.dp.budget import file_lock
+from ai4hi_sdk.audit.files import file_lock
+from ai4hi_sdk.privacy.dp.budget_decision import BudgetDecision
 
 if TYPE_CHECKING:
-    from ai4hi_sdk.privacy.dp.budget import Decision
-    from ai4hi_sdk.privacy.dp.policy import SitePrivacyPolicy
+    from ai4hi_sdk.config.site_policy import SitePrivacyPolicy
 
 PRIVACY_LEDGER = Path("ai4hi") / "privacy_ledger.jsonl"
 """Where the ledger lives, relative to the site workspace."""
@@ -155,9 +155,9 @@ class PrivacyLedger:
             return self._log.append(record)
 
     def record_decision(
-        self, decision: "Decision", *, job_id: str, round_index: int, egress: dict | None = None
+        self, decision: BudgetDecision, *, job_id: str, round_index: int, egress: dict | None = None
     ) -> dict[str, Any]:
-        """Append a budget :class:`~ai4hi_sdk.privacy.dp.budget.Decision`: ``spent`` if allowed
+        """Append a budget :class:`~ai4hi_sdk.privacy.dp.budget_decision.BudgetDecision`: ``spent`` if allowed
         (after ``commit_round``), else ``refused`` with its reason."""
         return self.record_round(
             job_id=job_id,

@@ -9,9 +9,9 @@ from opacus.accountants import RDPAccountant as OpacusRDP
 
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.privacy.dp.accountants import (
+    accountant_from_dict,
     InvalidPrivacyParameter,
     PRVAccountant,
-    PrivacyAccountant,
     RDPAccountant,
     available_accountants,
     create_accountant,
@@ -97,7 +97,7 @@ def test_json_round_trip_and_composition_across_jobs(cls):
     first.step(*job1)
     state = json.loads(json.dumps(first.to_dict()))  # persisted at the site between jobs
     assert state["mechanism"] == cls.mechanism
-    restored = PrivacyAccountant.from_dict(state)
+    restored = accountant_from_dict(state)
     assert type(restored) is cls and restored == first
     assert restored.get_epsilon(DELTA) == first.get_epsilon(DELTA)
     restored.step(*job2)  # second job on the same dataset
@@ -113,12 +113,12 @@ def test_json_round_trip_and_composition_across_jobs(cls):
 
 def test_state_params_and_mismatches():
     custom = RDPAccountant([(1.0, 0.1, 3)], orders=[2, 4, 8])
-    restored = PrivacyAccountant.from_dict(json.loads(json.dumps(custom.to_dict())))
+    restored = accountant_from_dict(json.loads(json.dumps(custom.to_dict())))
     assert restored.orders == (2.0, 4.0, 8.0) and restored.get_epsilon(DELTA) == custom.get_epsilon(DELTA)
     with pytest.raises(InvalidPrivacyParameter, match="cannot be loaded"):
         PRVAccountant.from_dict(RDPAccountant().to_dict())
     with pytest.raises(InvalidPrivacyParameter):
-        PrivacyAccountant.from_dict({"history": []})
+        accountant_from_dict({"history": []})
     # a history is mechanism-independent: re-account it with another accountant
     rdp = RDPAccountant([(1.0, 0.1, 30)])
     assert PRVAccountant(history=rdp.history).history == rdp.history
@@ -164,4 +164,4 @@ def test_corrupt_state_is_a_clear_error():
         {"mechanism": "rdp", "history": [], "format": 99},
     ]:
         with pytest.raises(InvalidPrivacyParameter):
-            PrivacyAccountant.from_dict(state)
+            accountant_from_dict(state)

@@ -10,7 +10,7 @@ from ai4hi_sdk.audit.hash_chain import verify_chain
 from ai4hi_sdk.privacy.dp.accountants import AccountingError, InvalidPrivacyParameter, PRVAccountant, RDPAccountant
 from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, BudgetExceeded, PrivacyBudget
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SitePrivacyPolicy
+from ai4hi_sdk.config.site_policy import SitePrivacyPolicy
 
 SIGMA, Q, STEPS = 1.0, 0.02, 50
 

@@ -10,7 +10,7 @@ import pytest
 from ai4hi_sdk.privacy.dp.accountants import RDPAccountant
 from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, BudgetExceeded, PrivacyBudget
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from ai4hi_sdk.privacy.dp.policy import SitePrivacyPolicy
+from ai4hi_sdk.config.site_policy import SitePrivacyPolicy
 
 SIGMA, Q, STEPS = 1.1, 0.02, 50
 DS = "ds-1"
@@ -146,7 +146,7 @@ def test_budget_exceeded_under_the_lock_writes_no_spend(tmp_path):
 
 def test_privacy_report_cross_checks_state_and_ledger_and_repair_sets_aside_a_torn_line(tmp_path, capsys):
     from ai4hi_sdk.cli.main import main
-    from ai4hi_sdk.privacy.dp.policy import SITE_POLICY
+    from ai4hi_sdk.config.site_policy import SITE_POLICY
 
     (tmp_path / SITE_POLICY).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / SITE_POLICY).write_text("max_epsilon_per_dataset: 10.0\n")

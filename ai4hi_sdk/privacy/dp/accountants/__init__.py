@@ -10,6 +10,7 @@ from ai4hi_sdk.privacy.dp.accountants.prv import PRVAccountant
 from ai4hi_sdk.privacy.dp.accountants.rdp import RDPAccountant
 from ai4hi_sdk.privacy.dp.accountants.registry import (
     accountant_class,
+    accountant_from_dict,
     available_accountants,
     create_accountant,
     register_accountant,
@@ -23,6 +24,7 @@ __all__ = [
     "PrivacyAccountant",
     "RDPAccountant",
     "accountant_class",
+    "accountant_from_dict",
     "available_accountants",
     "create_accountant",
     "register_accountant",

@@ -171,23 +171,21 @@ class PrivacyAccountant(abc.ABC):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PrivacyAccountant":
-        """Restore from :meth:`to_dict`. On the base class the mechanism picks the subclass; on a
-        subclass the mechanism must match (re-account a foreign history with ``Cls(history=...)``)."""
-        from ai4hi_sdk.privacy.dp.accountants.registry import accountant_class
-
+        """Restore from :meth:`to_dict` on the accountant class of the state's mechanism (the
+        registry's :func:`~ai4hi_sdk.privacy.dp.accountants.registry.accountant_from_dict` picks
+        it by name); a foreign mechanism is refused (re-account its history with ``Cls(history=...)``)."""
         if not isinstance(data, Mapping) or "mechanism" not in data or "history" not in data:
             raise InvalidPrivacyParameter("accountant state must be a mapping with 'mechanism' and 'history'")
         if data.get("format", STATE_FORMAT) != STATE_FORMAT:
             raise InvalidPrivacyParameter(f"unsupported accountant state format {data.get('format')!r}")
-        target = accountant_class(data["mechanism"])
-        if cls is not PrivacyAccountant and target is not cls:
+        if cls is PrivacyAccountant or data["mechanism"] != cls.mechanism:
             raise InvalidPrivacyParameter(
-                f"state of a '{data['mechanism']}' accountant cannot be loaded into a '{cls.mechanism}' accountant"
-            )
+                f"state of a '{data['mechanism']}' accountant cannot be loaded into a "
+                f"'{cls.mechanism or 'base'}' accountant (use accountant_from_dict)")
         try:
-            return target(history=data["history"], **dict(data.get("params") or {}))
+            return cls(history=data["history"], **dict(data.get("params") or {}))
         except (TypeError, AttributeError) as err:
-            raise InvalidPrivacyParameter(f"invalid '{target.mechanism}' accountant state: {err}") from None
+            raise InvalidPrivacyParameter(f"invalid '{cls.mechanism}' accountant state: {err}") from None
 
     def copy(self) -> "PrivacyAccountant":
         return type(self).from_dict(self.to_dict())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ai4hi_sdk.privacy.dp.accountants.base import InvalidPrivacyParameter, PrivacyAccountant
 from ai4hi_sdk.privacy.dp.accountants.prv import PRVAccountant
@@ -40,3 +40,11 @@ def register_accountant(cls: type[PrivacyAccountant], force: bool = False) -> No
     if cls.mechanism in _ACCOUNTANTS and not force:
         raise ValueError(f"an accountant named {cls.mechanism!r} is already registered")
     _ACCOUNTANTS[cls.mechanism] = cls
+
+
+def accountant_from_dict(data: Mapping[str, Any]) -> PrivacyAccountant:
+    """Restore any accountant from its :meth:`~PrivacyAccountant.to_dict` state (the mechanism
+    names its class)."""
+    if not isinstance(data, Mapping) or "mechanism" not in data:
+        raise InvalidPrivacyParameter("accountant state must be a mapping with 'mechanism' and 'history'")
+    return accountant_class(data["mechanism"]).from_dict(data)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ai4hi_sdk.errors import ConfigError
-from ai4hi_sdk.privacy.dp.policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "site_templates" / "site_policy.example.yaml"
 

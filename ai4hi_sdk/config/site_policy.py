@@ -2,9 +2,10 @@
 
 It is set by the site, not by jobs, and enforced locally whatever a job asks: the budget
 (:mod:`ai4hi_sdk.privacy.dp.budget`) refuses rounds that would exceed ``max_epsilon_per_dataset``
-(or a per-dataset override) or use less noise than ``min_noise_multiplier``; the job executor
-refuses job kinds not in ``allowed_job_kinds`` and jobs without DP / secure aggregation when the
-policy requires them (:meth:`SitePrivacyPolicy.job_refusal_reasons`).
+(or a per-dataset override) or use less noise than ``min_noise_multiplier``; the site runtime
+(:mod:`ai4hi_sdk.site.gate`) refuses job kinds not in ``allowed_job_kinds``, jobs without DP /
+secure aggregation when the policy requires them (:meth:`SitePrivacyPolicy.job_refusal_reasons`)
+and custom code whose SHA-256 is not in ``allowed_code_sha256``.
 
 Example: ``site_templates/site_policy.example.yaml``.
 """
