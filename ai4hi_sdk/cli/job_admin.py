@@ -113,6 +113,8 @@ def _status(args: argparse.Namespace) -> int:
     with _session(args) as session:
         meta = session.job_meta(args.job_id)
         progress = session.progress(args.job_id)
+        running = str(meta.get("status")) == "RUNNING"
+        record = session.run_metrics(args.job_id) if running else session.final_record(args.job_id)
     table = Table(title=f"job {args.job_id}")
     table.add_column("field")
     table.add_column("value", overflow="fold")
@@ -120,8 +122,26 @@ def _status(args: argparse.Namespace) -> int:
         if key in meta:
             table.add_row(key, escape(str(meta[key])))
     table.add_row("progress", escape(_progress_line(progress)))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if record:
+        _print_latest_round(console, record)
+        _print_outcome(console, record)
     return 0
+
+
+def _print_latest_round(console: Console, record: dict) -> None:
+    """The consortium's metrics of the latest completed round: only what reached the server anyway
+    (secure-aggregation consortium means, or the sites' validation of the global model)."""
+    from ai4hi_sdk.deploy.results import latest_round_metrics
+
+    latest = latest_round_metrics(record)
+    if latest is None:
+        return
+    index, metrics = latest
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+    console.print(f"round {index} (latest completed), consortium: {escape(shown) or 'no metrics'}",
+                  highlight=False, soft_wrap=True)
 
 
 def _wait(args: argparse.Namespace) -> int:

@@ -144,3 +144,18 @@ def build_result(download: Path, out: Path, job_id: str, job_meta: dict[str, Any
     metrics["server_download"] = str(download)
     (result / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
+
+
+def latest_round_metrics(record: dict) -> tuple[int, dict[str, float]] | None:
+    """``(round, metrics)`` of the latest completed round of a job record: the secure-aggregation
+    consortium means if the round has them, else the weighted mean of the sites' validation of the
+    global model that round produced (or received); None before a round completed."""
+    completed = [r for r in record.get("rounds", []) if r.get("status") == "completed"]
+    if not completed:
+        return None
+    last = completed[-1]
+    metrics = dict(last.get("consortium_metrics") or {})
+    if not metrics:
+        metrics = dict((last.get("global_validation") or {}).get("weighted_mean") or {})
+    return int(last.get("round", len(completed) - 1)), {k: float(v) for k, v in metrics.items()
+                                                       if isinstance(v, (int, float))}

@@ -110,6 +110,33 @@ def test_site_policy_applies_to_a_job_that_does_not_ask_for_it(deployment, capsy
     assert "no site trained" in out and "epsilon 0 spent" not in out, out
 
 
+def test_a_gate_disabling_job_is_refused_by_the_sites_and_status_says_why(deployment, capsys):
+    """The hostile job of tests/site (its trainer tries to switch the gate off) submitted to the real
+    consortium: no site runs it (its code is not allowed by hash, and the sites require DP-SGD),
+    only refusals leave, and `ai4hi job status` shows each site's reason."""
+    from ai4hi_sdk.cli.main import main
+    from ai4hi_sdk.config.job_spec import JobSpec
+    from ai4hi_sdk.jobs.builder import code_sha256
+    from tests.site.conftest import FIXTURES, SMALL_MODEL
+
+    spec = JobSpec(name="deploy-hostile", trainer="gate_disabling_trainer:GateDisablingTrainer",
+                   base_dir=str(FIXTURES), code=["memory_trainer.py", "gate_disabling_trainer.py"], min_sites=1,
+                   model=SMALL_MODEL, train={"rounds": 1, "batch_size": 4, "threads": 1})
+    with AdminSession(deployment["admin"], timeout_s=60) as session:
+        job_id = session.submit(spec)
+        session.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+    capsys.readouterr()
+    assert main(["job", "status", job_id, "--admin", str(deployment["admin"])]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for site in SITES:
+        assert f"{site} refused round 0" in shown, shown
+    assert code_sha256(spec) in shown and "does not allow" in shown and "requires differential privacy" in shown
+    for site, kit in deployment["sites"].items():
+        records = [e["record"] for e in read_entries(kit.path / EGRESS_LOG) if e["record"]["job_id"] == job_id]
+        assert records and all(r["tensors"] == [] and r["metric_names"] == [] for r in records), records
+        assert not (kit.path / "ai4hi" / "jobs" / job_id).exists(), "the job's code was installed"
+
+
 def test_stop_leaves_no_process_port_or_tmp_file_behind(deployment):
     kits = deployment["kits"]
     for kit in kits:
