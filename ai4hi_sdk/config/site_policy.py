@@ -46,15 +46,20 @@ class SitePrivacyPolicy(BaseModel):
     max_epsilon_per_dataset: float = Field(
         gt=0, allow_inf_nan=False, description="total epsilon any dataset may ever spend, over all jobs"
     )
-    delta: float = Field(default=1e-5, gt=0, le=1e-3, allow_inf_nan=False, description="delta of every guarantee this site gives")
+    delta: float = Field(default=1e-5, gt=0, le=1e-3, allow_inf_nan=False,
+                         description="delta of every guarantee this site gives")
     min_noise_multiplier: float = Field(
         default=0.5, ge=0, allow_inf_nan=False, description="rounds with less DP-SGD noise are refused"
     )
-    accountant: Literal["rdp", "prv"] = "rdp"
-    require_dp: bool = True
-    require_secure_aggregation: bool = True
-    allowed_job_kinds: list[JobKind] = Field(default_factory=lambda: ["train", "validate"])
-    datasets: dict[str, DatasetPolicy] = Field(default_factory=dict)
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="how epsilon is composed: Renyi DP (fast) or PRV (tighter); switching re-accounts history")
+    require_dp: bool = Field(True, description="training jobs without patient-level DP-SGD are refused")
+    require_secure_aggregation: bool = Field(
+        True, description="training jobs without secure aggregation are refused (the server may see one update)")
+    allowed_job_kinds: list[JobKind] = Field(default_factory=lambda: ["train", "validate"],
+                                             description="job kinds this site runs at all")
+    datasets: dict[str, DatasetPolicy] = Field(
+        default_factory=dict, description="per-dataset budgets by dataset id (`ai4hi privacy report` lists the ids)")
     min_count: int = Field(
         default=10, ge=2, le=10_000,
         description="k: the fewest studies any aggregate this site sends may describe (validation cells, a split's "

@@ -56,6 +56,7 @@ def runs(tmp_path_factory):
     for site in SITES:
         (root / "data" / site).mkdir(parents=True)
         (root / "data" / site / "labels.csv").write_text("StudyInstanceUID,label\n")  # a site folder
+    (root / "data" / "hospital-3" / "patient.txt").write_text(SECRET)  # data only hospital-3 holds
     spec = JobSpec(name="hostile", trainer="gate_disabling_trainer:GateDisablingTrainer", base_dir=str(FIXTURES),
                    code=["memory_trainer.py", "gate_disabling_trainer.py"], min_sites=1, model=SMALL_MODEL,
                    train={"rounds": 1, "batch_size": 4, "threads": 1, "lr": 0.05})
