@@ -194,18 +194,18 @@ class SiteGate:
                     dp.target_epsilon, self.delta, sample_rate, steps * max(total_rounds, 1),
                     accountant=self.accountant_name)
         plan = RoundPlan(self._noise_multiplier, sample_rate, steps, dp.max_grad_norm)
-        self._check(plan.noise_multiplier, sample_rate, steps, round_index, [])
+        self._check(plan.noise_multiplier, sample_rate, steps, round_index)
         return plan
 
     def plan_client_dp(self, client_dp: ClientDPPlan, round_index: int) -> None:
         """Check a client-level DP release alone (a job without DP-SGD) against the budget."""
         sigma, q, steps = client_dp.composition
-        self._check(sigma, q, steps, round_index, [])
+        self._check(sigma, q, steps, round_index)
 
-    def _check(self, sigma: float, q: float, steps: int, round_index: int, extra: list) -> None:
+    def _check(self, sigma: float, q: float, steps: int, round_index: int) -> None:
         if self.budget is None:
             return
-        decision = self.budget.check_round(self.dataset_id, sigma, q, steps, self.related, extra)
+        decision = self.budget.check_round(self.dataset_id, sigma, q, steps, self.related)
         if not decision.allowed:
             self._record_refusal(decision, round_index)
             raise RoundRefused(f"privacy budget: {decision.reason}", self.position())
@@ -229,11 +229,10 @@ class SiteGate:
         check the payload). Raises :class:`RoundRefused` when the round no longer fits or the
         ledger cannot be written: then nothing is spent and nothing may leave.
         """
-        compositions: list[tuple[float, float, int, str]] = []
-        if plan is not None:
-            compositions.append((plan.noise_multiplier, plan.sample_rate, max(int(steps_taken), 1), "dp_sgd"))
-        elif client_dp is not None:  # with DP-SGD, client-level noise is post-processing (see ClientDPPlan)
-            compositions.append((*client_dp.composition, "client_dp"))
+        # the one release this round books: DP-SGD's, or client-level DP's when it is the only
+        # protection (with DP-SGD, client-level noise is post-processing: see ClientDPPlan)
+        release = ((plan.noise_multiplier, plan.sample_rate, max(int(steps_taken), 1), "dp_sgd") if plan is not None
+                   else (*client_dp.composition, "client_dp") if client_dp is not None else None)
         client_record = None if client_dp is None else {
             "clip": client_dp.clip, "noise_multiplier": client_dp.noise_multiplier,
             "effective_noise_multiplier": client_dp.effective_noise_multiplier,
@@ -248,7 +247,7 @@ class SiteGate:
                                dp_sample_rate=float(plan.sample_rate), dp_steps=float(max(int(steps_taken), 1)))
             return metrics
 
-        if not compositions:
+        if release is None:
             egress = build({})
             if self.ledger is not None:
                 try:
@@ -258,10 +257,9 @@ class SiteGate:
                     raise RoundRefused(f"cannot commit the payload to the privacy ledger ({err}); nothing is sent",
                                        self.position()) from None
             return {}
-        (sigma, q, steps, mechanism), rest = compositions[0], compositions[1:]
+        sigma, q, steps, mechanism = release
         if self.budget is None:  # local use: in-memory accounting only
-            for s, qq, st, _ in compositions:
-                self._local_accountant.step(s, qq, st)
+            self._local_accountant.step(sigma, q, steps)
             metrics = dp_metrics(self._local_accountant.get_epsilon(self.delta))
             build(metrics)
             return metrics
@@ -269,17 +267,14 @@ class SiteGate:
 
         def write_ahead(decision: BudgetDecision) -> None:
             out.update(dp_metrics(decision.epsilon_after))
-            egress = build(dict(out))
-            for s, qq, st, mech in compositions:  # one entry per mechanism, same payload, same projected total
-                self.ledger.record_round(
-                    job_id=self.job_id, dataset_id=self.dataset_id, round_index=round_index, sample_rate=qq,
-                    noise_multiplier=s, steps=st, epsilon_before=decision.epsilon_before,
-                    epsilon_after=decision.epsilon_after, delta=decision.delta, accountant=decision.accountant,
-                    egress=egress, limit=decision.limit, mechanism=mech, client_dp=client_record)
+            self.ledger.record_round(
+                job_id=self.job_id, dataset_id=self.dataset_id, round_index=round_index, sample_rate=q,
+                noise_multiplier=sigma, steps=steps, epsilon_before=decision.epsilon_before,
+                epsilon_after=decision.epsilon_after, delta=decision.delta, accountant=decision.accountant,
+                egress=build(dict(out)), limit=decision.limit, mechanism=mechanism, client_dp=client_record)
 
         try:
-            self.budget.commit_round(self.dataset_id, sigma, q, steps, self.related, write_ahead,
-                                     extra=[c[:3] for c in rest])
+            self.budget.commit_round(self.dataset_id, sigma, q, steps, self.related, write_ahead)
         except BudgetExceeded as err:
             self._record_refusal(err.decision, round_index)
             raise RoundRefused(f"privacy budget: {err.decision.reason}", self.position()) from None

@@ -217,7 +217,7 @@ class PrivacyBudget:
         return max(self.limit(dataset_id) - self.epsilon_spent(dataset_id, related), 0.0)
 
     def check_round(self, dataset_id: str, noise_multiplier: float, sample_rate: float, steps: int,
-                    related: Iterable[str] = (), extra: Iterable[tuple[float, float, int]] = ()) -> BudgetDecision:
+                    related: Iterable[str] = ()) -> BudgetDecision:
         """Would a round of ``steps`` DP-SGD steps at ``(noise_multiplier, sample_rate)`` fit?
 
         Refuses (``allowed=False``, with the reason) when the noise is below the policy minimum,
@@ -226,16 +226,15 @@ class PrivacyBudget:
         :class:`InvalidPrivacyParameter`. Changes nothing.
         """
         sigma, q, steps = self._validate(dataset_id, noise_multiplier, sample_rate, steps)
-        extra = [self._validate(dataset_id, *c)[:3] for c in extra]
         try:
             accountant, _ = self._load(dataset_id, related)
         except AccountingError as err:
             return self._refusal(dataset_id, sigma, q, steps, math.inf, math.inf, str(err))
-        return self._decide(dataset_id, accountant, sigma, q, steps, extra)
+        return self._decide(dataset_id, accountant, sigma, q, steps)
 
     def commit_round(self, dataset_id: str, noise_multiplier: float, sample_rate: float, steps: int,
-                     related: Iterable[str] = (), write_ahead: Callable[[BudgetDecision], Any] | None = None,
-                     extra: Iterable[tuple[float, float, int]] = ()) -> BudgetDecision:
+                     related: Iterable[str] = (), write_ahead: Callable[[BudgetDecision], Any] | None = None
+                     ) -> BudgetDecision:
         """Record the round's spend, after re-checking it under the dataset's lock.
 
         Call after training and **before** the update leaves the site. ``write_ahead(decision)``
@@ -245,16 +244,15 @@ class PrivacyBudget:
         the state or the ledger cannot be trusted.
         """
         sigma, q, steps = self._validate(dataset_id, noise_multiplier, sample_rate, steps)
-        extra = [self._validate(dataset_id, *c)[:3] for c in extra]
         with file_lock(self._lock_path(dataset_id)):
             accountant, state = self._load(dataset_id, related)
-            decision = self._decide(dataset_id, accountant, sigma, q, steps, extra)
+            decision = self._decide(dataset_id, accountant, sigma, q, steps)
             if not decision.allowed:
                 raise BudgetExceeded(decision)
             own = self._history(dataset_id, state)
             if write_ahead is not None:
                 write_ahead(decision)
-            self._save(dataset_id, [*own, (sigma, q, steps), *extra], state)
+            self._save(dataset_id, [*own, (sigma, q, steps)], state)
         return decision
 
     # -- helpers -----------------------------------------------------------------------------
@@ -270,24 +268,18 @@ class PrivacyBudget:
         return BudgetDecision(False, before, after, self.limit(dataset_id), reason, dataset_id, self.policy.delta,
                         self.policy.accountant, sigma, q, steps)
 
-    def _decide(self, dataset_id: str, accountant: PrivacyAccountant, sigma: float, q: float, steps: int,
-                extra: Iterable[tuple[float, float, int]] = ()) -> BudgetDecision:
+    def _decide(self, dataset_id: str, accountant: PrivacyAccountant, sigma: float, q: float,
+                steps: int) -> BudgetDecision:
         delta, limit = self.policy.delta, self.limit(dataset_id)
-        extra = list(extra)
         try:
             before = accountant.get_epsilon(delta)
-            if extra:
-                after = create_accountant(accountant.mechanism,
-                                          history=[*accountant.history, (sigma, q, steps), *extra]).get_epsilon(delta)
-            else:
-                after = accountant.projected_epsilon(delta, sigma, q, steps)
+            after = accountant.projected_epsilon(delta, sigma, q, steps)
         except AccountingError as err:
             return self._refusal(dataset_id, sigma, q, steps, math.inf, math.inf, f"accounting failed: {err}")
-        lowest = min([sigma, *(c[0] for c in extra)])
-        if lowest < self.policy.min_noise_multiplier:
+        if sigma < self.policy.min_noise_multiplier:
             return self._refusal(
                 dataset_id, sigma, q, steps, before, after,
-                f"noise multiplier {lowest:g} is below the site minimum {self.policy.min_noise_multiplier:g}",
+                f"noise multiplier {sigma:g} is below the site minimum {self.policy.min_noise_multiplier:g}",
             )
         if not after <= limit:
             return self._refusal(
