@@ -114,3 +114,44 @@ def test_once_allowed_the_code_runs_and_only_its_committed_update_leaves(runs):
     assert [(r["type"], r["egress"]["sha256"]) for r in ledger] == [("egress", sent[0]["sha256"])]  # ... but committed
     # hospital-1 never imported the code: its refusal came before (and the patch in the code never ran there)
     assert all(not r["tensors"] for r in _egress(ws, "hospital-1"))
+
+
+@pytest.fixture(scope="module")
+def k_boundary(tmp_path_factory):
+    """A validation job in the real simulator that asks for k = 2 at a site whose policy keeps the
+    default floor 10; its test split has three subgroups of 9, 9 and 10 studies."""
+    import torch
+
+    from ai4hi_sdk.config.validation_spec import ValidationSpec
+    from ai4hi_sdk.jobs.validate import run_validation
+    from ai4hi_sdk.site.code_bundle import bundle_sha256, pack_code
+    from ai4hi_sdk.trainers.loading import trainer_class_for
+
+    root = tmp_path_factory.mktemp("kboundary")
+    (root / "data" / "hospital-1").mkdir(parents=True)
+    (root / "data" / "hospital-1" / "labels.csv").write_text("StudyInstanceUID,label\n")
+    spec = JobSpec(name="kfloor", trainer="memory_trainer:MemoryTrainer", base_dir=str(FIXTURES),
+                   code=["memory_trainer.py"], min_sites=1, model={**SMALL_MODEL, "test_groups": [9, 9, 10]},
+                   train={"rounds": 1, "batch_size": 4, "threads": 1})
+    write_policy(root / "sites" / "hospital-1", require_dp=False,
+                 allowed_code_sha256=[bundle_sha256(pack_code(FIXTURES, spec.code))])
+    champion = trainer_class_for(spec)(spec, device="cpu").initial_state()
+    candidate = {k: v + 0.01 * torch.randn_like(v) for k, v in champion.items()}
+    config = ValidationSpec(min_count=2, attributes=["sex"], timeout_s=120)
+    run = run_validation(spec, config, root / "data", root / "validate", champion=champion, candidate=candidate,
+                         sites_root=root / "sites", timeout_s=240)
+    return {"root": root, "run": run}
+
+
+def test_k_boundary_and_a_job_asking_for_a_smaller_k(k_boundary):
+    run = k_boundary["run"]
+    assert run.ok, run.record
+    report = run.record["validation"]["hospital-1"]
+    assert report["meta"]["k"] == 10  # the site's floor, not the job's 2
+    for role in ("candidate", "champion"):
+        sex = report[role]["subgroups"]["sex"]
+        assert set(sex["cells"]) == {"C"} and sex["cells"]["C"]["n"] == 10  # k studies: shown
+        assert sex["suppressed_cells"] == 2  # two cells of k-1: neither shown nor named
+    sent = [e["record"] for e in read_entries(k_boundary["root"] / "sites" / "hospital-1" / EGRESS_LOG)]
+    names = {n for r in sent for n in r["metric_names"]}
+    assert names and not any("|A|" in n or "|B|" in n for n in names)
