@@ -33,7 +33,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     stop.set_defaults(func=_stop)
 
     allow = commands.add_parser("allow-code", help="allow (or --revoke) a job's custom code at this site by its SHA-256")
-    allow.add_argument("kit", type=Path, help="the site's kit (or simulated site workspace) holding ai4hi/site_policy.yaml")
+    allow.add_argument("kit", type=Path,
+                       help="the site's kit or workspace (holding ai4hi/site_policy.yaml), or a policy file")
     allow.add_argument("sha256", help="the code bundle's SHA-256, as `ai4hi job export` prints it")
     allow.add_argument("--revoke", action="store_true", help="remove it from the allowed list")
     allow.set_defaults(func=_allow_code)

@@ -15,13 +15,14 @@ KEY = "allowed_code_sha256"
 
 
 def allow_code(workspace: str | Path, digest: str, *, revoke: bool = False) -> list[str]:
-    """Add (or with ``revoke`` remove) ``digest`` in ``allowed_code_sha256`` of the site's policy
-    file; returns the list now in force. The file is re-validated; on any problem it is left as
-    it was and :class:`UserError` says why."""
+    """Add (or with ``revoke`` remove) ``digest`` in ``allowed_code_sha256`` of a site's policy
+    file (``workspace`` is the site's kit or workspace, or the policy file itself); returns the
+    list now in force. The file is re-validated; on any problem it is left as it was and
+    :class:`UserError` says why."""
     digest = digest.strip().lower()
     if not _SHA256.match(digest):
         raise UserError(f"'{digest}' is not a SHA-256 hex digest (64 hex characters, as `ai4hi job export` prints)")
-    path = Path(workspace) / SITE_POLICY
+    path = Path(workspace) if Path(workspace).is_file() else Path(workspace) / SITE_POLICY
     if not path.is_file():
         raise UserError(f"no site policy at {path}: provision the site or copy site_templates/site_policy.example.yaml")
     original = path.read_text(encoding="utf-8")

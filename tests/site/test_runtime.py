@@ -201,3 +201,21 @@ def test_validation_k_floor_holds_at_the_boundary_and_a_job_cannot_lower_it(site
     small = site.runtime(model={"test_groups": [4, 5]}, validation={"min_count": 2}, job_id="job-3")
     with pytest.raises(RoundRefused, match="fewer than k = 10"):
         small.cross_validate(start, other)
+
+
+def test_allow_code_edits_the_policy_and_keeps_its_comments(tmp_path, capsys):
+    from ai4hi_sdk.cli.main import main
+    from ai4hi_sdk.config.site_policy import load_site_policy
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("# my site's rules\nmax_epsilon_per_dataset: 4.0  # agreed with our DPO\nrequire_dp: true\n")
+    digest = "ab" * 32
+    assert main(["site", "allow-code", str(policy), digest]) == 0
+    assert main(["site", "allow-code", str(policy), digest]) == 0  # idempotent
+    text = policy.read_text()
+    assert "# agreed with our DPO" in text and load_site_policy(policy).allowed_code_sha256 == [digest]
+    assert main(["site", "allow-code", str(policy), "c" * 64]) == 0
+    assert main(["site", "allow-code", str(policy), digest, "--revoke"]) == 0
+    assert load_site_policy(policy).allowed_code_sha256 == ["c" * 64]
+    assert main(["site", "allow-code", str(policy), "not-a-hash"]) == 2
+    assert load_site_policy(policy).allowed_code_sha256 == ["c" * 64]
