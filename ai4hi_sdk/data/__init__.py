@@ -29,6 +29,7 @@ from ai4hi_sdk.data.labels import LabelJoin, LabelManifest, join_labels, load_la
 from ai4hi_sdk.data.scan import (
     ExcludedInstance,
     InstanceRecord,
+    ReportObjectRecord,
     ScanReport,
     SegmentationRecord,
     SeriesRefusal,
@@ -59,6 +60,7 @@ __all__ = [
     "ExcludedInstance",
     "ImageSelection",
     "InstanceRecord",
+    "ReportObjectRecord",
     "SegmentationRecord",
     "SeriesRefusal",
     "select",
