@@ -19,6 +19,10 @@ Algorithm (Chapman et al., NegEx, J Biomed Inform 2001, with ConText's uncertain
 5. A finding mentioned several times is ``positive`` if any mention is, else ``uncertain`` if
    any is, else ``negative``. A finding not mentioned is absent from the result.
 
+Known limits (those of NegEx): scopes are token windows, not syntax, so a trigger reaches every
+mention in its window ("left basilar opacity, atelectasis versus consolidation" makes the opacity
+uncertain too); double negation and temporal words ("old", "prior") are not modelled.
+
 Why our own rules: PyPI has no maintained clinical NLP library that covers negation *and*
 uncertainty offline here. negspacy (NegEx on spaCy) runs offline with a blank English pipeline but
 detects negation only and pulls spaCy and ~20 packages into every site; medspacy (ConText) pins

@@ -180,7 +180,7 @@ class SiteGate:
         reasons = self.policy.job_refusal_reasons(request.kind, dp_enabled=request.dp_sgd is not None,
                                                   secure_aggregation=request.secure_aggregation)
         if request.kind == "train" and request.method in BATCH_COUPLED_METHODS and self.policy.require_dp:
-            reasons.append(f"method {request.method} trains with a contrastive loss, which couples the examples of a "
+            reasons.insert(0, f"method {request.method} trains with a contrastive loss, which couples the examples of a "
                            "batch: per-example DP-SGD does not bound one patient's influence, so this site's policy "
                            "(patient-level DP required) cannot be met; such a job needs client-level DP with secure "
                            "aggregation, at a site whose policy accepts that")

@@ -74,6 +74,16 @@ def resolve_site_dir(site_name: str, job_data_root: str | None, workspace: str |
     return Path(job_data_root) / site_name
 
 
+def _first_problems(err: ValueError) -> str:
+    """A validation error as 'field: reason' (at most three), or its first line."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        items = [f"{'.'.join(map(str, e.get('loc', ()))) or 'job'}: {e.get('msg', '')}" for e in errors()[:3]]
+        if items:
+            return "; ".join(items)
+    return str(err).splitlines()[0]
+
+
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
@@ -110,7 +120,7 @@ class SiteRuntime:
                                else ValidationSpec.model_validate(dict(validation)))
         except ValueError as err:  # a malformed job is refused, not crashed on
             self.spec, self.validation = None, None  # type: ignore[assignment]
-            self._spec_error = f"the job's settings are invalid: {str(err).splitlines()[0]}"
+            self._spec_error = f"the job's settings are invalid: {_first_problems(err)}"
         self.code_sha256 = bundle_sha256(self.code) if self.code else None
         dp = self.spec.privacy.dp_sgd if self.spec is not None else None
         self.gate = SiteGate(self.workspace, job_id, dp_accountant=dp.accountant if dp else None)
