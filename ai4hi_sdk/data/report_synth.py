@@ -251,8 +251,9 @@ def write_basic_text_sr(path: Path, image: Dataset, *, sop_uid: str, series_uid:
 
 
 def write_highdicom_sr(path: Path, image: Dataset, *, kind: SrKind, sop_uid: str, series_uid: str, findings: str,
-                       impression: str) -> None:
-    """An Enhanced or Comprehensive SR written with highdicom, with ``image`` as its evidence."""
+                       impression: str, when: datetime) -> None:
+    """An Enhanced or Comprehensive SR written with highdicom, with ``image`` as its evidence. Its
+    creation, content and verification times are ``when`` (highdicom stamps "now": same seed, same bytes)."""
     import highdicom as hd
     from highdicom.sr import CodedConcept, ContainerContentItem, TextContentItem
 
@@ -272,5 +273,13 @@ def write_highdicom_sr(path: Path, image: Dataset, *, kind: SrKind, sop_uid: str
              sop_instance_uid=sop_uid, instance_number=1, manufacturer=str(image.get("Manufacturer", "")),
              is_complete=True, is_final=True, is_verified=True, verifying_observer_name="SYNTHETIC^RADIOLOGIST",
              verifying_organization=str(image.get("InstitutionName", "") or "Synthetic hospital"))
+    day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    sr.InstanceCreationDate, sr.InstanceCreationTime = day, clock
+    sr.ContentDate, sr.ContentTime = day, clock
+    for observer in sr.get("VerifyingObserverSequence", []):
+        observer.VerificationDateTime = day + clock
+    for equipment in sr.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in equipment:
+            equipment.ContributionDateTime = day + clock
     path.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(path, enforce_file_format=True)

@@ -22,6 +22,11 @@ Tasks:
   order with its own affine (matched by position). ``labels.csv`` has columns
   ``SeriesInstanceUID,mask``.
 
+With ``reports=True`` (``ai4hi data synth --reports``) a classification site also gets a report per
+study, consistent with its image (:mod:`~ai4hi_sdk.data.report_synth`): ``reports.csv`` rows for two of
+every three studies, a DICOM SR object in the study for the third, and ``synthetic_report_truth.json``
+(the ground truth per finding). Images and ``labels.csv`` are the same with or without reports.
+
 Everything is a pure function of ``seed`` and the site index: same seed, same UIDs, same
 bytes. A site's content does not depend on how many other sites are generated.
 """
@@ -517,13 +522,13 @@ def _synth_reports(site_dir: Path, studies: list[tuple[int, Dataset, FindingPlac
         else:
             path = site_dir / "dicom" / f"study-{i + 1:04d}" / "report-0001.dcm"
             sop_uid, series_uid = _uid(seed, site_index, i, "sr"), _uid(seed, site_index, i, "sr-series")
+            when = datetime.strptime(str(image.StudyDate) + "170000", "%Y%m%d%H%M%S")  # reported that afternoon
             if channel == "basic":
-                when = datetime.strptime(str(image.StudyDate) + "170000", "%Y%m%d%H%M%S")
                 write_basic_text_sr(path, image, sop_uid=sop_uid, series_uid=series_uid, findings=report.findings,
                                     impression=report.impression, when=when)
             else:
                 write_highdicom_sr(path, image, kind=channel, sop_uid=sop_uid, series_uid=series_uid,
-                                   findings=report.findings, impression=report.impression)
+                                   findings=report.findings, impression=report.impression, when=when)
             sr_files += 1
         truth[study_uid] = {"channel": channel, "opacity_case": report.opacity_case, "truth": report.truth,
                             "placement": None if placement is None else {

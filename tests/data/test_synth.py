@@ -269,6 +269,9 @@ def test_reports_add_files_and_change_no_existing_one(tmp_path):
     synth_site(tmp_path / "reports", site_index=2, n_studies=7, seed=9, reports=True)
     plain, with_reports = _tree_digest(tmp_path / "plain"), _tree_digest(tmp_path / "reports")
     assert {k: with_reports[k] for k in plain} == plain  # images and labels.csv byte for byte
+    # same seed, same bytes, SR objects included (highdicom stamps "now" unless told otherwise)
+    synth_site(tmp_path / "again", site_index=2, n_studies=7, seed=9, reports=True)
+    assert _tree_digest(tmp_path / "again") == with_reports
     added = sorted(set(with_reports) - set(plain))
     assert added == ["dicom/study-0003/report-0001.dcm", "dicom/study-0006/report-0001.dcm", "reports.csv",
                      "synthetic_report_truth.json"]
