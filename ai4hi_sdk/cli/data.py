@@ -1,8 +1,9 @@
 """``ai4hi data``: inspect a site's DICOM folder and write synthetic sites.
 
-    ai4hi data scan DIR [--labels labels.csv] [--json] [--verify-pixels] [--job JOB.yaml]
+    ai4hi data scan DIR [--labels labels.csv] [--reports reports.csv] [--json] [--verify-pixels]
+                        [--job JOB.yaml]
     ai4hi data synth OUT --sites N [--task classification|segmentation]
-                         [--studies-per-site K] [--seed S]
+                         [--studies-per-site K] [--seed S] [--reports]
                          [--drift-site NAME --drift-intensity X] [--overwrite]
 
 Heavy imports (pydicom, numpy, scipy) happen inside the handlers so ``ai4hi --help`` stays fast.
@@ -34,7 +35,7 @@ def register(groups: Any) -> None:
 
     scan = cmds.add_parser(
         "scan",
-        help="index a DICOM folder: readable images, skipped files and why, label coverage",
+        help="index a DICOM folder: readable images, skipped files and why, label and report coverage",
     )
     scan.add_argument("dir", type=Path, metavar="DIR", help="folder holding DICOM files")
     scan.add_argument("--labels", type=Path, metavar="CSV", help="label manifest to join")
@@ -42,6 +43,11 @@ def register(groups: Any) -> None:
     scan.add_argument(
         "--key-column", default=None,
         help="UID column of the manifest (default: auto-detect SOP/Series/Study UID)",
+    )
+    scan.add_argument(
+        "--reports", type=Path, metavar="CSV",
+        help="report export (reports.csv, keyed by StudyInstanceUID or AccessionNumber) to join; "
+             "DICOM SR reports in DIR are always counted",
     )
     scan.add_argument("--json", action="store_true", help="print the full report as JSON")
     scan.add_argument(
@@ -69,6 +75,10 @@ def register(groups: Any) -> None:
     synth.add_argument(
         "--drift-manufacturer", metavar="NAME", help="Manufacturer header of the drift site"
     )
+    synth.add_argument(
+        "--reports", action="store_true",
+        help="also write a report per study (reports.csv rows and DICOM SR objects; classification only)",
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace existing site folders")
     synth.set_defaults(func=cmd_synth)
 
@@ -82,28 +92,55 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     if args.labels is not None and not args.labels.is_file():
         raise UserError(f"label file not found: {args.labels}")
+    if args.reports is not None and not args.reports.is_file():
+        raise UserError(f"report file not found: {args.reports}")
     report = scan_directory(args.dir, verify_pixels=args.verify_pixels)
+    spec = None
     if args.job is not None:
-        _apply_job(report, args.job, Path(args.dir))
+        spec = _apply_job(report, args.job, Path(args.dir))
     join = None
     if args.labels is not None:
         manifest = load_label_manifest(
             args.labels, key_column=args.key_column, label_column=args.label_column
         )
         join = join_labels(report, manifest)
+    reports = weak = None
+    if args.reports is not None or report.report_objects:
+        from ai4hi_sdk.data.reports import join_reports, load_report_csv
+
+        reports = join_reports(report, load_report_csv(args.reports) if args.reports is not None else None)
+        if spec is not None and spec.data.labels_from == "reports":
+            weak = _weak_labels(reports, spec)
 
     if args.json:
         doc = report.to_dict()
         if join is not None:
             doc["labels"] = join.to_dict()
+        if reports is not None:
+            doc["reports"] = reports.to_dict()
+        if weak is not None:
+            doc["weak_labels"] = weak.summary()
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
-    _print_scan(_console(), report, join)
+    _print_scan(_console(), report, join, reports, weak)
     return 0
 
 
-def _apply_job(report: Any, job_path: Path, root: Path) -> None:
-    """Add to ``report`` what the job leaves out (by reason) and, for volumes, the series it refuses."""
+def _weak_labels(reports: Any, spec: Any) -> Any:
+    """The job's weak labels of the scanned studies (counts are shown, never a report)."""
+    from ai4hi_sdk.data.labeler import UnknownRuleSet, get_rule_set
+    from ai4hi_sdk.data.weak_labels import weak_labels
+
+    try:
+        rules = get_rule_set(spec.data.labeler_version)
+        return weak_labels(reports, rules, spec.data.report_finding, spec.data.uncertain)
+    except (UnknownRuleSet, ValueError) as err:
+        raise UserError(str(err.args[0])) from None
+
+
+def _apply_job(report: Any, job_path: Path, root: Path) -> Any:
+    """Add to ``report`` what the job leaves out (by reason) and, for volumes, the series it refuses;
+    returns the job spec."""
     from ai4hi_sdk.config.job_spec import load_job_spec
     from ai4hi_sdk.data.selection import ImageSelection, select
 
@@ -118,6 +155,7 @@ def _apply_job(report: Any, job_path: Path, root: Path) -> None:
         volumes, refusals = assemble_volumes(group_by_series(kept), root, image_types=selection.image_types)
         report.refused_series.extend(refusals)
         report.excluded.extend(e for volume in volumes for e in volume.dropped)
+    return spec
 
 
 def _console() -> Console:
@@ -133,7 +171,7 @@ def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
     return table
 
 
-def _print_scan(console: Console, report: Any, join: Any) -> None:
+def _print_scan(console: Console, report: Any, join: Any, reports: Any = None, weak: Any = None) -> None:
     summary = report.summary()
     console.print(f"[bold]Scanned[/] {escape(report.root)}")
     files = _table("Files", "", "count")
@@ -158,6 +196,8 @@ def _print_scan(console: Console, report: Any, join: Any) -> None:
 
     if report.segmentations:
         console.print(f"DICOM SEG objects (masks, not images): {len(report.segmentations)}")
+    if report.report_objects:
+        console.print(f"DICOM SR objects (reports, not images): {len(report.report_objects)}")
     if report.excluded:
         left = _table("Left out by the job (images it does not train on)", "reason", "images")
         for reason, n in summary["excluded_by_reason"].items():
@@ -194,6 +234,29 @@ def _print_scan(console: Console, report: Any, join: Any) -> None:
         lab.add_row("other manifest problems", str(ls["problems"] - ls["duplicates"]))
         console.print(lab)
 
+    if reports is not None:
+        rs = reports.summary()
+        rep = _table("Reports (reports.csv rows and DICOM SR objects)", "", "count")
+        rep.add_row("studies with a report", f"{rs['with_report']} / {rs['studies']}")
+        rep.add_row("coverage", f"{100 * rs['coverage']:.1f} %")
+        rep.add_row("studies without a report", str(rs["without_report"]))
+        rep.add_row("studies with an empty report", str(rs["empty_report"]))
+        rep.add_row("studies with several reports", str(rs["duplicate_reports"]))
+        rep.add_row("reports from reports.csv / from SR", f"{rs['from_csv']} / {rs['from_sr']}")
+        rep.add_row("report keys matching no study", str(rs["keys_matching_no_study"]))
+        rep.add_row("problems (rows, unreadable SR)", str(rs["problems"]))
+        console.print(rep)
+    if weak is not None:
+        ws = weak.summary()
+        wl = _table(f"Weak labels: '{escape(ws['finding'])}' ({escape(ws['labeler_version'])}, "
+                    f"uncertain: {ws['uncertain']})", "", "studies")
+        for assertion, n in ws["assertions"].items():
+            wl.add_row(f"report says {assertion}", str(n))
+        wl.add_row("labelled (positive / all)", f"{ws['positive_studies']} / {ws['labelled_studies']}")
+        wl.add_row("left out as uncertain", str(ws["dropped_uncertain"]))
+        wl.add_row("no report", str(ws["no_report"]))
+        console.print(wl)
+
 
 # --------------------------------------------------------------------------- synth
 
@@ -220,9 +283,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     vendors = (
         {args.drift_site: args.drift_manufacturer} if args.drift_manufacturer else None
     )
+    if args.reports and args.task != "classification":
+        raise UserError("--reports writes chest radiograph reports: use it with --task classification")
     sites = synth_consortium(
         args.out, sites=args.sites, task=args.task, studies_per_site=args.studies_per_site,
-        seed=args.seed, drift=drift, manufacturers=vendors, overwrite=args.overwrite,
+        seed=args.seed, drift=drift, manufacturers=vendors, overwrite=args.overwrite, reports=args.reports,
     )
     console = _console()
     table = _table(
@@ -238,5 +303,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print("Each site: dicom/ (Part 10 files), labels.csv"
-                  + (", masks/<SeriesInstanceUID>.npy|.npz" if args.task == "segmentation" else ""))
+                  + (", masks/<SeriesInstanceUID>.npy|.npz" if args.task == "segmentation" else "")
+                  + (", reports.csv and dicom/study-*/report-0001.dcm (SR), synthetic_report_truth.json"
+                     if args.reports else ""))
     return 0

@@ -125,6 +125,11 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
                           f"over {len(last.get('sites', {}))} sites (no site's own figures left it); "
                           f"dropped: {', '.join(last.get('dropped') or []) or 'none'}; "
                           f"quantisation error bound {_fmt(last.get('quantisation_error_bound'))}")
+    agreement = metrics.get("label_agreement")
+    if agreement:  # jobs with labels from reports: aggregates of k or more studies per site
+        console.print("weak labels agree with hand labels: " + ", ".join(
+            f"{s} {_fmt(a.get('weak_label_agreement'))} ({int(a['weak_label_studies'])} studies)"
+            for s, a in sorted(agreement["sites"].items())) + f"; pooled {_fmt(agreement['pooled_agreement'])}")
     for site, privacy in sorted((metrics.get("privacy") or {}).items()):
         for dataset, spent in privacy["datasets"].items():
             console.print(f"privacy: {site} dataset {dataset}: epsilon {spent['epsilon_spent']:.3g} spent "

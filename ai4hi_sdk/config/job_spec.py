@@ -44,6 +44,11 @@ class DataSpec(StrictModel):
     ``image_types`` is left out and counted by reason in the site's scan report, as are images
     holding a single value. Multi-frame objects are left out unless ``multiframe`` says how to use
     them. ``None`` accepts any value.
+
+    Labels come from the site's ``labels.csv`` or, with ``labels_from: reports``, from its radiology
+    reports (``reports.csv`` rows and DICOM SR objects): each site labels ``report_finding`` in its
+    reports with the labeler rule set ``labeler_version`` (a site refuses a version it does not hold)
+    and treats uncertain mentions as ``uncertain`` says. Nothing of a report leaves the site.
     """
 
     image_size: int = Field(64, ge=8, le=2048, description="images are resized to image_size x image_size pixels")
@@ -57,6 +62,33 @@ class DataSpec(StrictModel):
     multiframe: Literal["exclude", "first_frame", "volume"] = Field(
         "exclude", description="multi-frame objects: left out, their first frame used as a 2D image, "
                                "or (segmentation) every frame stacked into a volume by its functional groups")
+    labels_from: Literal["labels", "reports"] = Field(
+        "labels", description="labels.csv (hand labels) or weak labels from the site's reports")
+    report_finding: str | None = Field(
+        None, description="with labels_from: reports, the finding whose presence is the class (e.g. opacity)")
+    uncertain: Literal["ignore", "positive", "negative"] = Field(
+        "ignore", description="with labels_from: reports, studies whose report is uncertain about the finding: "
+                              "left out, or labelled positive / negative")
+    labeler_version: str | None = Field(
+        None, description="with labels_from: reports, the labeler rule set every site uses (e.g. ai4hi-negex-1)")
+
+    @model_validator(mode="after")
+    def _report_labels_need_finding_and_version(self) -> "DataSpec":
+        if self.labels_from == "reports":
+            missing = [name for name in ("report_finding", "labeler_version") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"labels_from: reports needs {' and '.join(missing)} "
+                                 "(e.g. report_finding: opacity, labeler_version: ai4hi-negex-1)")
+        elif self.report_finding or self.labeler_version:
+            raise ValueError("report_finding and labeler_version apply only with labels_from: reports")
+        return self
+
+    @field_validator("report_finding", "labeler_version")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", value):
+            raise ValueError("must be 1-64 lowercase letters, digits, '.', '_' or '-'")
+        return value
 
     @field_validator("modalities", "image_types")
     @classmethod
@@ -160,11 +192,19 @@ class PrivacySpec(StrictModel):
     secure_aggregation: SecureAggregationSpec | None = None
 
 
+#: training methods whose loss couples the examples of a batch (contrastive): per-example DP-SGD does
+#: not bound one patient's influence on such a loss
+BATCH_COUPLED_METHODS = frozenset({"image_report"})
+
+
 class JobSpec(StrictModel):
     """A federated job: what to train, on which task, for how long."""
 
     name: str
     task: Literal["classification", "segmentation"] = "classification"
+    method: Literal["supervised", "image_report"] = Field(
+        "supervised", description="supervised (per-example loss) or image_report (image-report contrastive "
+                                  "pretraining: client-level DP and secure aggregation, never DP-SGD)")
     trainer: str = Field("ai4hi_sdk.trainers.classification:ClassificationTrainer", description="module:Class")
     model: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the trainer's model")
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -177,6 +217,24 @@ class JobSpec(StrictModel):
     )
     #: folder of the spec file; set by load_job_spec, used to resolve ``code``
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _report_labels_classify(self) -> "JobSpec":
+        if self.data.labels_from == "reports" and self.task != "classification":
+            raise ValueError("data.labels_from: reports gives study-level class labels: task must be classification")
+        return self
+
+    @model_validator(mode="after")
+    def _contrastive_needs_client_level_dp(self) -> "JobSpec":
+        if self.method in BATCH_COUPLED_METHODS:
+            if self.privacy.dp_sgd is not None:
+                raise ValueError(f"method {self.method}: a contrastive loss couples the examples of a batch, so "
+                                 "per-example DP-SGD does not bound one patient's influence; use privacy.client_dp "
+                                 "with privacy.secure_aggregation instead of privacy.dp_sgd")
+            if self.privacy.client_dp is None:
+                raise ValueError(f"method {self.method} needs privacy.client_dp (client-level DP; per-example "
+                                 "DP-SGD does not apply to a contrastive loss)")
+        return self
 
     @model_validator(mode="after")
     def _secure_aggregation_needs_two_survivors(self) -> "JobSpec":

@@ -7,6 +7,9 @@ Modules, one job each:
 * :mod:`~ai4hi_sdk.data.scan`       - fault-tolerant folder scan -> :class:`ScanReport`
 * :mod:`~ai4hi_sdk.data.selection`  - what a job trains on (modalities, SOP classes, image types)
 * :mod:`~ai4hi_sdk.data.labels`     - CSV label manifests keyed by a DICOM UID, joins
+* :mod:`~ai4hi_sdk.data.reports`    - radiology reports: reports.csv (RIS export), DICOM SR, coverage
+* :mod:`~ai4hi_sdk.data.labeler`    - versioned NegEx-style rules: report -> per-finding assertions
+* :mod:`~ai4hi_sdk.data.weak_labels` - weak labels of one finding per study, agreement with hand labels
 * :mod:`~ai4hi_sdk.data.splits`     - deterministic train/val/test by study UID
 * :mod:`~ai4hi_sdk.data.transforms` - pixel loading (LUTs) and MONAI pipelines
 * :mod:`~ai4hi_sdk.data.dataset`    - torch datasets for a site (2D classification)
@@ -15,6 +18,7 @@ Modules, one job each:
 * :mod:`~ai4hi_sdk.data.masks`      - DICOM SEG / .npz / .npy masks placed on a volume by position
 * :mod:`~ai4hi_sdk.data.volumes`    - torch datasets of volumes and masks (segmentation)
 * :mod:`~ai4hi_sdk.data.synth`      - synthetic consortia written as real DICOM
+* :mod:`~ai4hi_sdk.data.report_synth` - synthetic reports consistent with the images, as CSV rows or SR
 
 The torch/MONAI-backed names (datasets, transforms) are imported lazily: importing this
 package for a scan does not pay the multi-second torch + MONAI import.
@@ -29,6 +33,7 @@ from ai4hi_sdk.data.labels import LabelJoin, LabelManifest, join_labels, load_la
 from ai4hi_sdk.data.scan import (
     ExcludedInstance,
     InstanceRecord,
+    ReportObjectRecord,
     ScanReport,
     SegmentationRecord,
     SeriesRefusal,
@@ -59,6 +64,7 @@ __all__ = [
     "ExcludedInstance",
     "ImageSelection",
     "InstanceRecord",
+    "ReportObjectRecord",
     "SegmentationRecord",
     "SeriesRefusal",
     "select",

@@ -1,7 +1,9 @@
 """Torch datasets over a scanned, labelled DICOM site.
 
 :func:`load_site_splits` turns a site folder (``labels.csv`` + ``dicom/``) into train / val /
-test :class:`DicomClassificationDataset` objects: scan, join labels, drop unlabelled images, keep
+test :class:`DicomClassificationDataset` objects: scan, join labels (or, with
+``labels_from="reports"``, weak labels from the site's reports: :mod:`~ai4hi_sdk.data.weak_labels`),
+drop unlabelled images, keep
 the images the job declares it trains on (:class:`~ai4hi_sdk.data.selection.ImageSelection`;
 the rest are counted by reason in the scan report's ``excluded``), split by study UID. Everything stays inside the site: subgroup attributes are kept per item
 for local audits only.
@@ -19,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ai4hi_sdk.data.labels import LabelJoin, join_labels, load_label_manifest
+from ai4hi_sdk.data.weak_labels import LabelAgreement, WeakLabels
 from ai4hi_sdk.data.scan import InstanceRecord, ScanReport, scan_directory
 from ai4hi_sdk.data.selection import ImageSelection, select
 from ai4hi_sdk.data.splits import DEFAULT_FRACTIONS, Split, assign_split
@@ -101,7 +104,10 @@ class DicomClassificationDataset(Dataset):
 class SiteSplits:
     """Datasets of one site. ``train`` augments (if asked); ``val`` and ``test`` never do.
 
-    ``class_names[k]`` is the label text that maps to class ``k``.
+    ``class_names[k]`` is the label text that maps to class ``k``. With weak labels from reports,
+    ``weak_labels`` holds them (per study, site-local), ``report_coverage`` the report join's counts
+    and ``label_agreement`` their agreement with the site's hand labels over the training images'
+    studies (None without ``labels.csv`` or when its labels are not binary).
     """
 
     train: DicomClassificationDataset
@@ -110,6 +116,9 @@ class SiteSplits:
     scan: ScanReport
     labels: LabelJoin
     class_names: list[str]
+    weak_labels: WeakLabels | None = None
+    report_coverage: dict | None = None
+    label_agreement: LabelAgreement | None = None
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -171,6 +180,10 @@ def load_site_splits(
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     verify_pixels: bool = False,
     selection: ImageSelection | None = None,
+    labels_from: str = "labels",
+    report_finding: str | None = None,
+    uncertain: str = "ignore",
+    labeler_version: str | None = None,
 ) -> SiteSplits:
     """Scan a site, join its labels and split it by study.
 
@@ -187,16 +200,35 @@ def load_site_splits(
         selection: the job's training images (default: :class:`ImageSelection`'s defaults,
             those of the job spec's ``data:`` block). Labelled images outside it are added to
             ``scan.excluded`` with a reason.
+        labels_from: ``labels`` (``labels.csv``) or ``reports`` (weak labels of ``report_finding``
+            from ``reports.csv`` and SR objects, labelled with rule set ``labeler_version``;
+            ``uncertain`` mentions ignored, or taken as positive / negative).
 
     Raises:
-        UserError: missing folder or labels file, bad labels, or no labelled training images.
+        UserError: missing folder or labels file, bad labels, unknown rule set or finding, or no
+            labelled training images.
     """
     site_dir = Path(site_dir)
-    labels_path = site_labels_path(site_dir)
     dicom_root = site_dicom_root(site_dir)
-    report = scan_directory(dicom_root, verify_pixels=verify_pixels)
-    manifest = load_label_manifest(labels_path, label_column=label_column)
-    join = join_labels(report, manifest)
+    if labels_from == "reports":
+        if not site_dir.is_dir():
+            raise UserError(f"site folder not found: {site_dir}")
+        report = scan_directory(dicom_root, verify_pixels=verify_pixels)
+        join, weak, coverage = _weak_label_join(site_dir, report, report_finding, uncertain, labeler_version)
+        labels_path = site_dir / LABELS_FILE
+        classes = None  # weak labels are 0 / 1
+    elif labels_from == "labels":
+        labels_path = site_labels_path(site_dir)
+        report = scan_directory(dicom_root, verify_pixels=verify_pixels)
+        manifest = load_label_manifest(labels_path, label_column=label_column)
+        join, weak, coverage = join_labels(report, manifest), None, None
+    else:
+        raise UserError(f"labels_from must be 'labels' or 'reports', got {labels_from!r}")
+    if not join.labels and weak is not None:
+        raise UserError(
+            f"{site_dir}: no study has a weak label for '{weak.finding}' ({report.files_read} images read, "
+            f"{(coverage or {}).get('with_report', 0)} studies with a report, {len(weak.dropped_uncertain)} left out "
+            f"as uncertain); check reports.csv and the SR objects (`ai4hi data scan --reports`)")
     if not join.labels:
         raise UserError(
             f"{site_dir}: no labelled images ({report.files_read} images read from "
@@ -227,6 +259,9 @@ def load_site_splits(
         by_split[split].append(_item(dicom_root, record, label))
     n_classes = max(used) + 1
     class_names = list(classes) if classes is not None else [str(k) for k in range(n_classes)]
+    agreement = None
+    if weak is not None and labels_path.is_file():
+        agreement = _agreement_with_hand_labels(report, labels_path, label_column, weak, kept)
     return SiteSplits(
         train=DicomClassificationDataset(by_split["train"], image_size=image_size, augment=augment),
         val=DicomClassificationDataset(by_split["val"], image_size=image_size),
@@ -234,7 +269,70 @@ def load_site_splits(
         scan=report,
         labels=join,
         class_names=class_names,
+        weak_labels=weak,
+        report_coverage=coverage,
+        label_agreement=agreement,
     )
+
+
+def _weak_label_join(site_dir: Path, report: ScanReport, finding: str | None, uncertain: str,
+                     version: str | None) -> tuple[LabelJoin, WeakLabels, dict]:
+    """Weak labels of the site's studies, as a study-level :class:`LabelJoin` of its images."""
+    from ai4hi_sdk.data.labeler import UnknownRuleSet, get_rule_set
+    from ai4hi_sdk.data.reports import load_site_reports
+    from ai4hi_sdk.data.weak_labels import weak_labels
+
+    if not finding or not version:
+        raise UserError("labels from reports need data.report_finding and data.labeler_version in the job")
+    try:
+        rules = get_rule_set(version)
+    except UnknownRuleSet as err:
+        raise UserError(str(err.args[0])) from None
+    reports = load_site_reports(site_dir, report)
+    try:
+        weak = weak_labels(reports, rules, finding, uncertain)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    labels: dict[str, str] = {}
+    missing: list[str] = []
+    for record in report.instances:
+        value = weak.labels.get(record.study_instance_uid)
+        if value is None:
+            missing.append(record.sop_instance_uid)
+        else:
+            labels[record.sop_instance_uid] = str(value)
+    all_studies = {r.study_instance_uid for r in report.instances}
+    join = LabelJoin(key_level="study", labels=labels, missing_instances=sorted(missing),
+                     missing_studies=sorted(all_studies - set(weak.labels)), extra_keys=[], duplicates=[],
+                     problems=[], n_instances=len(report.instances))
+    return join, weak, reports.summary()
+
+
+def _agreement_with_hand_labels(report: ScanReport, labels_path: Path, label_column: str, weak: WeakLabels,
+                                kept: Sequence[InstanceRecord]) -> LabelAgreement | None:
+    """Weak vs hand labels over the studies of the images the job trains on (None: the hand
+    labels are unreadable or not binary; a study whose images carry different hand labels is left out)."""
+    from ai4hi_sdk.data.weak_labels import label_agreement
+    from ai4hi_sdk.errors import ConfigError
+
+    try:
+        hand_join = join_labels(report, load_label_manifest(labels_path, label_column=label_column))
+    except ConfigError:
+        return None
+    per_study: dict[str, set[int]] = {}
+    for record in kept:
+        text = hand_join.labels.get(record.sop_instance_uid)
+        if text is None:
+            continue
+        try:
+            value = label_to_int(text)
+        except ValueError:
+            return None
+        if value not in (0, 1):
+            return None
+        per_study.setdefault(record.study_instance_uid, set()).add(value)
+    hand = {study: next(iter(values)) for study, values in per_study.items() if len(values) == 1}
+    return label_agreement(weak.labels, hand)
 
 
 def _item(root: Path, record: InstanceRecord, label: int) -> ClassificationItem:

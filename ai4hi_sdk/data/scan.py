@@ -4,7 +4,9 @@
 file's header with pydicom (plain or gzip-compressed, ``.dcm.gz``), trial-decodes the first
 frame only (no colour conversion: memory stays at one frame however long a cine is), and sorts
 every file into an :class:`InstanceRecord` (a usable image), a :class:`SegmentationRecord` (a DICOM
-SEG object: a label, never a training image) or a :class:`SkippedFile` with a reason code. It never
+SEG object: a label, never a training image), a :class:`ReportObjectRecord` (a Basic, Enhanced or
+Comprehensive SR object: a report, read by :mod:`~ai4hi_sdk.data.reports`; the scan keeps only its
+header, never its text) or a :class:`SkippedFile` with a reason code. It never
 raises on a bad file: a hospital export always holds a few. Copies of one SOP Instance keep the best
 file: uncompressed before lossless-compressed before anything lossy.
 
@@ -54,7 +56,7 @@ SKIP_REASONS: dict[str, str] = {
     "not_dicom": "not a DICOM file",
     "no_file_meta": "DICOM dataset without Part 10 header (no preamble / 'DICM')",
     "read_error": "pydicom could not parse the file",
-    "no_pixel_data": "no image pixel data (e.g. DICOMDIR, SR, RT plan, waveform)",
+    "no_pixel_data": "no image pixel data (e.g. DICOMDIR, dose SR, RT plan, waveform)",
     "missing_uid": "Study, Series or SOP Instance UID missing",
     "missing_transfer_syntax": "file meta has no Transfer Syntax UID",
     "unsupported_transfer_syntax": "no pixel decoder available for the transfer syntax",
@@ -76,6 +78,10 @@ _PATIENT_SALT = "ai4hi-patient-v1"
 _MAX_DETAIL = 300
 #: SOP classes that hold masks, not images (Segmentation, Label Map Segmentation)
 SEGMENTATION_SOP_CLASSES = frozenset({SegmentationStorage, "1.2.840.10008.5.1.4.1.1.66.7"})
+#: SR classes that hold a narrative report (Basic Text, Enhanced, Comprehensive, Comprehensive 3D SR);
+#: other SR classes (dose reports, key object selections, CAD) carry no report text and stay skipped
+REPORT_SR_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",
+                                   "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"})
 # pydicom decoder plugin -> what to pip-install for it (its own hint names import modules)
 _PLUGIN_PACKAGES = {"gdcm": "python-gdcm", "pylibjpeg": "pylibjpeg", "pyjpegls": "pyjpegls",
                     "pillow": "pillow", "numpy": "numpy"}
@@ -165,6 +171,30 @@ class SegmentationRecord:
 
 
 @dataclass(frozen=True)
+class ReportObjectRecord:
+    """A DICOM SR object holding a report of its study (header only: the scan never reads its text).
+
+    ``completion_flag`` (PARTIAL / COMPLETE) and ``verification_flag`` (UNVERIFIED / VERIFIED) say
+    how final the report is; ``content_datetime`` is ContentDate + ContentTime (``YYYYMMDDhhmmss``,
+    empty when absent), used to prefer the latest of several reports of one study.
+    """
+
+    path: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    completion_flag: str
+    verification_flag: str
+    content_datetime: str
+    transfer_syntax_uid: str
+    file_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class ExcludedInstance:
     """A readable image a job does not train on (see :mod:`~ai4hi_sdk.data.selection`)."""
 
@@ -214,6 +244,7 @@ class ScanReport:
     counts *studies* (not images) per sex / age band / manufacturer, so a 300-slice CT
     weighs as much as one radiograph. ``excluded`` (images a job does not use) and
     ``refused_series`` (series that are no volume) are filled by the loaders, not the scan.
+    ``report_objects`` are the SR objects holding reports (see :mod:`~ai4hi_sdk.data.reports`).
     """
 
     root: str
@@ -223,6 +254,7 @@ class ScanReport:
     segmentations: list[SegmentationRecord] = field(default_factory=list)
     excluded: list[ExcludedInstance] = field(default_factory=list)
     refused_series: list[SeriesRefusal] = field(default_factory=list)
+    report_objects: list[ReportObjectRecord] = field(default_factory=list)
 
     @property
     def files_read(self) -> int:
@@ -235,7 +267,7 @@ class ScanReport:
 
     @property
     def files_seen(self) -> int:
-        return self.files_read + len(self.segmentations) + self.files_skipped
+        return self.files_read + len(self.segmentations) + len(self.report_objects) + self.files_skipped
 
     @property
     def excluded_by_reason(self) -> dict[str, int]:
@@ -284,6 +316,7 @@ class ScanReport:
             "files_skipped": self.files_skipped,
             "skipped_by_reason": self.skipped_by_reason,
             "segmentation_objects": len(self.segmentations),
+            "report_objects": len(self.report_objects),
             "excluded_by_reason": self.excluded_by_reason,
             "series_refused_by_reason": self.series_refused_by_reason,
             "modalities": self.modalities,
@@ -302,6 +335,7 @@ class ScanReport:
             "instances": [r.to_dict() for r in self.instances],
             "skipped": [s.to_dict() for s in self.skipped],
             "segmentations": [r.to_dict() for r in self.segmentations],
+            "report_objects": [r.to_dict() for r in self.report_objects],
             "excluded": [e.to_dict() for e in self.excluded],
             "refused_series": [r.to_dict() for r in self.refused_series],
         }
@@ -340,7 +374,7 @@ def scan_directory(root: Path, *, verify_pixels: bool = False) -> ScanReport:
 
     Returns:
         A :class:`ScanReport`; every file seen is in exactly one of ``instances``,
-        ``segmentations`` or ``skipped``. Of several files with one SOP Instance UID the best
+        ``segmentations``, ``report_objects`` or ``skipped``. Of several files with one SOP Instance UID the best
         copy is kept (uncompressed, then lossless, then path order); the others are skipped as
         ``duplicate_instance`` naming the kept file.
 
@@ -353,7 +387,7 @@ def scan_directory(root: Path, *, verify_pixels: bool = False) -> ScanReport:
     if not root.is_dir():
         raise UserError(f"not a folder: {root} (give the folder that holds the DICOM files)")
     report = ScanReport(root=str(root), verify_pixels=verify_pixels)
-    readable: list[InstanceRecord | SegmentationRecord] = []
+    readable: list[_Record] = []
     for path in iter_files(root):
         rel = path.relative_to(root).as_posix()
         try:
@@ -368,20 +402,22 @@ def scan_directory(root: Path, *, verify_pixels: bool = False) -> ScanReport:
     kept, duplicates = _deduplicate(readable)
     report.instances = [r for r in kept if isinstance(r, InstanceRecord)]
     report.segmentations = [r for r in kept if isinstance(r, SegmentationRecord)]
+    report.report_objects = [r for r in kept if isinstance(r, ReportObjectRecord)]
     report.skipped = sorted(report.skipped + duplicates, key=lambda s: s.path)
     return report
 
 
-def _copy_rank(record: InstanceRecord | SegmentationRecord) -> tuple[int, int, str]:
+_Record = InstanceRecord | SegmentationRecord | ReportObjectRecord
+
+
+def _copy_rank(record: _Record) -> tuple[int, int, str]:
     lossy = getattr(record, "lossy", False)
     return (*dicomio.compression_rank(record.transfer_syntax_uid, lossy), record.path)
 
 
-def _deduplicate(
-    records: list[InstanceRecord | SegmentationRecord],
-) -> tuple[list[InstanceRecord | SegmentationRecord], list[SkippedFile]]:
+def _deduplicate(records: list[_Record]) -> tuple[list[_Record], list[SkippedFile]]:
     """Keep the best copy of each SOP Instance UID (path order kept); skip the others."""
-    best: dict[str, InstanceRecord | SegmentationRecord] = {}
+    best: dict[str, _Record] = {}
     for record in records:
         current = best.get(record.sop_instance_uid)
         if current is None or _copy_rank(record) < _copy_rank(current):
@@ -402,10 +438,12 @@ def _deduplicate(
     return kept, skipped
 
 
-def _read_file(path: Path, rel: str, *, verify_pixels: bool = False) -> InstanceRecord | SegmentationRecord:
-    """Read one file into a record; raise ``_Skip`` if it is not a usable image or SEG."""
+def _read_file(path: Path, rel: str, *, verify_pixels: bool = False) -> _Record:
+    """Read one file into a record; raise ``_Skip`` if it is not a usable image, SEG or SR report."""
     source, size = _open(path)
     ds = _read_dataset(source, size)
+    if _text(ds.get("SOPClassUID")) in REPORT_SR_SOP_CLASSES:
+        return _report_object_record(ds, rel, size)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         sop_class = getattr(ds.get("SOPClassUID"), "name", "") or str(ds.get("Modality", ""))
         raise _Skip("no_pixel_data", f"no Pixel Data element ({sop_class or 'unknown type'})")
@@ -483,6 +521,21 @@ def _segmentation_record(ds: Dataset, rel: str, uids: dict[str, str], ts: str, r
         referenced_series_uids=referenced, segmentation_type=_text(ds.get("SegmentationType")) or "unknown",
         segments=len(ds.get("SegmentSequence") or []), number_of_frames=frames, rows=rows, columns=columns,
         transfer_syntax_uid=ts, file_size=size)
+
+
+def _report_object_record(ds: Dataset, rel: str, size: int) -> ReportObjectRecord:
+    uids = {k: _text(ds.get(k)) for k in _UID_KEYWORDS}
+    missing = [k for k, v in uids.items() if not v]
+    if missing:
+        raise _Skip("missing_uid", "SR object missing " + ", ".join(missing))
+    return ReportObjectRecord(
+        path=rel, sop_instance_uid=uids["SOPInstanceUID"], study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"], sop_class_uid=_text(ds.get("SOPClassUID")),
+        completion_flag=_text(ds.get("CompletionFlag")).upper(),
+        verification_flag=_text(ds.get("VerificationFlag")).upper(),
+        content_datetime=(_text(ds.get("ContentDate")) + _text(ds.get("ContentTime")).split(".")[0]),
+        transfer_syntax_uid=_text(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)),
+        file_size=size)
 
 
 def _functional_group(ds: Dataset, group: str, keyword: str) -> Any:

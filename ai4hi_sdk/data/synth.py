@@ -22,6 +22,11 @@ Tasks:
   order with its own affine (matched by position). ``labels.csv`` has columns
   ``SeriesInstanceUID,mask``.
 
+With ``reports=True`` (``ai4hi data synth --reports``) a classification site also gets a report per
+study, consistent with its image (:mod:`~ai4hi_sdk.data.report_synth`): ``reports.csv`` rows for two of
+every three studies, a DICOM SR object in the study for the third, and ``synthetic_report_truth.json``
+(the ground truth per finding). Images and ``labels.csv`` are the same with or without reports.
+
 Everything is a pure function of ``seed`` and the site index: same seed, same UIDs, same
 bytes. A site's content does not depend on how many other sites are generated.
 """
@@ -44,6 +49,7 @@ from pydicom.uid import (
 )
 from scipy.ndimage import gaussian_filter
 
+from ai4hi_sdk.data.report_synth import FindingPlacement
 from ai4hi_sdk.errors import UserError
 
 Task = Literal["classification", "segmentation"]
@@ -53,6 +59,8 @@ CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
+#: ground truth of the synthetic reports (synthetic sites only: no hospital has such a file)
+SYNTHETIC_REPORT_TRUTH = "synthetic_report_truth.json"
 RADIOGRAPH_SIZE = 128  # pixels, square
 RADIOGRAPH_SPACING_MM = 3.3  # ~43 cm detector over 128 pixels
 CT_SHAPE = (24, 32, 32)  # slices, rows, columns
@@ -163,6 +171,19 @@ def chest_radiograph(
     Anatomy is jittered per patient. If ``positive`` a round opacity (radius 5-10 % of the
     image, peak +0.55..0.75) is placed inside one lung field.
     """
+    return chest_radiograph_with_placement(rng, size=size, positive=positive)[0]
+
+
+def chest_radiograph_with_placement(
+    rng: np.random.Generator, *, size: int = RADIOGRAPH_SIZE, positive: bool = False
+) -> tuple[np.ndarray, FindingPlacement | None]:
+    """:func:`chest_radiograph` and where its opacity is (None when not ``positive``).
+
+    The placement is the patient's side (the image's left half shows the patient's right lung, as
+    on a PA film), the third of that lung's height (upper / mid / lower) holding the opacity's
+    centre and its diameter in mm at :data:`RADIOGRAPH_SPACING_MM` (for ``size`` 128). Computing it
+    draws nothing from ``rng``: the image is the same as :func:`chest_radiograph`'s.
+    """
     yy, xx = np.mgrid[0:size, 0:size] / size  # normalised coordinates in [0, 1)
     j = rng.normal(0.0, 1.0, size=8) * 0.015
 
@@ -188,8 +209,10 @@ def chest_radiograph(
     img[(np.abs(xx - 0.5 - j[0]) < 0.045) & body] = 0.72  # spine / mediastinum
     # Parenchymal texture: low-pass noise.
     img += 0.03 * gaussian_filter(rng.normal(size=(size, size)), 2.0) / 0.14
+    placement = None
     if positive:
-        lung = lungs[int(rng.integers(2))]
+        which = int(rng.integers(2))
+        lung = lungs[which]
         ys, xs = np.nonzero(lung)
         # Keep the centre well inside the lung: sample among the inner half of lung pixels.
         centre_dist = np.hypot(ys - ys.mean(), xs - xs.mean())
@@ -200,7 +223,12 @@ def chest_radiograph(
         peak = rng.uniform(0.55, 0.75)  # brighter than the spine: learnable by a small CNN in a minute
         d = np.hypot(xx - cx, yy - cy) / radius
         img += peak * np.clip(1.5 - d, 0.0, 1.0) ** 0.7  # flat core, soft edge
-    return gaussian_filter(img, 0.8)
+        third = (ys[k] - ys.min()) / max(ys.max() - ys.min(), 1)
+        placement = FindingPlacement(
+            side="right" if which == 0 else "left",
+            zone="upper" if third < 1 / 3 else "mid" if third < 2 / 3 else "lower",
+            diameter_mm=int(round(2 * radius * RADIOGRAPH_SIZE * RADIOGRAPH_SPACING_MM)))  # the film is 422 mm wide
+    return gaussian_filter(img, 0.8), placement
 
 
 def ct_volume(
@@ -349,6 +377,7 @@ def synth_site(
     manufacturer: str | None = None,
     model: str | None = None,
     overwrite: bool = False,
+    reports: bool = False,
 ) -> SiteSummary:
     """Write one synthetic site into ``site_dir`` (``dicom/``, ``labels.csv``, ``masks/``).
 
@@ -363,12 +392,19 @@ def synth_site(
             not reflected in the window headers.
         manufacturer, model: override the site's Manufacturer / ManufacturerModelName.
         overwrite: replace an existing non-empty ``site_dir``.
+        reports: (classification) also write a report per study, consistent with its image
+            (:mod:`~ai4hi_sdk.data.report_synth`): two of every three studies as ``reports.csv``
+            rows, every third as a DICOM SR object in the study (Basic Text SR by pydicom,
+            Enhanced and Comprehensive SR by highdicom, in turn), and the ground truth in
+            ``synthetic_report_truth.json``. The images and ``labels.csv`` are the same as without.
 
     Raises:
         UserError: bad arguments, or ``site_dir`` exists, is not empty and not ``overwrite``.
     """
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    if reports and task != "classification":
+        raise UserError("reports are written for the classification task only (chest radiographs)")
     if site_index < 0:
         raise UserError(f"site index must be >= 0, got {site_index}")
     if n_studies < 1:
@@ -390,7 +426,7 @@ def synth_site(
         files, positives, mean = _synth_radiographs(
             site_dir, rng, seed=seed, site_index=site_index, n_studies=n_studies,
             modality=modality, manufacturer=manufacturer, model=model, kvp=kvp,
-            intensity_shift=intensity_shift,
+            intensity_shift=intensity_shift, reports=reports,
         )
         series = n_studies
     else:
@@ -410,7 +446,7 @@ def synth_site(
 
 def _synth_radiographs(
     site_dir: Path, rng: np.random.Generator, *, seed: int, site_index: int, n_studies: int,
-    modality: str, manufacturer: str, model: str, kvp: float, intensity_shift: float,
+    modality: str, manufacturer: str, model: str, kvp: float, intensity_shift: float, reports: bool = False,
 ) -> tuple[int, int, float]:
     gain, offset, _, _ = _CALIBRATION[site_index % len(_CALIBRATION)]
     # Window from the site's nominal (pre-drift) calibration, 20 % wider than its range.
@@ -420,6 +456,7 @@ def _synth_radiographs(
     labels[: (n_studies + 1) // 2] = 1
     labels = rng.permutation(labels)
     rows: list[tuple[str, int]] = []
+    studies: list[tuple[int, Dataset, FindingPlacement | None]] = []
     total = 0.0
     for i in range(n_studies):
         sub = np.random.default_rng([seed, site_index, i])  # per-study stream: stable images
@@ -427,10 +464,8 @@ def _synth_radiographs(
         study_uid = _uid(seed, site_index, i, "study")
         series_uid = _uid(seed, site_index, i, "series")
         sop_uid = _uid(seed, site_index, i, "image")
-        pixels = calibrate(
-            chest_radiograph(sub, positive=bool(labels[i])), site_index, sub,
-            intensity_shift=intensity_shift,
-        )
+        image, placement = chest_radiograph_with_placement(sub, positive=bool(labels[i]))
+        pixels = calibrate(image, site_index, sub, intensity_shift=intensity_shift)
         ds = _base_dataset(
             sop_class=DX_IMAGE_STORAGE if modality == "DX" else CR_IMAGE_STORAGE,
             sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
@@ -453,9 +488,59 @@ def _synth_radiographs(
         ds.WindowWidth = round(width, 1)
         _write(ds, site_dir / "dicom" / f"study-{i + 1:04d}" / "image-0001.dcm", pixels)
         rows.append((study_uid, int(labels[i])))
+        studies.append((i, ds, placement))
         total += float(pixels.mean())
     _write_csv(site_dir / "labels.csv", ("StudyInstanceUID", "label"), rows)
-    return n_studies, int(labels.sum()), total / n_studies
+    files = n_studies
+    if reports:
+        files += _synth_reports(site_dir, studies, seed=seed, site_index=site_index)
+    return files, int(labels.sum()), total / n_studies
+
+
+def _synth_reports(site_dir: Path, studies: list[tuple[int, Dataset, FindingPlacement | None]], *, seed: int,
+                   site_index: int) -> int:
+    """Write each study's report (see :func:`synth_site`); returns the SR files written."""
+    import json
+    from datetime import datetime
+
+    from ai4hi_sdk.data.report_synth import synthetic_report, write_basic_text_sr, write_highdicom_sr
+
+    single_column = site_index % 2 == 1  # hospital-2, -4, ...: a RIS export with one text column
+    csv_rows: list[tuple[str, ...]] = []
+    truth: dict[str, dict] = {}
+    sr_files = 0
+    for i, image, placement in studies:
+        # its own stream: the images do not depend on whether reports are written
+        report = synthetic_report(np.random.default_rng([seed, site_index, i, 0x5E9027]), placement)
+        study_uid = str(image.StudyInstanceUID)
+        channel = "csv" if i % 3 != 2 else ("basic", "enhanced", "comprehensive")[(i // 3) % 3]
+        if channel == "csv":
+            if single_column:
+                csv_rows.append((study_uid, f"FINDINGS: {report.findings}\nIMPRESSION: {report.impression}"))
+            else:
+                csv_rows.append((study_uid, report.findings, report.impression))
+        else:
+            path = site_dir / "dicom" / f"study-{i + 1:04d}" / "report-0001.dcm"
+            sop_uid, series_uid = _uid(seed, site_index, i, "sr"), _uid(seed, site_index, i, "sr-series")
+            when = datetime.strptime(str(image.StudyDate) + "170000", "%Y%m%d%H%M%S")  # reported that afternoon
+            if channel == "basic":
+                write_basic_text_sr(path, image, sop_uid=sop_uid, series_uid=series_uid, findings=report.findings,
+                                    impression=report.impression, when=when)
+            else:
+                write_highdicom_sr(path, image, kind=channel, sop_uid=sop_uid, series_uid=series_uid,
+                                   findings=report.findings, impression=report.impression, when=when)
+            sr_files += 1
+        truth[study_uid] = {"channel": channel, "opacity_case": report.opacity_case, "truth": report.truth,
+                            "placement": None if placement is None else {
+                                "side": placement.side, "zone": placement.zone,
+                                "diameter_mm": placement.diameter_mm}}
+    header = ("StudyInstanceUID", "report_text") if single_column else ("StudyInstanceUID", "findings", "impression")
+    with open(site_dir / "reports.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(csv_rows)
+    (site_dir / SYNTHETIC_REPORT_TRUTH).write_text(json.dumps(truth, indent=1, sort_keys=True))
+    return sr_files
 
 
 def _synth_ct(
@@ -542,12 +627,14 @@ def synth_consortium(
     drift: dict[str, float] | None = None,
     manufacturers: dict[str, str] | None = None,
     overwrite: bool = False,
+    reports: bool = False,
 ) -> list[SiteSummary]:
     """Write ``sites`` sites ``hospital-1..N`` under ``out_dir``.
 
     Args:
         drift: site name -> ``intensity_shift`` for that site (others get 0).
         manufacturers: site name -> Manufacturer override.
+        reports: also write reports per study (see :func:`synth_site`).
 
     Raises:
         UserError: bad counts, drift/manufacturer for a site that is not generated, or
@@ -574,7 +661,7 @@ def synth_consortium(
         synth_site(
             out_dir / name, site_index=k, task=task, n_studies=studies_per_site, seed=seed,
             intensity_shift=(drift or {}).get(name, 0.0),
-            manufacturer=(manufacturers or {}).get(name), overwrite=overwrite,
+            manufacturer=(manufacturers or {}).get(name), overwrite=overwrite, reports=reports,
         )
         for k, name in enumerate(names)
     ]

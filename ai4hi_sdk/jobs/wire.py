@@ -63,6 +63,11 @@ LOCAL_VALIDATION_PREFIX = "val_"
 #: prefix of metrics of the *received* global model on the validation split: evaluation aggregates
 #: of a model every site holds, sent in the clear when the split has at least the site's k studies
 GLOBAL_VALIDATION_PREFIX = "global_val_"
+#: agreement of a site's weak labels (from its reports) with its hand labels, over the studies that
+#: have both: data-quality aggregates like the global evaluation, sent (in the clear without secure
+#: aggregation) only when WEAK_LABEL_COUNT is at least the site's k; per-study labels never leave
+WEAK_LABEL_COUNT = "weak_label_studies"
+WEAK_LABEL_METRICS = (WEAK_LABEL_COUNT, "weak_label_agreement", "weak_label_kappa")
 
 # ---------------------------------------------------------------- result files (server side)
 METRICS_FILE = "ai4hi_metrics.json"

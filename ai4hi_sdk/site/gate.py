@@ -5,7 +5,8 @@ trainer never sees it. In order, for every task:
 
 1. :meth:`SiteGate.check_job` — before any of the job's code is imported: does the site's policy
    allow this job at all (kind, DP required, secure aggregation required, custom code allowed by
-   hash)? A site without a policy file refuses to train.
+   hash, a batch-coupled method where patient-level DP is required)? Does the site hold the report
+   labeler rule set the job names? A site without a policy file refuses to train.
 2. :meth:`SiteGate.plan_round` — before training: the round's (noise multiplier, q, steps); the
    noise is the job's, or calibrated once from the job's target epsilon over all its rounds; the
    budget projects the epsilon after the round (DP-SGD and client-level DP together) and
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ai4hi_sdk.config.job_spec import ClientDPSpec, DPSGDSpec
+from ai4hi_sdk.config.job_spec import BATCH_COUPLED_METHODS, ClientDPSpec, DPSGDSpec
 from ai4hi_sdk.errors import ConfigError, RoundRefused
 from ai4hi_sdk.privacy.dp.accountants import AccountingError, create_accountant
 from ai4hi_sdk.privacy.dp.budget import PRIVACY_STATE_DIR, BudgetExceeded, PrivacyBudget
@@ -53,6 +54,9 @@ class JobRequest:
         client_dp: the job's client-level DP settings (None: none).
         secure_aggregation: whether the job uses secure aggregation.
         code_sha256: SHA-256 of the job's custom code bundle (None: SDK code only).
+        method: the job's training method (``supervised``, or ``image_report``: a contrastive loss).
+        labeler_version, report_finding: the report labeler rule set and finding of a job whose
+            labels come from reports (None: labels.csv).
     """
 
     kind: str
@@ -60,6 +64,9 @@ class JobRequest:
     client_dp: ClientDPSpec | None = None
     secure_aggregation: bool = False
     code_sha256: str | None = None
+    method: str = "supervised"
+    labeler_version: str | None = None
+    report_finding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,12 @@ class SiteGate:
             raise RoundRefused(self.policy_error)
         reasons = self.policy.job_refusal_reasons(request.kind, dp_enabled=request.dp_sgd is not None,
                                                   secure_aggregation=request.secure_aggregation)
+        if request.kind == "train" and request.method in BATCH_COUPLED_METHODS and self.policy.require_dp:
+            reasons.insert(0, f"method {request.method} trains with a contrastive loss, which couples the examples of a "
+                           "batch: per-example DP-SGD does not bound one patient's influence, so this site's policy "
+                           "(patient-level DP required) cannot be met; such a job needs client-level DP with secure "
+                           "aggregation, at a site whose policy accepts that")
+        reasons += _labeler_refusals(request)
         if request.code_sha256 is not None and request.code_sha256 not in self.policy.allowed_code_sha256:
             reasons.append(f"the job ships custom code with sha256 {request.code_sha256}, which this site's policy "
                            "does not allow (a site admin allows it with `ai4hi site allow-code`)")
@@ -282,3 +295,19 @@ class SiteGate:
             raise RoundRefused(f"privacy accounting failed, nothing is spent or sent: {err}",
                                self.position()) from None
         return out
+
+
+def _labeler_refusals(request: JobRequest) -> list[str]:
+    """Why the site cannot label the job's reports (the rule set or finding is not in its SDK)."""
+    if request.labeler_version is None:
+        return []
+    from ai4hi_sdk.data.labeler import RULE_SETS
+
+    rules = RULE_SETS.get(request.labeler_version)
+    if rules is None:
+        return [f"the job labels reports with rule set {request.labeler_version!r}, which this site's SDK does not "
+                f"hold (it holds: {', '.join(sorted(RULE_SETS))})"]
+    if request.report_finding is not None and request.report_finding not in rules.findings:
+        return [f"rule set {rules.version} does not label the finding {request.report_finding!r} "
+                f"(it labels: {', '.join(rules.finding_names)})"]
+    return []

@@ -34,7 +34,8 @@ from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.errors import RoundRefused, UserError
 from ai4hi_sdk.jobs.wire import (ACCOUNTING_METRICS, DP_PARAMETER_METRICS, GLOBAL_VALIDATION_PREFIX,
-                                 NUM_SAMPLES_KEY, PROTOCOL_TASKS, ROUND_KEY, WIRE_VERSION)
+                                 NUM_SAMPLES_KEY, PROTOCOL_TASKS, ROUND_KEY, WEAK_LABEL_COUNT, WEAK_LABEL_METRICS,
+                                 WIRE_VERSION)
 from ai4hi_sdk.privacy.egress import describe_payload
 from ai4hi_sdk.site.code_bundle import CodeFiles, bundle_sha256, install_code
 from ai4hi_sdk.site.gate import ClientDPPlan, JobRequest, SiteGate
@@ -73,6 +74,16 @@ def resolve_site_dir(site_name: str, job_data_root: str | None, workspace: str |
     return Path(job_data_root) / site_name
 
 
+def _first_problems(err: ValueError) -> str:
+    """A validation error as 'field: reason' (at most three), or its first line."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        items = [f"{'.'.join(map(str, e.get('loc', ()))) or 'job'}: {e.get('msg', '')}" for e in errors()[:3]]
+        if items:
+            return "; ".join(items)
+    return str(err).splitlines()[0]
+
+
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
@@ -109,7 +120,7 @@ class SiteRuntime:
                                else ValidationSpec.model_validate(dict(validation)))
         except ValueError as err:  # a malformed job is refused, not crashed on
             self.spec, self.validation = None, None  # type: ignore[assignment]
-            self._spec_error = f"the job's settings are invalid: {str(err).splitlines()[0]}"
+            self._spec_error = f"the job's settings are invalid: {_first_problems(err)}"
         self.code_sha256 = bundle_sha256(self.code) if self.code else None
         dp = self.spec.privacy.dp_sgd if self.spec is not None else None
         self.gate = SiteGate(self.workspace, job_id, dp_accountant=dp.accountant if dp else None)
@@ -129,10 +140,13 @@ class SiteRuntime:
 
     # ------------------------------------------------------------------ admission
     def request(self, kind: str) -> JobRequest:
-        privacy = self.spec.privacy
+        privacy, data = self.spec.privacy, self.spec.data
+        reports = data.labels_from == "reports"
         return JobRequest(kind=kind, dp_sgd=privacy.dp_sgd if kind == "train" else None,
                           client_dp=privacy.client_dp if kind == "train" else None,
-                          secure_aggregation=privacy.secure_aggregation is not None, code_sha256=self.code_sha256)
+                          secure_aggregation=privacy.secure_aggregation is not None, code_sha256=self.code_sha256,
+                          method=self.spec.method, labeler_version=data.labeler_version if reports else None,
+                          report_finding=data.report_finding if reports else None)
 
     def admit(self, kind: str) -> None:
         """Refuse (before any job code runs) unless this site speaks the job's wire version and its
@@ -237,7 +251,7 @@ class SiteRuntime:
 
             delta, _ = privatize_delta(delta, client_dp.clip, privacy.client_dp.noise_multiplier,
                                        client_dp.participants, secure_generator())
-        local = _finite(result.metrics)
+        local = {**_finite(result.metrics), **self._agreement_metrics()}
         plan = self._round_plan
         encode = secure.package(secagg_meta) if secure is not None else None
         built: list[Outgoing] = []
@@ -292,14 +306,30 @@ class SiteRuntime:
 
     def _plain_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """What leaves with a plain (not secure-aggregated) update: the accounting, the DP round's
-        parameters (the site's size is public with its FedAvg weight anyway) and the received
-        model's validation metrics when the validation split has at least k studies. Statistics
-        of the local training stay at the site."""
+        parameters (the site's size is public with its FedAvg weight anyway), the received
+        model's validation metrics when the validation split has at least k studies, and the
+        weak-label agreement when at least k studies carry both labels. Statistics of the local
+        training stay at the site."""
         keep = set(ACCOUNTING_METRICS) | set(DP_PARAMETER_METRICS)
         out = {k: v for k, v in metrics.items() if k in keep}
         if metrics.get(f"{GLOBAL_VALIDATION_PREFIX}samples", 0.0) >= self._min_count:
             out.update({k: v for k, v in metrics.items() if k.startswith(GLOBAL_VALIDATION_PREFIX)})
+        if metrics.get(WEAK_LABEL_COUNT, 0.0) >= self._min_count:
+            out.update({k: v for k, v in metrics.items() if k in WEAK_LABEL_METRICS})
         return out
+
+    def _agreement_metrics(self) -> dict[str, float]:
+        """Agreement of the site's weak labels with its hand labels (``weak_label_*``), computed by the
+        SDK's dataset loader over the studies of the job's training images; empty unless the job's
+        labels come from reports and at least k studies have both labels (k-suppressed as a whole)."""
+        from ai4hi_sdk.data.weak_labels import LabelAgreement
+
+        if self.spec.data.labels_from != "reports":
+            return {}
+        agreement = getattr(self.trainer.datasets, "label_agreement", None)
+        if not isinstance(agreement, LabelAgreement) or agreement.studies < self._min_count:
+            return {}
+        return agreement.metrics()
 
     @property
     def _min_count(self) -> int:
@@ -310,7 +340,7 @@ class SiteRuntime:
     def validate(self, global_state: Mapping[str, Any]) -> Outgoing:
         """Metrics of the received model on the validation split (k-suppressed as a whole)."""
         self.admit("validate")
-        metrics = self.trainer.validate(global_state)
+        metrics = {**self.trainer.validate(global_state), **self._agreement_metrics()}
         if metrics.get("val_samples", 0.0) < self._min_count:
             raise RoundRefused(f"the validation split has {int(metrics.get('val_samples', 0))} studies, fewer than "
                                f"k = {self._min_count}: no aggregate of it may leave this site")

@@ -30,7 +30,8 @@ class ClassificationTrainer(SiteTrainer):
     """Binary classification of 2D images (e.g. chest radiographs: finding present / absent).
 
     Input batches are ``(image [B, 1, S, S] float32, label [B] int64)``; the model outputs two
-    logits. Metrics: cross-entropy ``loss``, ``accuracy`` at p=0.5, ``auroc``.
+    logits. Metrics: cross-entropy ``loss``, ``accuracy`` at p=0.5, ``auroc``. Labels come from
+    ``labels.csv`` or, with ``data.labels_from: reports``, from the site's reports (weak labels).
     """
 
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "auroc")
@@ -46,7 +47,9 @@ class ClassificationTrainer(SiteTrainer):
 
         data = self.spec.data
         return load_site_splits(self.site_dir, image_size=data.image_size, augment=self.spec.train.augment,
-                                label_column=data.label_column, selection=ImageSelection.from_spec(data))
+                                label_column=data.label_column, selection=ImageSelection.from_spec(data),
+                                labels_from=data.labels_from, report_finding=data.report_finding,
+                                uncertain=data.uncertain, labeler_version=data.labeler_version)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         labels, probs = [], []

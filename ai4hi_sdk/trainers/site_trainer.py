@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.jobs.wire import WEAK_LABEL_METRICS
 from ai4hi_sdk.trainers.device import pick_device, seed_everything
 from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state
 
@@ -147,10 +148,11 @@ class SiteTrainer:
     @classmethod
     def declared_metrics(cls) -> frozenset[str]:
         """Every metric name a site may send: training stats, validation metrics of the local
-        model (``val_*``) and of the received global model (``global_val_*``), and the privacy
-        parameters of the round (``dp_*``)."""
+        model (``val_*``) and of the received global model (``global_val_*``), the privacy
+        parameters of the round (``dp_*``) and the site runtime's weak-label agreement
+        (``weak_label_*``, jobs with labels from reports)."""
         names = {"train_loss", "train_steps", "train_samples", "train_seconds", "local_seconds",
-                 "dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_sample_rate", "dp_steps"}
+                 "dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_sample_rate", "dp_steps", *WEAK_LABEL_METRICS}
         for name in (*cls.metric_names, "samples"):
             names.add(f"val_{name}")
             names.add(f"global_val_{name}")

@@ -144,3 +144,46 @@ def test_scan_with_a_job_shows_what_it_leaves_out_and_refuses(tmp_path, capsys):
     assert cli_main.main(["data", "scan", str(tmp_path), "--job", str(job)]) == 0
     out = capsys.readouterr().out
     assert "Series refused as volumes" in out and "gap" in out and "Left out by the job" in out
+
+
+def test_synth_reports_and_scan_shows_report_coverage_and_weak_labels(tmp_path, capsys):
+    root = tmp_path / "sites"
+    assert cli_main.main(["data", "synth", str(root), "--sites", "1", "--studies-per-site", "9", "--reports"]) == 0
+    assert "reports.csv" in capsys.readouterr().out
+    site = root / "hospital-1"
+    # a site's export misses one study's report and repeats another's
+    lines = (site / "reports.csv").read_text().splitlines(keepends=True)
+    body = "".join(lines[0:1] + lines[2:] + lines[-1:])
+    (site / "reports.csv").write_text(body)
+    job = tmp_path / "job.yaml"
+    job.write_text("name: weak\ndata:\n  labels_from: reports\n  report_finding: opacity\n"
+                   "  labeler_version: ai4hi-negex-1\n")
+    args = ["data", "scan", str(site / "dicom"), "--reports", str(site / "reports.csv"), "--job", str(job)]
+    assert cli_main.main(args + ["--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    summary = doc["reports"]["summary"]
+    assert (summary["studies"], summary["with_report"], summary["without_report"]) == (9, 8, 1)
+    assert summary["duplicate_reports"] == 1 and summary["from_sr"] == 3
+    assert doc["summary"]["report_objects"] == 3 and doc["summary"]["files_skipped"] == 0
+    assert doc["weak_labels"]["labelled_studies"] + doc["weak_labels"]["dropped_uncertain"] == 8
+    text = (site / "reports.csv").read_text()
+    sentence = text.splitlines()[1].split(",", 1)[1].split(".")[0].strip('"')
+    assert len(sentence) > 8 and sentence not in json.dumps(doc)  # the scan shows counts, never report text
+    assert cli_main.main(args) == 0
+    out = capsys.readouterr().out
+    assert "studies without a report" in out and "8 / 9" in out and "Weak labels: 'opacity'" in out
+    assert sentence not in out
+
+
+def test_scan_counts_sr_reports_without_a_csv_and_refuses_a_missing_one(tmp_path, capsys):
+    assert cli_main.main(["data", "synth", str(tmp_path), "--sites", "1", "--studies-per-site", "3", "--reports"]) == 0
+    capsys.readouterr()
+    assert cli_main.main(["data", "scan", str(tmp_path / "hospital-1" / "dicom"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["reports"]["summary"]
+    assert (summary["with_report"], summary["from_sr"], summary["without_report"]) == (1, 1, 2)
+    assert cli_main.main(["data", "scan", str(tmp_path), "--reports", str(tmp_path / "nope.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "report file not found" in err and "Traceback" not in err
+    assert cli_main.main(["data", "synth", str(tmp_path / "ct"), "--sites", "1", "--task", "segmentation",
+                          "--reports"]) == 2
+    assert "--task classification" in capsys.readouterr().err

@@ -152,3 +152,22 @@ def test_simulate_with_a_missing_initial_model_is_a_clear_error(tmp_path, capsys
     assert rc == 2
     err = _err(capsys)
     assert "champion.pt" in err and "not found" in err
+
+
+def test_summary_shows_weak_label_agreement_when_sites_sent_it():
+    from io import StringIO
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from ai4hi_sdk.cli.job import print_summary
+
+    metrics = {"status": "completed", "rounds": [], "final_validation": {"sites": {}, "weighted_mean": {}},
+               "label_agreement": {"sites": {"hospital-1": {"weak_label_agreement": 0.9, "weak_label_studies": 40.0}},
+                                   "studies": 40.0, "pooled_agreement": 0.9}}
+    out = StringIO()
+    print_summary(Console(file=out, width=200), metrics, Path("WS/result"), 1.0)
+    assert "weak labels agree with hand labels: hospital-1 0.9 (40 studies); pooled 0.9" in out.getvalue()
+    out = StringIO()
+    print_summary(Console(file=out, width=200), {**metrics, "label_agreement": {}}, Path("WS/result"), 1.0)
+    assert "weak labels" not in out.getvalue()

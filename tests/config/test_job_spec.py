@@ -105,3 +105,38 @@ def test_a_code_symlink_leaving_the_jobs_folder_is_refused(tmp_path):
     (job / "real.py").write_text("x = 1\n")
     (job / "alias.py").symlink_to(job / "real.py")
     assert list(pack_code(job, ["alias.py"])) == ["alias.py"]
+
+
+def test_labels_from_reports_needs_finding_and_version(tmp_path):
+    good = _write(tmp_path, "name: weak\ndata:\n  labels_from: reports\n  report_finding: opacity\n"
+                            "  labeler_version: ai4hi-negex-1\n  uncertain: positive\n")
+    spec = load_job_spec(good)
+    assert (spec.data.labels_from, spec.data.report_finding, spec.data.uncertain) == ("reports", "opacity", "positive")
+    assert load_job_spec(_write(tmp_path, "name: plain\n", "plain.yaml")).data.labels_from == "labels"
+    for text, words in [
+        ("data:\n  labels_from: reports\n  report_finding: opacity\n", "labeler_version"),
+        ("data:\n  labels_from: reports\n  labeler_version: ai4hi-negex-1\n", "report_finding"),
+        ("data:\n  report_finding: opacity\n", "only with labels_from: reports"),
+        ("data:\n  labels_from: reports\n  report_finding: Opacity!\n  labeler_version: v1\n", "lowercase"),
+        ("data:\n  labels_from: reports\n  report_finding: opacity\n  labeler_version: v1\n  uncertain: maybe\n",
+         "data.uncertain"),
+        ("task: segmentation\ndata:\n  labels_from: reports\n  report_finding: opacity\n  labeler_version: v1\n",
+         "task must be classification"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            load_job_spec(_write(tmp_path, "name: bad\n" + text, "bad.yaml"))
+
+
+def test_image_report_method_takes_client_level_dp_never_dp_sgd():
+    from pydantic import ValidationError
+
+    from ai4hi_sdk.config.job_spec import JobSpec
+
+    secure = {"secure_aggregation": {}, "client_dp": {"clip": 1.0, "noise_multiplier": 1.0}}
+    assert JobSpec(name="x", method="image_report", privacy=secure).method == "image_report"
+    assert JobSpec(name="x").method == "supervised"
+    with pytest.raises(ValidationError, match="does not bound one patient's influence"):
+        JobSpec(name="x", method="image_report",
+                privacy={**secure, "dp_sgd": {"noise_multiplier": 1.0}})
+    with pytest.raises(ValidationError, match="needs privacy.client_dp"):
+        JobSpec(name="x", method="image_report", privacy={"secure_aggregation": {}})

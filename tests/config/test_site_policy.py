@@ -7,7 +7,7 @@ import pytest
 from ai4hi_sdk.errors import ConfigError
 from ai4hi_sdk.config.site_policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "site_templates" / "site_policy.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "site_templates" / "site_policy.example.yaml"
 
 
 def test_example_file_loads():

@@ -44,7 +44,7 @@ def test_every_pydicom_file_is_read_or_skipped_once(pydicom_tree, pydicom_files,
                        if p.is_file())
     assert len(all_files) == len(pydicom_files)
     seen = ([r.path for r in report.instances] + [r.path for r in report.segmentations]
-            + [s.path for s in report.skipped])
+            + [r.path for r in report.report_objects] + [s.path for s in report.skipped])
     assert sorted(seen) == all_files  # each exactly once
     assert report.files_seen == len(all_files)
     assert report.files_read > 20 and report.files_skipped > 20
@@ -66,7 +66,6 @@ def test_every_pydicom_file_is_read_or_skipped_once(pydicom_tree, pydicom_files,
         ("ExplVR_BigEndNoMeta.dcm", {"no_file_meta"}),
         ("dicomdirtests/DICOMDIR", {"no_pixel_data"}),
         ("rtplan.dcm", {"no_pixel_data"}),
-        ("reportsi.dcm", {"no_pixel_data"}),
         ("waveform_ecg.dcm", {"no_pixel_data"}),
         ("badVR.dcm", {"invalid_pixel_header"}),
         ("nested_priv_SQ.dcm", {"missing_uid"}),

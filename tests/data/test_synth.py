@@ -260,3 +260,56 @@ def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(UserError):
         synth_consortium(tmp_path, **{"sites": 2, "studies_per_site": 1, **kwargs})
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+# --------------------------------------------------------------------------- reports (--reports)
+
+def test_reports_add_files_and_change_no_existing_one(tmp_path):
+    synth_site(tmp_path / "plain", site_index=2, n_studies=7, seed=9)
+    synth_site(tmp_path / "reports", site_index=2, n_studies=7, seed=9, reports=True)
+    plain, with_reports = _tree_digest(tmp_path / "plain"), _tree_digest(tmp_path / "reports")
+    assert {k: with_reports[k] for k in plain} == plain  # images and labels.csv byte for byte
+    # same seed, same bytes, SR objects included (highdicom stamps "now" unless told otherwise)
+    synth_site(tmp_path / "again", site_index=2, n_studies=7, seed=9, reports=True)
+    assert _tree_digest(tmp_path / "again") == with_reports
+    added = sorted(set(with_reports) - set(plain))
+    assert added == ["dicom/study-0003/report-0001.dcm", "dicom/study-0006/report-0001.dcm", "reports.csv",
+                     "synthetic_report_truth.json"]
+
+
+def test_report_matches_the_image_side_and_label(tmp_path):
+    import json
+
+    site = tmp_path / "hospital-1"
+    synth_site(site, site_index=0, n_studies=40, seed=4, reports=True)
+    truth = json.loads((site / "synthetic_report_truth.json").read_text())
+    labels = _labels(site)
+    report_rows = {}
+    with open(site / "reports.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            report_rows[row["StudyInstanceUID"]] = row["findings"] + " " + row["impression"]
+    checked = 0
+    for path in sorted((site / "dicom").rglob("image-0001.dcm")):
+        ds = _read(path)
+        study, entry = str(ds.StudyInstanceUID), truth[str(ds.StudyInstanceUID)]
+        opacity = entry["truth"].get("opacity")
+        if labels[study] == 1:
+            assert opacity in ("positive", "uncertain") and entry["placement"] is not None
+            # the opacity is the brightest structure: its side of the film is the reported side
+            pixels = gaussian_filter(ds.pixel_array.astype(float), 2.0)
+            _row, col = np.unravel_index(np.argmax(pixels), pixels.shape)
+            image_side = "right" if col < pixels.shape[1] / 2 else "left"  # PA film: patient's right on the left
+            assert entry["placement"]["side"] == image_side, study
+            if study in report_rows:
+                assert f"{image_side} " in report_rows[study].lower()
+                checked += 1
+        else:
+            assert opacity in ("negative", "uncertain", None) and entry["placement"] is None
+    assert checked >= 5
+    cases = {e["opacity_case"] for e in truth.values()}
+    assert {"affirmed", "negated"} <= cases
+
+
+def test_reports_only_for_radiographs(tmp_path):
+    with pytest.raises(UserError, match="classification"):
+        synth_site(tmp_path / "ct", site_index=0, task="segmentation", n_studies=1, reports=True)

@@ -32,7 +32,8 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
 from ai4hi_sdk.jobs.site_results import refusal_record
 from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, DROPPED_KEY, INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY,
-                                 NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK)
+                                 NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK, WEAK_LABEL_COUNT,
+                                 WEAK_LABEL_METRICS)
 
 
 def initial_state_mismatch(state: Any, reference: dict[str, torch.Tensor]) -> str | None:
@@ -286,8 +287,12 @@ class Ai4hiFedAvg(FedAvg):
                                            min_responses=len(sites), timeout=self.validate_timeout)
         per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results
                     if not (r.meta or {}).get(REFUSED_KEY) and not (r.meta or {}).get(DROPPED_KEY)}
-        record = {"sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
+        evaluation = {n: {k: v for k, v in m.items() if k not in WEAK_LABEL_METRICS} for n, m in per_site.items()}
+        record = {"sites": per_site, "weighted_mean": weighted_metric_means(evaluation, "val_samples")}
         self._record["final_validation"] = record
+        agreement = label_agreement_record(per_site)
+        if agreement:
+            self._record["label_agreement"] = agreement
         if self._record["rounds"]:
             self._record["rounds"][-1]["global_validation"] = record
 
@@ -296,6 +301,19 @@ class Ai4hiFedAvg(FedAvg):
         self._record["reason"] = reason
         self._write_record()
         (self.info if status == "completed" else self.error)(f"ai4hi job {status}: {reason}")
+
+
+def label_agreement_record(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``label_agreement`` of metrics.json: each site's weak-label agreement with its hand labels (only
+    sites that sent it: at least k studies with both labels) and the agreement pooled over them,
+    weighted by their studies. Empty when no site sent it."""
+    sites = {n: {k: v for k, v in m.items() if k in WEAK_LABEL_METRICS} for n, m in per_site.items()}
+    sites = {n: a for n, a in sites.items() if a.get(WEAK_LABEL_COUNT, 0) > 0 and "weak_label_agreement" in a}
+    if not sites:
+        return {}
+    studies = sum(a[WEAK_LABEL_COUNT] for a in sites.values())
+    pooled = sum(a["weak_label_agreement"] * a[WEAK_LABEL_COUNT] for a in sites.values()) / studies
+    return {"sites": sites, "studies": studies, "pooled_agreement": pooled}
 
 
 def server_trainer(spec: Any, code: dict, run_dir: Path) -> Any:
