@@ -18,7 +18,7 @@ from rich.markup import escape
 from ai4hi_sdk import __version__
 from ai4hi_sdk.errors import UserError
 
-COMMAND_GROUPS = ("data", "job", "privacy", "provision", "site", "audit", "report", "continuous")
+COMMAND_GROUPS = ("data", "job", "privacy", "provision", "site", "audit", "report", "continuous", "model")
 
 
 def build_parser() -> argparse.ArgumentParser:
