@@ -99,7 +99,8 @@ class MAELoss(nn.Module):
             return per_sample
         if self.reduction != "mean":
             raise ValueError(f"unsupported reduction {self.reduction!r}")
-        return per_sample.mean()
+        # an empty Poisson-sampled batch (DP-SGD) contributes zero, not NaN
+        return per_sample.mean() if per_sample.numel() else per_sample.sum()
 
 
 def encoder_state(mae_state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
