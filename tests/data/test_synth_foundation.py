@@ -93,7 +93,7 @@ def test_subtle_finding_is_invisible_to_mean_brightness_but_present():
     for name, values in (("stored", stored), ("normalised", normalised)):
         auroc = roc_auc_score(labels, values)
         assert abs(auroc - 0.5) < 0.1, (name, auroc)
-    assert roc_auc_score(labels, blob) > 0.55  # a crude local blob detector already sees some of it
+    assert roc_auc_score(labels, blob) > 0.7  # a crude local blob detector sees it (0.80 measured)
 
 
 def test_bright_opacity_is_the_control_mean_brightness_separates_it():
