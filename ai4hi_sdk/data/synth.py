@@ -168,7 +168,7 @@ SUBTLE_MEAN = (0.40, 0.03)
 #: peak contrast of the subtle nodule's core (uniform range, normalised intensity)
 SUBTLE_PEAK = (0.25, 0.40)
 #: its core's Gaussian sigma as a fraction of the image side (uniform range); the rim's is 2x
-SUBTLE_SIGMA = (0.04, 0.055)
+SUBTLE_SIGMA = (0.06, 0.08)
 
 
 def add_subtle_finding(
@@ -177,7 +177,7 @@ def add_subtle_finding(
     """The "subtle" task: a small low-contrast nodule, and a label-free image mean.
 
     A positive image gets, inside one lung field, a difference of Gaussians: a small core (sigma
-    4-5.5 % of the image side, peak +0.25..0.40, against +0.55..0.75 for the opacity) with a dark
+    6-8 % of the image side, peak +0.25..0.40, against +0.55..0.75 for the opacity) with a dark
     rim (sigma 2x), its pixel sum made exactly zero, so it adds nothing to the image mean. Every
     image, positive or not, is then shifted to a mean drawn from :data:`SUBTLE_MEAN`: mean
     brightness carries no information about the label (AUROC ~0.5,

@@ -92,17 +92,26 @@ class BackboneLayout:
     head: tuple[str, ...]
 
 
+POOLS = ("mean", "max")
+
+
 class BackboneClassifier(nn.Module):
     """Backbone + linear head: ``forward(x [B, C, *S]) -> logits [B, num_classes]``.
 
     Args:
         backbone: preset name or mapping (see :mod:`~ai4hi_sdk.foundation.presets`).
         num_classes: logits of the head.
+        pool: how a ViT's tokens ``[B, N, hidden]`` become one vector: ``"mean"`` (the usual
+            global pool) or ``"max"`` (per feature over tokens: a small finding anywhere in the
+            image can dominate; see ``benchmarks/README.md``). A ResNet pools itself.
     """
 
-    def __init__(self, backbone: str | Mapping[str, Any], num_classes: int = 2):
+    def __init__(self, backbone: str | Mapping[str, Any], num_classes: int = 2, pool: str = "mean"):
         super().__init__()
+        if pool not in POOLS:
+            raise UserError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.config = resolve_backbone(backbone)
+        self.pool = pool
         self.encoder = build_backbone(self.config)
         self.head = nn.Linear(feature_size(self.config), num_classes)
 
@@ -110,7 +119,8 @@ class BackboneClassifier(nn.Module):
         """Pooled backbone features ``[B, feature_size]``."""
         out = self.encoder(x)
         if isinstance(out, tuple):  # ViT: (tokens [B, N, hidden], hidden states)
-            return out[0].mean(dim=1)
+            tokens = out[0]
+            return tokens.amax(dim=1) if self.pool == "max" else tokens.mean(dim=1)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
