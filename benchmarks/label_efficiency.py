@@ -362,14 +362,15 @@ def upload_sizes() -> dict:
 
 
 def goals(results: dict, cost: dict, upload: dict, fractions: tuple) -> dict:
-    def auroc(variant, mode, frac, dp=False):
-        return results.get(f"{variant}/{mode}/{frac:g}/{'dp' if dp else 'plain'}", {}).get("auroc")
+    """The issue's goals against the measured cells; a goal that cannot be judged says so."""
+    def cell(variant, mode, frac, dp=False):
+        return results.get(f"{variant}/{mode}/{frac:g}/{'dp' if dp else 'plain'}", {})
 
     out: dict[str, Any] = {}
     lines = []
     for frac in fractions:
-        fm, scratch = auroc("federated_mae", "ffa_lora", frac), auroc("scratch_cnn", "full", frac)
-        control = auroc("random_init", "ffa_lora", frac)
+        fm, scratch = cell("federated_mae", "ffa_lora", frac).get("auroc"), cell("scratch_cnn", "full", frac).get("auroc")
+        control = cell("random_init", "ffa_lora", frac).get("auroc")
         if None in (fm, scratch, control):
             continue
         need = scratch + 0.05 if frac < 1.0 else scratch - 0.01
@@ -380,11 +381,17 @@ def goals(results: dict, cost: dict, upload: dict, fractions: tuple) -> dict:
             lines.append(f"{frac:.0%} labels: no pretraining benefit (federated MAE + ffa_lora {fm:.3f} vs scratch "
                          f"{scratch:.3f}, random-init control {control:.3f})")
     for frac in fractions:
-        plain, private = auroc("federated_mae", "ffa_lora", frac), auroc("federated_mae", "ffa_lora", frac, True)
-        if plain is not None and private is not None:
-            out[f"dp_retention_{frac:g}"] = {"plain": plain, "dp": private, "ratio": round(private / plain, 3),
-                                             "met": private >= 0.95 * plain}
-    out["dp_step_cost_adapters"] = {"ratio": cost.get("ffa_lora_dp_ratio"), "met": (cost.get("ffa_lora_dp_ratio") or 99) <= 1.3}
+        plain, private = cell("federated_mae", "ffa_lora", frac), cell("federated_mae", "ffa_lora", frac, True)
+        if "auroc" in plain and "auroc" in private:
+            # a ratio of two chance-level AUROCs says nothing: judged only when the non-private
+            # model is above chance (lower end of its 95 % interval > 0.5)
+            judged = bool(plain.get("ci")) and plain["ci"][0] > 0.5
+            ratio = round(private["auroc"] / plain["auroc"], 3)
+            out[f"dp_retention_{frac:g}"] = {"plain": plain["auroc"], "dp": private["auroc"], "ratio": ratio,
+                                             "met": (ratio >= 0.95) if judged else None,
+                                             **({} if judged else {"note": "non-private model at chance: not judged"})}
+    ratio = cost.get("ffa_lora_dp_ratio")
+    out["dp_step_cost_adapters"] = {"ratio": ratio, "met": ratio is not None and ratio <= 1.3}
     vitb = upload["vit-b16-2d"]["ffa_lora"]["percent"]
     out["upload_vit_b16_ffa_lora_percent"] = {"percent": vitb, "met": vitb <= 2.0}
     out["statement"] = lines or ["pretraining benefit goal met at every label fraction"]

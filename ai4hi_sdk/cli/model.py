@@ -59,7 +59,12 @@ def _arch(value: str) -> Any:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    import warnings
+
     from ai4hi_sdk.foundation.checkpoint import import_checkpoint
+
+    # MONAI's sin-cos position embedding calls torch.meshgrid without indexing=: not the user's concern
+    warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
 
     result = import_checkpoint(args.file, _arch(args.arch), args.out, source=args.source, licence=args.licence,
                                allow_unexpected=args.allow_unexpected, overwrite=args.overwrite)

@@ -16,6 +16,7 @@ Job spec ``model:`` keys (all optional):
 ``checkpoint_sha256`` classification: refuse a checkpoint whose sha256 differs
 ``adaptation``        classification: a mode or ``{mode, rank, alpha, dropout, seed, targets, blocks}``
                       (default ``ffa_lora``; the LoRA seed defaults to ``train.seed``)
+``pool``              classification: ``mean`` (default) or ``max`` over a ViT's tokens
 
 :meth:`exchanged_names` gives the state-dict names of the trainable tensors: the only ones a round
 needs to exchange.
@@ -40,6 +41,16 @@ DEFAULT_BACKBONE = "vit-micro-2d"
 DEFAULT_MODALITIES = ("CR", "DX")
 #: masks of the validation loss come from this seed (the same every round)
 EVAL_MASK_SEED = 0
+
+
+PRETRAIN_KEYS = frozenset({"backbone", "modalities", "masking_ratio", "decoder_layers"})
+CLASSIFY_KEYS = frozenset({"backbone", "checkpoint", "checkpoint_sha256", "adaptation", "pool", "num_classes"})
+
+
+def _check_keys(spec: Any, allowed: frozenset[str], trainer: str) -> None:
+    unknown = sorted(set(spec.model) - allowed)
+    if unknown:
+        raise UserError(f"model: unknown keys {unknown} for {trainer}; allowed: {sorted(allowed)}")
 
 
 def _backbone(spec: Any) -> dict[str, Any]:
@@ -69,6 +80,7 @@ class MAEPretrainTrainer(SiteTrainer):
     def build_model(self) -> nn.Module:
         from ai4hi_sdk.foundation.mae import build_mae
 
+        _check_keys(self.spec, PRETRAIN_KEYS, type(self).__name__)
         config = _backbone(self.spec)
         if config["spatial_dims"] != 2:
             raise UserError("MAEPretrainTrainer reads 2D images; 3D volumes are not wired to a site loader yet")
@@ -128,8 +140,10 @@ class BackboneClassificationTrainer(ClassificationTrainer):
     def build_model(self) -> nn.Module:
         from ai4hi_sdk.foundation.architectures import BackboneClassifier
 
+        _check_keys(self.spec, CLASSIFY_KEYS, type(self).__name__)
         config = _backbone(self.spec)
-        model = BackboneClassifier(config, num_classes=int(self.spec.model.get("num_classes", 2)))
+        model = BackboneClassifier(config, num_classes=int(self.spec.model.get("num_classes", 2)),
+                                   pool=str(self.spec.model.get("pool", "mean")))
         self.backbone_provenance = None
         checkpoint = self.spec.model.get("checkpoint")
         if checkpoint:

@@ -108,6 +108,19 @@ def test_unetr_head_is_the_decoder():
         build_unetr("vit-micro-3d", out_channels=2)
 
 
+def test_max_pool_takes_each_feature_over_tokens():
+    torch.manual_seed(0)
+    model = BackboneClassifier("vit-micro-2d", pool="max").eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        tokens, _ = model.encoder(x)
+        expected = torch.stack([torch.stack([tokens[b, :, f].max() for f in range(48)]) for b in range(2)])
+        assert torch.allclose(model.features(x), expected)
+        assert torch.allclose(model(x), model.head(expected))
+    with pytest.raises(UserError, match="pool must be one of"):
+        BackboneClassifier("vit-micro-2d", pool="attention")
+
+
 def test_bad_adaptations_are_user_errors():
     with pytest.raises(UserError, match="unknown adaptation"):
         AdaptationConfig(mode="prompt")

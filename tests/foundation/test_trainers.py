@@ -138,6 +138,12 @@ def test_image_size_must_match_the_backbone(sites):
         BackboneClassificationTrainer(spec, site_dir=sites / "hospital-1", device="cpu").initial_state()
 
 
+def test_unknown_model_keys_are_named(sites):
+    spec = _spec("BackboneClassificationTrainer", {"adaptaton": "lora"})
+    with pytest.raises(UserError, match=r"unknown keys \['adaptaton'\]"):
+        BackboneClassificationTrainer(spec, site_dir=sites / "hospital-1", device="cpu").initial_state()
+
+
 def test_private_ffa_lora_round_keeps_a_fixed(sites, tmp_path):
     spec = _spec("BackboneClassificationTrainer", {"adaptation": "ffa_lora"},
                  dp_sgd={"noise_multiplier": 1.0, "max_grad_norm": 1.0})
