@@ -135,7 +135,8 @@ def pretrain_federated(root: Path, cfg: dict, out: Path) -> dict:
     start, losses = time.perf_counter(), []
 
     def val_mean(updates, key):  # the consortium's loss: val-sample-weighted mean over sites
-        return sum(u.metrics[key] * u.metrics["val_samples"] for u in updates) / sum(u.metrics["val_samples"] for u in updates)
+        weights = [u.metrics["val_samples"] for u in updates]
+        return sum(u.metrics[key] * w for u, w in zip(updates, weights)) / sum(weights)
 
     for rnd in range(cfg["pretrain_rounds"]):
         updates = [t.fit(state, rnd, total_rounds=cfg["pretrain_rounds"]) for t in trainers]
@@ -161,7 +162,8 @@ def pretrain_central(site: Path, cfg: dict, work: Path) -> dict:
     from ai4hi_sdk.foundation.trainers import MAEPretrainTrainer
     from ai4hi_sdk.jobs.aggregation import apply_delta
 
-    trainer = MAEPretrainTrainer(_mae_spec(cfg, cfg["central_epochs"]), site_dir=site, site_name="central", device="cpu")
+    spec = _mae_spec(cfg, cfg["central_epochs"])
+    trainer = MAEPretrainTrainer(spec, site_dir=site, site_name="central", device="cpu")
     start = time.perf_counter()
     state = trainer.initial_state()
     update = trainer.fit(state, 0)
@@ -172,8 +174,10 @@ def pretrain_central(site: Path, cfg: dict, work: Path) -> dict:
     result = import_checkpoint(file, BACKBONE, work / "imported", source="benchmark: central MAE on separate data",
                                licence="Apache-2.0", overwrite=True)
     return {"sha256": result.provenance.sha256, "seconds": round(seconds, 1), "images": len(trainer.datasets.train),
-            "val_loss": round(update.metrics["val_loss"], 4), "val_loss_before": round(update.metrics["global_val_loss"], 4),
-            "stripped_prefixes": result.provenance.stripped_prefixes, "converted_from": result.provenance.converted_from,
+            "val_loss": round(update.metrics["val_loss"], 4),
+            "val_loss_before": round(update.metrics["global_val_loss"], 4),
+            "stripped_prefixes": result.provenance.stripped_prefixes,
+            "converted_from": result.provenance.converted_from,
             "dir": str(work / "imported")}
 
 
@@ -319,9 +323,9 @@ def step_cost(backbones: dict, x, y, cfg: dict) -> dict:
             if dp:
                 model, _ = make_dp_compatible(model)
                 session = DPSGDSession(model)
-                optimizer = session.private_optimizer(torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                                                      lr=1e-3),
-                                                      RoundPlan(1.0, 0.1, 10, 1.0), len(yb), torch.Generator().manual_seed(0))
+                sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+                optimizer = session.private_optimizer(sgd, RoundPlan(1.0, 0.1, 10, 1.0), len(yb),
+                                                      torch.Generator().manual_seed(0))
                 forward = session.wrapped
             times, cpu = [], []
             for step in range(cfg["timing_steps"] + 2):
@@ -369,14 +373,15 @@ def goals(results: dict, cost: dict, upload: dict, fractions: tuple) -> dict:
     out: dict[str, Any] = {}
     lines = []
     for frac in fractions:
-        fm, scratch = cell("federated_mae", "ffa_lora", frac).get("auroc"), cell("scratch_cnn", "full", frac).get("auroc")
+        fm = cell("federated_mae", "ffa_lora", frac).get("auroc")
+        scratch = cell("scratch_cnn", "full", frac).get("auroc")
         control = cell("random_init", "ffa_lora", frac).get("auroc")
         if None in (fm, scratch, control):
             continue
         need = scratch + 0.05 if frac < 1.0 else scratch - 0.01
         met = fm >= need and fm > control
-        out[f"pretraining_{frac:g}"] = {"federated_mae_ffa_lora": fm, "scratch_cnn": scratch, "random_init_ffa_lora": control,
-                                        "target": round(need, 4), "met": met}
+        out[f"pretraining_{frac:g}"] = {"federated_mae_ffa_lora": fm, "scratch_cnn": scratch,
+                                        "random_init_ffa_lora": control, "target": round(need, 4), "met": met}
         if not met:
             lines.append(f"{frac:.0%} labels: no pretraining benefit (federated MAE + ffa_lora {fm:.3f} vs scratch "
                          f"{scratch:.3f}, random-init control {control:.3f})")
@@ -438,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "label_efficiency", "mode": "quick" if args.quick else "full", "threads": args.threads,
         "backbone": BACKBONE, "image_size": IMAGE_SIZE, "finding": "subtle", "config": {k: v for k, v in cfg.items()},
-        "labelled_train_images": int(len(y_train)), "test_images": int(len(y_test)),
+        "labelled_train_images": len(y_train), "test_images": len(y_test),
         "test_positives": int(y_test.sum()), "epsilon": EPSILON, "delta": DELTA, "pool": POOL, "jobs": args.jobs,
         "pretraining": backbones, "results": results, "dp_step_cost": cost, "upload": upload,
         "goals": goals(results, cost, upload, cfg["fractions"]),

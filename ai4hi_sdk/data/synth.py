@@ -430,7 +430,7 @@ def _labelled_studies(seed: int, site_index: int, n_studies: int, fraction: floa
     if fraction >= 1.0:
         return set(range(n_studies))
     order = np.random.default_rng([seed, site_index, 7919]).permutation(n_studies)
-    return set(order[: int(round(fraction * n_studies))].tolist())
+    return set(order[: round(fraction * n_studies)].tolist())
 
 
 def _synth_radiographs(

@@ -98,7 +98,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     return state, "torch"
 
 
-def strip_prefixes(state: Mapping[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def strip_prefixes(state: Mapping[str, torch.Tensor],
+                   expected: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Strip :data:`COMMON_PREFIXES` from the front of each name until it is an ``expected`` name
     or no known prefix is left. Returns ``(renamed state, prefix -> how many names lost it)``."""
     out: dict[str, torch.Tensor] = {}
@@ -233,7 +234,8 @@ def save_backbone(state: Mapping[str, torch.Tensor], out_dir: str | Path, proven
     return provenance
 
 
-def load_backbone(path: str | Path, *, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], Provenance]:
+def load_backbone(path: str | Path, *,
+                  expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], Provenance]:
     """Read a backbone folder (or its ``backbone.safetensors``) after verifying its sha256 against
     ``provenance.json`` and, if given, ``expected_sha256``.
 

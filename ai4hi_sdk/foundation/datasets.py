@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ai4hi_sdk.data.dataset import LABELS_FILE, ClassificationItem, DicomClassificationDataset, site_dicom_root
-from ai4hi_sdk.data.scan import scan_directory
+from ai4hi_sdk.data.scan import ScanReport, scan_directory
 from ai4hi_sdk.data.splits import assign_split
 from ai4hi_sdk.errors import UserError
 
@@ -87,7 +87,8 @@ def load_pretrain_images(site_dir: str | Path, *, modalities: Sequence[str], ima
     labelled_uids = _labelled_instances(site_dir, report)
     by_split: dict[str, list[ClassificationItem]] = {"train": [], "val": [], "test": []}
     for record in keep:
-        item = ClassificationItem(path=(root / record.path).absolute(), label=0, sop_instance_uid=record.sop_instance_uid,
+        item = ClassificationItem(path=(root / record.path).absolute(), label=0,
+                                  sop_instance_uid=record.sop_instance_uid,
                                   sex=record.sex, age_band=record.age_band, manufacturer=record.manufacturer)
         by_split[assign_split(record.study_instance_uid)].append(item)
     return PretrainSplits(
@@ -99,7 +100,7 @@ def load_pretrain_images(site_dir: str | Path, *, modalities: Sequence[str], ima
     )
 
 
-def _labelled_instances(site_dir: Path, report) -> set[str]:
+def _labelled_instances(site_dir: Path, report: ScanReport) -> set[str]:
     """SOP Instance UIDs with a label row (empty when the site has no labels.csv)."""
     from ai4hi_sdk.data.labels import join_labels, load_label_manifest
 

@@ -76,15 +76,18 @@ def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, in
 
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The card as a short Markdown page."""
-    lines = [f"# Backbone card: {card['arch'] if isinstance(card['arch'], str) else 'custom ViT'} "
-             f"(version {card['version']})", "",
-             f"* method: {card['method']}" + (f", masking ratio {card['masking_ratio']}" if card.get("masking_ratio") else ""),
+    title = card["arch"] if isinstance(card["arch"], str) else "custom ViT"
+    method = card["method"] + (f", masking ratio {card['masking_ratio']}" if card.get("masking_ratio") else "")
+    privacy = (f"DP-SGD, epsilon up to {card['epsilon_max']:.2f} at delta {card['delta']}"
+               if card["differential_privacy"] else "not differentially private")
+    training = (f"{card['rounds']} rounds x {card['local_epochs']} local epochs "
+                f"({card['epochs_total']} epochs in all)")
+    lines = [f"# Backbone card: {title} (version {card['version']})", "",
+             f"* method: {method}",
              f"* modality: {card.get('modality') or 'not stated'}",
-             f"* training: {card['rounds']} rounds x {card['local_epochs']} local epochs "
-             f"({card['epochs_total']} epochs in all)",
+             f"* training: {training}",
              f"* images: {card['images_total']} at {card['site_count']} sites",
-             "* privacy: " + (f"DP-SGD, epsilon up to {card['epsilon_max']:.2f} at delta {card['delta']}"
-                              if card["differential_privacy"] else "not differentially private"),
+             f"* privacy: {privacy}",
              f"* sha256 of backbone.safetensors: `{card['sha256']}`", "",
              "| site | images | epsilon |", "|---|---|---|"]
     for site, row in card["sites"].items():

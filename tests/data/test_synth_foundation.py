@@ -41,7 +41,8 @@ def test_labelled_fraction_leaves_the_rest_unlabelled(tmp_path):
     full = synth_site(tmp_path / "c" / "hospital-1", site_index=0, n_studies=20, seed=3)
     assert full.labelled == 20 and set(rows) < set(_label_rows(tmp_path / "c" / "hospital-1"))
     none = synth_site(tmp_path / "d" / "hospital-1", site_index=0, n_studies=4, seed=3, labelled_fraction=0.0)
-    assert none.labelled == 0 and (tmp_path / "d" / "hospital-1" / "labels.csv").read_text() == "StudyInstanceUID,label\n"
+    assert none.labelled == 0
+    assert (tmp_path / "d" / "hospital-1" / "labels.csv").read_text() == "StudyInstanceUID,label\n"
 
 
 def _features(finding: str, n: int = 240):

@@ -99,7 +99,8 @@ def backbone_dir(sites, tmp_path_factory):
     update = trainer.fit(state, 0)
     trainer.model.load_state_dict(_apply(state, update.delta), strict=False)
     out = tmp_path_factory.mktemp("backbone")
-    export_pretrained_backbone(trainer.mae_state(), "vit-micro-2d", out, site_images={"hospital-1": len(trainer.datasets.train)},
+    export_pretrained_backbone(trainer.mae_state(), "vit-micro-2d", out,
+                               site_images={"hospital-1": len(trainer.datasets.train)},
                                rounds=1, local_epochs=2)
     return out
 
@@ -119,7 +120,8 @@ def test_classifier_starts_from_the_checkpoint_and_moves_only_adapters_and_head(
     update = trainer.fit(state, 0)
     moved = {k for k, d in update.delta.items() if torch.count_nonzero(d)}
     assert moved and moved <= names
-    assert {"val_loss", "val_accuracy", "global_val_loss"} <= set(update.metrics)  # (few labels: AUROC may be undefined)
+    # few labels per site: the validation AUROC may be undefined (one class)
+    assert {"val_loss", "val_accuracy", "global_val_loss"} <= set(update.metrics)
     scores, labels, _ = trainer.predict_test(_apply(state, update.delta))
     assert len(scores) == len(labels) > 0
 
