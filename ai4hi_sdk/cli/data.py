@@ -5,6 +5,7 @@
     ai4hi data synth OUT --sites N [--task classification|segmentation]
                          [--studies-per-site K] [--seed S] [--reports]
                          [--drift-site NAME --drift-intensity X] [--overwrite]
+                         [--labelled-fraction F] [--finding opacity|subtle]
 
 Heavy imports (pydicom, numpy, scipy) happen inside the handlers so ``ai4hi --help`` stays fast.
 """
@@ -80,6 +81,14 @@ def register(groups: Any) -> None:
         help="also write a report per study (reports.csv rows and DICOM SR objects; classification only)",
     )
     synth.add_argument("--overwrite", action="store_true", help="replace existing site folders")
+    synth.add_argument(
+        "--labelled-fraction", type=float, default=1.0, metavar="F",
+        help="share of studies given a label row; the rest are unlabelled (default: 1)",
+    )
+    synth.add_argument(
+        "--finding", choices=("opacity", "subtle"), default="opacity",
+        help="positive finding: bright opacity (default) or a subtle nodule that mean brightness cannot reveal",
+    )
     synth.set_defaults(func=cmd_synth)
 
 
@@ -288,6 +297,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     sites = synth_consortium(
         args.out, sites=args.sites, task=args.task, studies_per_site=args.studies_per_site,
         seed=args.seed, drift=drift, manufacturers=vendors, overwrite=args.overwrite, reports=args.reports,
+        labelled_fraction=args.labelled_fraction, finding=args.finding,
     )
     console = _console()
     table = _table(
@@ -302,6 +312,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
             f"{s.mean_intensity:.0f}", f"{s.intensity_shift:+.2f}" if s.intensity_shift else "",
         )
     console.print(table)
+    if args.labelled_fraction < 1.0:
+        console.print("Labelled studies: " + ", ".join(f"{s.name} {s.labelled}/{s.studies}" for s in sites))
     console.print("Each site: dicom/ (Part 10 files), labels.csv"
                   + (", masks/<SeriesInstanceUID>.npy|.npz" if args.task == "segmentation" else "")
                   + (", reports.csv and dicom/study-*/report-0001.dcm (SR), synthetic_report_truth.json"

@@ -21,7 +21,7 @@ from ai4hi_sdk import __version__
 from ai4hi_sdk.errors import ConfigError, UserError
 from ai4hi_sdk.jobs.signals import Terminated, stop_signals_raise
 
-COMMAND_GROUPS = ("data", "job", "privacy", "provision", "site", "audit", "report", "continuous")
+COMMAND_GROUPS = ("data", "job", "privacy", "provision", "site", "audit", "report", "continuous", "model")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,11 @@ Tasks:
 * ``classification``: one 128x128 chest-radiograph-like CR/DX image per study (12-bit
   MONOCHROME2; body, lungs, heart, spine, ribs, texture, noise). Label 1 studies carry a
   bright round opacity of varied size and position in a lung field. ``labels.csv`` has
-  columns ``StudyInstanceUID,label``.
+  columns ``StudyInstanceUID,label``. ``finding="subtle"`` replaces the opacity by a small,
+  low-contrast nodule with a dark rim whose pixel sum is zero, and sets every image's mean
+  intensity (before the detector response) from a label-independent draw, so mean brightness
+  carries no signal. ``labelled_fraction < 1`` leaves the other studies without a label row
+  (unlabelled studies, e.g. for self-supervised pretraining).
 * ``segmentation``: one small CT volume per study (24 slices of 32x32, one file per slice,
   HU via RescaleSlope/Intercept) with round lesions. Each site's series carry the patient-space
   geometry of a real CT series shipped with pydicom (:data:`CT_GEOMETRIES`: orientation, pixel
@@ -54,6 +58,8 @@ from ai4hi_sdk.errors import UserError
 
 Task = Literal["classification", "segmentation"]
 TASKS: tuple[Task, ...] = ("classification", "segmentation")
+Finding = Literal["opacity", "subtle"]
+FINDINGS: tuple[Finding, ...] = ("opacity", "subtle")
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
@@ -153,6 +159,8 @@ class SiteSummary:
     modality: str
     intensity_shift: float
     mean_intensity: float
+    #: studies with a row in labels.csv (None: segmentation)
+    labelled: int | None = None
 
 
 def site_name(site_index: int) -> str:
@@ -164,20 +172,24 @@ def site_name(site_index: int) -> str:
 
 
 def chest_radiograph(
-    rng: np.random.Generator, *, size: int = RADIOGRAPH_SIZE, positive: bool = False
+    rng: np.random.Generator, *, size: int = RADIOGRAPH_SIZE, positive: bool = False,
+    finding: Finding = "opacity",
 ) -> np.ndarray:
     """A chest-radiograph-like image, float64 [size, size] in about [0, 1] (1 = dense).
 
     Anatomy is jittered per patient. If ``positive`` a round opacity (radius 5-10 % of the
-    image, peak +0.55..0.75) is placed inside one lung field.
+    image, peak +0.55..0.75) is placed inside one lung field. With ``finding="subtle"`` see
+    :func:`add_subtle_finding` instead (applied to every image: it also normalises the mean).
     """
-    return chest_radiograph_with_placement(rng, size=size, positive=positive)[0]
+    return chest_radiograph_with_placement(rng, size=size, positive=positive, finding=finding)[0]
 
 
 def chest_radiograph_with_placement(
-    rng: np.random.Generator, *, size: int = RADIOGRAPH_SIZE, positive: bool = False
+    rng: np.random.Generator, *, size: int = RADIOGRAPH_SIZE, positive: bool = False,
+    finding: Finding = "opacity",
 ) -> tuple[np.ndarray, FindingPlacement | None]:
-    """:func:`chest_radiograph` and where its opacity is (None when not ``positive``).
+    """:func:`chest_radiograph` and where its opacity is (None when not ``positive``, and for the
+    subtle finding, whose nodule reports do not describe).
 
     The placement is the patient's side (the image's left half shows the patient's right lung, as
     on a PA film), the third of that lung's height (upper / mid / lower) holding the opacity's
@@ -210,7 +222,9 @@ def chest_radiograph_with_placement(
     # Parenchymal texture: low-pass noise.
     img += 0.03 * gaussian_filter(rng.normal(size=(size, size)), 2.0) / 0.14
     placement = None
-    if positive:
+    if finding == "subtle":
+        img = add_subtle_finding(img, rng, lungs, positive=positive)
+    elif positive:
         which = int(rng.integers(2))
         lung = lungs[which]
         ys, xs = np.nonzero(lung)
@@ -229,6 +243,47 @@ def chest_radiograph_with_placement(
             zone="upper" if third < 1 / 3 else "mid" if third < 2 / 3 else "lower",
             diameter_mm=int(round(2 * radius * RADIOGRAPH_SIZE * RADIOGRAPH_SPACING_MM)))  # the film is 422 mm wide
     return gaussian_filter(img, 0.8), placement
+
+
+#: mean normalised intensity of a "subtle" study before the detector response (mean, sd), drawn
+#: for every study independently of its label
+SUBTLE_MEAN = (0.40, 0.03)
+#: peak contrast of the subtle nodule's core (uniform range, normalised intensity)
+SUBTLE_PEAK = (0.25, 0.40)
+#: its core's Gaussian sigma as a fraction of the image side (uniform range); the rim's is 2x
+SUBTLE_SIGMA = (0.06, 0.08)
+
+
+def add_subtle_finding(
+    img: np.ndarray, rng: np.random.Generator, lungs: list[np.ndarray], *, positive: bool
+) -> np.ndarray:
+    """The "subtle" task: a small low-contrast nodule, and a label-free image mean.
+
+    A positive image gets, inside one lung field, a difference of Gaussians: a small core (sigma
+    6-8 % of the image side, peak +0.25..0.40, against +0.55..0.75 for the opacity) with a dark
+    rim (sigma 2x), its pixel sum made exactly zero, so it adds nothing to the image mean. Every
+    image, positive or not, is then shifted to a mean drawn from :data:`SUBTLE_MEAN`: mean
+    brightness carries no information about the label (AUROC ~0.5,
+    ``tests/data/test_synth_foundation.py``); a random-init ViT with a linear probe is at chance too
+    (``benchmarks/label_efficiency.py``), while a small CNN learns it from a few hundred labels.
+    """
+    size = img.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    target_mean = rng.normal(*SUBTLE_MEAN)  # drawn for every image: the same stream either way
+    if positive:
+        lung = lungs[int(rng.integers(2))]
+        ys, xs = np.nonzero(lung)
+        centre_dist = np.hypot(ys - ys.mean(), xs - xs.mean())
+        inner = np.flatnonzero(centre_dist <= np.median(centre_dist))
+        k = inner[int(rng.integers(inner.size))]
+        sigma = rng.uniform(*SUBTLE_SIGMA) * size
+        peak = rng.uniform(*SUBTLE_PEAK)
+        r2 = (yy - ys[k]) ** 2 + (xx - xs[k]) ** 2
+        core = np.exp(-r2 / (2 * sigma**2))
+        rim = np.exp(-r2 / (2 * (2 * sigma) ** 2))
+        dog = core - rim * core.sum() / rim.sum()  # zero pixel sum
+        img = img + peak * dog / dog.max()
+    return img - img.mean() + target_mean
 
 
 def ct_volume(
@@ -378,6 +433,8 @@ def synth_site(
     model: str | None = None,
     overwrite: bool = False,
     reports: bool = False,
+    labelled_fraction: float = 1.0,
+    finding: Finding = "opacity",
 ) -> SiteSummary:
     """Write one synthetic site into ``site_dir`` (``dicom/``, ``labels.csv``, ``masks/``).
 
@@ -397,6 +454,10 @@ def synth_site(
             rows, every third as a DICOM SR object in the study (Basic Text SR by pydicom,
             Enhanced and Comprehensive SR by highdicom, in turn), and the ground truth in
             ``synthetic_report_truth.json``. The images and ``labels.csv`` are the same as without.
+        labelled_fraction: share of studies (classification) written to ``labels.csv``; the
+            others are unlabelled. Which ones is a pure function of ``seed`` and the site.
+        finding: 'opacity' (bright, separable by mean brightness) or 'subtle' (see
+            :func:`add_subtle_finding`).
 
     Raises:
         UserError: bad arguments, or ``site_dir`` exists, is not empty and not ``overwrite``.
@@ -405,6 +466,9 @@ def synth_site(
         raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     if reports and task != "classification":
         raise UserError("reports are written for the classification task only (chest radiographs)")
+    if reports and finding != "opacity":
+        raise UserError("reports describe the opacity finding; use them with --finding opacity")
+    _check_classification_options(task, labelled_fraction, finding)
     if site_index < 0:
         raise UserError(f"site index must be >= 0, got {site_index}")
     if n_studies < 1:
@@ -423,14 +487,15 @@ def synth_site(
     if task == "classification":
         modality = "DX" if site_index % 2 == 1 else "CR"  # hospital-2, -4, ... use DX
         model = model or xr_model
-        files, positives, mean = _synth_radiographs(
+        files, positives, mean, labelled = _synth_radiographs(
             site_dir, rng, seed=seed, site_index=site_index, n_studies=n_studies,
             modality=modality, manufacturer=manufacturer, model=model, kvp=kvp,
-            intensity_shift=intensity_shift, reports=reports,
+            intensity_shift=intensity_shift, reports=reports, labelled_fraction=labelled_fraction,
+            finding=finding,
         )
         series = n_studies
     else:
-        modality, positives = "CT", None
+        modality, positives, labelled = "CT", None, None
         model = model or ct_model
         files, mean = _synth_ct(
             site_dir, rng, seed=seed, site_index=site_index, n_studies=n_studies,
@@ -441,13 +506,32 @@ def synth_site(
         name=name, path=str(site_dir), task=task, studies=n_studies, series=series,
         files=files, positives=positives, manufacturer=manufacturer, model=model,
         modality=modality, intensity_shift=intensity_shift, mean_intensity=mean,
+        labelled=labelled,
     )
+
+
+def _check_classification_options(task: str, labelled_fraction: float, finding: str) -> None:
+    if finding not in FINDINGS:
+        raise UserError(f"unknown finding {finding!r}: choose one of {', '.join(FINDINGS)}")
+    if not 0.0 <= float(labelled_fraction) <= 1.0:
+        raise UserError(f"labelled fraction must be in [0, 1], got {labelled_fraction}")
+    if task != "classification" and (finding != "opacity" or labelled_fraction != 1.0):
+        raise UserError("--finding and --labelled-fraction apply to the classification task only")
+
+
+def _labelled_studies(seed: int, site_index: int, n_studies: int, fraction: float) -> set[int]:
+    """Indices of the studies that get a label row: a seeded choice of round(fraction * n)."""
+    if fraction >= 1.0:
+        return set(range(n_studies))
+    order = np.random.default_rng([seed, site_index, 7919]).permutation(n_studies)
+    return set(order[: round(fraction * n_studies)].tolist())
 
 
 def _synth_radiographs(
     site_dir: Path, rng: np.random.Generator, *, seed: int, site_index: int, n_studies: int,
     modality: str, manufacturer: str, model: str, kvp: float, intensity_shift: float, reports: bool = False,
-) -> tuple[int, int, float]:
+    labelled_fraction: float = 1.0, finding: Finding = "opacity",
+) -> tuple[int, int, float, int]:
     gain, offset, _, _ = _CALIBRATION[site_index % len(_CALIBRATION)]
     # Window from the site's nominal (pre-drift) calibration, 20 % wider than its range.
     centre = MAX_STORED * (offset + gain * 0.5)
@@ -455,6 +539,7 @@ def _synth_radiographs(
     labels = np.zeros(n_studies, dtype=int)
     labels[: (n_studies + 1) // 2] = 1
     labels = rng.permutation(labels)
+    labelled = _labelled_studies(seed, site_index, n_studies, labelled_fraction)
     rows: list[tuple[str, int]] = []
     studies: list[tuple[int, Dataset, FindingPlacement | None]] = []
     total = 0.0
@@ -464,7 +549,7 @@ def _synth_radiographs(
         study_uid = _uid(seed, site_index, i, "study")
         series_uid = _uid(seed, site_index, i, "series")
         sop_uid = _uid(seed, site_index, i, "image")
-        image, placement = chest_radiograph_with_placement(sub, positive=bool(labels[i]))
+        image, placement = chest_radiograph_with_placement(sub, positive=bool(labels[i]), finding=finding)
         pixels = calibrate(image, site_index, sub, intensity_shift=intensity_shift)
         ds = _base_dataset(
             sop_class=DX_IMAGE_STORAGE if modality == "DX" else CR_IMAGE_STORAGE,
@@ -487,14 +572,15 @@ def _synth_radiographs(
         ds.WindowCenter = round(centre, 1)
         ds.WindowWidth = round(width, 1)
         _write(ds, site_dir / "dicom" / f"study-{i + 1:04d}" / "image-0001.dcm", pixels)
-        rows.append((study_uid, int(labels[i])))
+        if i in labelled:
+            rows.append((study_uid, int(labels[i])))
         studies.append((i, ds, placement))
         total += float(pixels.mean())
     _write_csv(site_dir / "labels.csv", ("StudyInstanceUID", "label"), rows)
     files = n_studies
     if reports:
         files += _synth_reports(site_dir, studies, seed=seed, site_index=site_index)
-    return files, int(labels.sum()), total / n_studies
+    return files, int(labels.sum()), total / n_studies, len(rows)
 
 
 def _synth_reports(site_dir: Path, studies: list[tuple[int, Dataset, FindingPlacement | None]], *, seed: int,
@@ -628,6 +714,8 @@ def synth_consortium(
     manufacturers: dict[str, str] | None = None,
     overwrite: bool = False,
     reports: bool = False,
+    labelled_fraction: float = 1.0,
+    finding: Finding = "opacity",
 ) -> list[SiteSummary]:
     """Write ``sites`` sites ``hospital-1..N`` under ``out_dir``.
 
@@ -635,6 +723,7 @@ def synth_consortium(
         drift: site name -> ``intensity_shift`` for that site (others get 0).
         manufacturers: site name -> Manufacturer override.
         reports: also write reports per study (see :func:`synth_site`).
+        labelled_fraction, finding: see :func:`synth_site` (the same at every site).
 
     Raises:
         UserError: bad counts, drift/manufacturer for a site that is not generated, or
@@ -642,6 +731,7 @@ def synth_consortium(
     """
     if sites < 1:
         raise UserError(f"--sites must be >= 1, got {sites}")
+    _check_classification_options(task, labelled_fraction, finding)
     names = [site_name(k) for k in range(sites)]
     for option, mapping in (("drift", drift), ("manufacturer", manufacturers)):
         unknown = sorted(set(mapping or {}) - set(names))
@@ -662,6 +752,7 @@ def synth_consortium(
             out_dir / name, site_index=k, task=task, n_studies=studies_per_site, seed=seed,
             intensity_shift=(drift or {}).get(name, 0.0),
             manufacturer=(manufacturers or {}).get(name), overwrite=overwrite, reports=reports,
+            labelled_fraction=labelled_fraction, finding=finding,
         )
         for k, name in enumerate(names)
     ]
