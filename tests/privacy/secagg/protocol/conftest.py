@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ai4hi_sdk.privacy.secagg.protocol import PayloadCodec, SecAggClient, SecAggConfig, SecAggRound, SitePolicy
+from ai4hi_sdk.privacy.secagg.protocol import (PayloadCodec, ProtocolError, SecAggClient, SecAggConfig, SecAggRound,
+                                               SitePolicy)
 from ai4hi_sdk.privacy.secagg.protocol.identity import CertificateVerifier, SiteIdentity, make_throwaway_ca
 
 
@@ -56,6 +57,17 @@ class Consortium:
                                          for s in inbox if s not in drop_before_input}))
         return srv
 
+    @staticmethod
+    def _answers(sites, ask):
+        """Each site's answer; a site that refuses (ProtocolError) sends nothing, as in the runtime."""
+        out = {}
+        for s in sites:
+            try:
+                out[s] = ask(s)
+            except ProtocolError:
+                pass
+        return out
+
     def run(self, round_index, vectors, *, drop_before_shares=(), drop_before_input=(), drop_before_consistency=(),
             drop_before_unmask=(), received=None, tamper=None):
         """One full round with an honest server; returns (server, unmasked sum, survivors).
@@ -70,11 +82,11 @@ class Consortium:
             return msgs
 
         proposal = srv.consistency_request()
-        request = srv.collect_consistency(got("consistency", {
-            s: self.clients[s].consistency(round_index, proposal) for s in srv.inputs
-            if s not in drop_before_consistency}))
-        responses = {s: self.clients[s].unmask(round_index, request) for s in srv.unmask_targets()
-                     if s not in drop_before_unmask}
+        request = srv.collect_consistency(got("consistency", self._answers(
+            [s for s in srv.inputs if s not in drop_before_consistency],
+            lambda s: self.clients[s].consistency(round_index, proposal))))
+        responses = self._answers([s for s in srv.unmask_targets() if s not in drop_before_unmask],
+                                  lambda s: self.clients[s].unmask(round_index, request))
         if tamper is not None:
             responses = {s: tamper(s, r) for s, r in responses.items()}
         total, survivors = srv.finish(got("unmask", responses))
