@@ -37,8 +37,8 @@ class Consortium:
                         for s in self.sites}
 
     def server(self, round_index, length, **kw):
-        return SecAggRound(self.job_id, round_index, self.config, length, verify=self.verifier.check,
-                           participants=frozenset(self.sites), **kw)
+        kw.setdefault("participants", frozenset(self.sites))
+        return SecAggRound(self.job_id, round_index, self.config, length, verify=self.verifier.check, **kw)
 
     def until_inputs(self, round_index, vectors, *, drop_before_shares=(), drop_before_input=(), received=None):
         """Advertise, share and mask; returns the server after collecting the inputs."""

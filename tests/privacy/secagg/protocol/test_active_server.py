@@ -168,7 +168,7 @@ def _tamper_share(response: bytes, peer: str, kind: str, holders: list[int]) -> 
     return UnmaskResponse("job-1", 0, msg.site, msg.self_shares, shares).encode()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_sequence_of_server_requests_gets_both_shares_of_a_peer(kits, data):
     """The server sends any sequence of consistency and unmask requests (any sets, to one site or to
