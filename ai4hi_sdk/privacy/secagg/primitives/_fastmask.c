@@ -170,8 +170,14 @@ TGT_VAES static void run_vaes(uint32_t *v, size_t nwords, const mask_t *ms, int 
         }
         for (int i = 0; i < Z; i++) _mm512_storeu_si512((void *)(v + 4 * b + 16 * i), x[i]);
     }
+    _mm256_zeroupper(); /* the tail is legacy SSE (see clear_upper) */
     tail(v, nwords, b, ms, k); /* continues the same keystreams at block b */
 }
+
+/* Legacy-SSE code after AVX code that left the upper halves of the vector registers dirty pays a
+ * state-transition penalty on every instruction (measured here: the AES-NI path at half speed after
+ * any AVX-512 code, e.g. numpy's, ran in the same thread). vzeroupper clears that state. */
+__attribute__((target("avx"))) static void clear_upper(void) { _mm256_zeroupper(); }
 
 static int has_aesni(void) {
     __builtin_cpu_init();
@@ -194,7 +200,7 @@ static PyObject *fm_apply(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
 #ifdef AI4HI_X86
     Py_ssize_t k = signs.len;
-    int use_vaes;
+    int use_vaes, has_avx = __builtin_cpu_supports("avx");
     mask_t *ms, *aligned;
     if (vec.len % 4 != 0 || !PyBuffer_IsContiguous(&vec, 'C')) {
         PyErr_SetString(PyExc_ValueError, "vector must be a contiguous buffer of uint32 words");
@@ -221,6 +227,7 @@ static PyObject *fm_apply(PyObject *self, PyObject *args) {
     if (!ms) { PyErr_NoMemory(); goto done; }
     aligned = (mask_t *)(((uintptr_t)ms + 63) & ~(uintptr_t)63);
     const uint8_t *kb = keys.buf, *cb = ctrs.buf, *sb = signs.buf;
+    if (has_avx) clear_upper();
     for (Py_ssize_t m = 0; m < k; m++) {
         expand128(kb + 16 * m, aligned[m].rk);
         aligned[m].hi = load_be64(cb + 16 * m);
@@ -229,10 +236,11 @@ static PyObject *fm_apply(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     if (k > 0) {
-        if (use_vaes)
+        if (use_vaes) {
             run_vaes((uint32_t *)vec.buf, (size_t)(vec.len / 4), aligned, (int)k);
-        else
+        } else {
             run_aesni((uint32_t *)vec.buf, (size_t)(vec.len / 4), aligned, (int)k);
+        }
     }
     Py_END_ALLOW_THREADS
     PyMem_Free(ms);
