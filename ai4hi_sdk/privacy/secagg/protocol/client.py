@@ -133,8 +133,8 @@ class SecAggClient:
                  reveal_check: RevealCheck | None = None):
         self.site, self.job_id, self.config = site, job_id, config
         self._sign, self._certificate, self._verify = sign, certificate, verify
-        allowed = participants
-        if isinstance(allowed, str) or not all(isinstance(p, str) and p for p in allowed):
+        allowed = [participants] if isinstance(participants, str) else list(participants)
+        if isinstance(participants, str) or not all(isinstance(p, str) and p for p in allowed):
             raise ValueError("participants must be the names of the job's sites")
         self.allowed = frozenset(allowed)
         if site not in self.allowed:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from ai4hi_sdk.privacy.secagg.protocol import RoundAbandoned, SecAggClient, SecAggConfig
-from ai4hi_sdk.privacy.secagg.protocol.identity import CertificateVerifier
 from ai4hi_sdk.privacy.secagg.protocol.messages import (AdvertiseKeys, ConsistencySignature, MaskedInput,
                                                         UnmaskResponse)
 
