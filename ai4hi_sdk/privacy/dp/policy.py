@@ -63,10 +63,16 @@ class SitePrivacyPolicy(BaseModel):
         description="SHA-256 of job code bundles (a job's `code:` files) this site runs; any other custom code is "
                     "refused before it is imported")
     min_secure_aggregation_sites: int = Field(
-        default=3, ge=3, le=10_000, description="secure aggregation runs only with at least this many verified sites")
+        default=3, ge=3, le=10_000,
+        description="secure aggregation runs only with at least this many verified participants (this site included)")
     min_secure_aggregation_threshold: int = Field(
         default=2, ge=2, le=10_000,
-        description="floor of the Shamir threshold t; t is also at least floor(2n/3) + 1 for n sites")
+        description="floor of the Shamir threshold t this site accepts, whatever the cohort; the rule below "
+                    "raises it with the neighbourhood size m")
+    secure_aggregation_threshold_rule: Literal["two_thirds", "majority"] = Field(
+        default="two_thirds",
+        description="two_thirds: t >= floor(2m/3) + 1 (safe against an active server with fewer than m/3 colluding "
+                    "sites); majority: t >= floor(m/2) + 1 (an active server alone; lets 3 sites survive one dropout)")
 
     @field_validator("allowed_code_sha256")
     @classmethod
