@@ -114,19 +114,25 @@ class SecureRounds:
         self.refused.append(refusal_record(site, meta, round_index))
         self.log("warning", f"{site} refused secure-aggregation step {step} of round {round_index}: {meta[REFUSED_KEY]}")
 
-    def _answers(self, results: list[FLModel], key: str, round_index: int, step: str) -> Pairs:
-        """``(site, protocol bytes under key)`` per answer; refusals are recorded, (injected) drops
-        are just absent, a result for another round is rejected."""
+    def _answers(self, results: list[FLModel], key: str, round_index: int, step: str,
+                 task_round: int | None = None) -> Pairs:
+        """``(site, protocol bytes under key)`` per answer for protocol round ``round_index``, from
+        results of a task of round ``task_round`` (default the same; next round's shares ride on this
+        round's unmask). Refusals are recorded, (injected) drops are just absent, a result for
+        another task round is rejected."""
+        task_round = round_index if task_round is None else task_round
         out: Pairs = []
         for result in results:
             site, meta = site_of(result), result.meta or {}
             if meta.get(REFUSED_KEY):
-                self._refusal(site, meta, round_index, step)
+                if task_round == round_index:  # a refusal of the task is recorded once, for its round
+                    self._refusal(site, meta, round_index, step)
                 continue
             if meta.get(DROPPED_KEY):
                 continue
-            if result.current_round is not None and int(result.current_round) != round_index:
-                self._reject(round_index, site, step, f"result is for round {result.current_round}")
+            if result.current_round is not None and int(result.current_round) != task_round:
+                self._reject(round_index, site, step, f"result is for round {result.current_round}, "
+                                                      f"the task was for round {task_round}")
                 continue
             value = (result.params or {}).get(key)
             if value is None:
@@ -236,7 +242,7 @@ class SecureRounds:
         survivors = list(rnd.survivors)
         if relay_next is not None:
             nxt = self._round(r + 1)
-            self._inboxes = nxt.collect_shares(self._answers(results, SHARES, r + 1, "share"))
+            self._inboxes = nxt.collect_shares(self._answers(results, SHARES, r + 1, "share", task_round=r))
             self._note(nxt)
         del self._rounds[r]
         return RoundOutcome(
