@@ -47,7 +47,9 @@ class SitePrivacyPolicy(BaseModel):
     )
     delta: float = Field(default=1e-5, gt=0, le=1e-3, allow_inf_nan=False, description="delta of every guarantee this site gives")
     min_noise_multiplier: float = Field(
-        default=0.5, ge=0, allow_inf_nan=False, description="rounds with less DP-SGD noise are refused"
+        default=0.5, ge=0, allow_inf_nan=False,
+        description="rounds with less DP-SGD noise are refused; so is client-level DP alone with less noise, "
+                    "at booking and again before unmasking (the noise the survivors added)"
     )
     accountant: Literal["rdp", "prv"] = "rdp"
     require_dp: bool = True
