@@ -1,7 +1,8 @@
 """Secure aggregation cost: primitives and the pure protocol against an active server; prints JSON.
 
-    python benchmarks/secagg.py [--quick] [--skip-primitives] [--sites 3,8,16] [--params N]
-                                [--identity rsa|ed25519] [--clock thread|wall] [--simulator ...]
+    python benchmarks/secagg.py [--quick] [--skip-primitives] [--skip-protocol] [--sites 3,8,16] [--params N]
+                                [--identity rsa|ed25519] [--clock thread|wall] [--simulator [--tiny-sites 3,8]
+                                [--long-sites 8 --long-epochs E --long-studies S]]
 
 * ``primitives``: ``benchmarks/secagg_primitives.py`` (keystream vs masking per neighbour on one
   pinned core, the CPU's AES features, quantisation), run in a subprocess.
@@ -14,8 +15,10 @@
   survivor set; the server and every site verify >= t signatures), the share checks (self-mask
   secret vs its signed commitment, mask key vs its signed public key) and the bound check of the sum.
   CPU time of the one thread by default (``--clock thread``: other jobs on the machine do not count).
-* ``simulator`` (``--simulator``): the real NVFlare simulator, plain vs secure job. Needs the
-  NVFlare glue rewired to this protocol (issue 13 phase 2); not run by default.
+* ``simulator`` (``--simulator``): whole jobs in the real NVFlare simulator, plain vs secure, DP
+  off in both, the demo job's DenseNet on synthetic sites: per-round cost at 3 and 8 sites with tiny
+  local work (``--tiny-*``: one epoch of a few studies), and a whole job at 8 sites with ~20 s of
+  local work per round (``--long-*``). Expensive on a shared machine (~15 min); not run by default.
 """
 from __future__ import annotations
 
@@ -165,30 +168,64 @@ def bench_protocol(n_sites: int, n_params: int, drop: bool, idents: dict, root: 
     }
 
 
-def bench_simulator(rounds: int, studies: int, local_epochs: int, out: Path) -> dict:  # pragma: no cover
-    """Whole simulated job, plain vs secure (needs the phase-2 NVFlare glue; see the docstring)."""
+def _steady(rounds: list[dict]) -> float:
+    """Median seconds of the completed rounds after the first (which pays the sites' start-up)."""
+    done = [r["seconds"] for r in rounds if r.get("status") == "completed"]
+    return float(np.median(done[1:])) if len(done) > 1 else float(done[0])
+
+
+def _local_seconds(metrics: dict) -> float:
+    """Median over rounds >= 1 of the sites' mean local work per round (training + evaluation):
+    clear per-site metrics in plain FedAvg, the consortium mean under secure aggregation."""
+    local = []
+    for rnd in metrics["rounds"]:
+        if rnd.get("status") != "completed":
+            continue
+        per_site = [m["local_seconds"] for m in rnd.get("sites", {}).values() if m.get("local_seconds")]
+        local.append(float(np.mean(per_site)) if per_site else
+                     float(rnd.get("consortium_metrics", {}).get("local_seconds", float("nan"))))
+    return float(np.median(local[1:] or local))
+
+
+def bench_simulator(n_sites: int, rounds: int, studies: int, local_epochs: int, out: Path) -> dict:  # pragma: no cover
+    """One whole simulated job, plain vs secure aggregation (DP off in both: this measures secure
+    aggregation alone), ``n_sites`` synthetic sites, the demo job's DenseNet: steady seconds per
+    round, the sites' local work per round, wall time and the job's one-off costs."""
     from ai4hi_sdk.config.job_spec import JobSpec, load_job_spec
     from ai4hi_sdk.data.synth import synth_consortium
     from ai4hi_sdk.jobs.simulate import simulate
 
-    data = out / "data"
+    data = out / f"data-{studies}"
     if not data.exists():
-        synth_consortium(data, sites=3, task="classification", studies_per_site=studies, seed=0)
+        synth_consortium(data, sites=n_sites, task="classification", studies_per_site=studies, seed=0)
+    sites = sorted(p.name for p in data.iterdir() if p.is_dir())[:n_sites]
+    if len(sites) < n_sites:
+        raise SystemExit(f"{data} holds {len(sites)} sites, {n_sites} asked: remove it to regenerate")
     base = load_job_spec(REPO / "jobs" / "cxr_classification.yaml")
     policy = REPO / "tests" / "jobs" / "fixtures" / "policy_without_dp.yaml"
-    results = {}
+    results: dict = {"sites": n_sites, "rounds": rounds, "studies_per_site": studies, "local_epochs": local_epochs}
     for name, secure in (("plain", None), ("secure", {"clip": 1.0, "max_samples_per_site": 10_000})):
         raw = base.model_dump()
         raw["privacy"] = {"secure_aggregation": secure}
         raw["min_sites"] = 2
         raw["train"].update(rounds=rounds, local_epochs=local_epochs)
         started = time.monotonic()
-        result = simulate(JobSpec.model_validate(raw), data, out / name, timeout_s=3600, site_policy=policy)
-        if result.metrics.get("status") != "completed":
-            raise SystemExit(f"{name} run did not complete: {result.metrics.get('reason')}")
-        done = [r["seconds"] for r in result.metrics["rounds"] if r.get("status") == "completed"]
-        results[name] = {"wall_s": time.monotonic() - started, "steady_round_s": float(np.median(done[1:] or done))}
-    results["round_time_ratio"] = results["secure"]["steady_round_s"] / results["plain"]["steady_round_s"]
+        result = simulate(JobSpec.model_validate(raw), data, out / f"{name}-{n_sites}-{local_epochs}",
+                          sites=sites, timeout_s=3600, site_policy=policy)
+        wall = time.monotonic() - started
+        metrics = result.metrics
+        if metrics.get("status") != "completed":
+            raise SystemExit(f"{name} run at {n_sites} sites did not complete: {metrics.get('reason')}")
+        seconds = [r["seconds"] for r in metrics["rounds"]]
+        results[name] = {"wall_s": round(wall, 2), "steady_round_s": round(_steady(metrics["rounds"]), 3),
+                         "round_seconds": seconds, "local_seconds_per_round": round(_local_seconds(metrics), 3),
+                         "outside_rounds_s": round(wall - sum(seconds), 2)}
+        if secure:
+            results[name]["threshold"] = metrics["rounds"][-1].get("threshold")
+    plain, secure = results["plain"], results["secure"]
+    results["added_seconds_per_round"] = round(secure["steady_round_s"] - plain["steady_round_s"], 3)
+    results["round_time_ratio"] = round(secure["steady_round_s"] / plain["steady_round_s"], 3)
+    results["wall_time_ratio"] = round(secure["wall_s"] / plain["wall_s"], 3)
     return results
 
 
@@ -201,10 +238,15 @@ def main() -> None:
     ap.add_argument("--params", type=int, default=None, help="parameters per update (default 1M; --quick 100k)")
     ap.add_argument("--identity", default="rsa", choices=("rsa", "ed25519"))
     ap.add_argument("--clock", default="thread", choices=("thread", "wall"))
-    ap.add_argument("--simulator", action="store_true", help="also run the whole simulator (phase-2 glue)")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--studies-per-site", type=int, default=200)
-    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--simulator", action="store_true", help="also run whole simulated jobs, plain vs secure")
+    ap.add_argument("--tiny-sites", default="3,8", help="site counts of the tiny-local-work simulator runs")
+    ap.add_argument("--tiny-rounds", type=int, default=4)
+    ap.add_argument("--tiny-studies", type=int, default=24, help="studies per site of the tiny runs (1 epoch)")
+    ap.add_argument("--long-sites", type=int, default=8, help="sites of the long-local-work run (0: skip it)")
+    ap.add_argument("--long-rounds", type=int, default=3)
+    ap.add_argument("--long-studies", type=int, default=120, help="studies per site of the long run")
+    ap.add_argument("--long-epochs", type=int, default=6, help="local epochs of the long run (~20 s rounds)")
+    ap.add_argument("--skip-protocol", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "secagg")
     args = ap.parse_args()
     CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
@@ -215,10 +257,16 @@ def main() -> None:
     if not args.skip_primitives:
         report["primitives"] = bench_primitives(args.quick)
     idents, root = identities([f"hospital-{i:02d}" for i in range(1, max(counts) + 1)], args.identity)
-    report["protocol"] = [bench_protocol(k, n, drop, idents, root) for k in counts for drop in (False, True)
-                          if not (drop and SecAggConfig().effective_threshold(k) > k - 1)]
+    if not args.skip_protocol:
+        report["protocol"] = [bench_protocol(k, n, drop, idents, root) for k in counts for drop in (False, True)
+                              if not (drop and SecAggConfig().effective_threshold(k) > k - 1)]
     if args.simulator:
-        report["simulator"] = bench_simulator(args.rounds, args.studies_per_site, args.local_epochs, args.out)
+        runs = [bench_simulator(int(k), args.tiny_rounds, args.tiny_studies, 1, args.out)
+                for k in args.tiny_sites.split(",") if k]
+        if args.long_sites:
+            runs.append(bench_simulator(args.long_sites, args.long_rounds, args.long_studies, args.long_epochs,
+                                        args.out))
+        report["simulator"] = runs
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=1))
 
