@@ -187,7 +187,8 @@ def _local_seconds(metrics: dict) -> float:
     return float(np.median(local[1:] or local))
 
 
-def bench_simulator(n_sites: int, rounds: int, studies: int, local_epochs: int, out: Path) -> dict:  # pragma: no cover
+def bench_simulator(n_sites: int, rounds: int, studies: int, local_epochs: int, out: Path,
+                    pool: int | None = None) -> dict:  # pragma: no cover
     """One whole simulated job, plain vs secure aggregation (DP off in both: this measures secure
     aggregation alone), ``n_sites`` synthetic sites, the demo job's DenseNet: steady seconds per
     round, the sites' local work per round, wall time and the job's one-off costs."""
@@ -195,9 +196,10 @@ def bench_simulator(n_sites: int, rounds: int, studies: int, local_epochs: int, 
     from ai4hi_sdk.data.synth import synth_consortium
     from ai4hi_sdk.jobs.simulate import simulate
 
-    data = out / f"data-{studies}"
+    pool = max(pool or n_sites, n_sites)  # sites synthesised (runs with fewer use the first ones)
+    data = out / f"data-{pool}x{studies}"
     if not data.exists():
-        synth_consortium(data, sites=n_sites, task="classification", studies_per_site=studies, seed=0)
+        synth_consortium(data, sites=pool, task="classification", studies_per_site=studies, seed=0)
     sites = sorted(p.name for p in data.iterdir() if p.is_dir())[:n_sites]
     if len(sites) < n_sites:
         raise SystemExit(f"{data} holds {len(sites)} sites, {n_sites} asked: remove it to regenerate")
@@ -261,8 +263,8 @@ def main() -> None:
         report["protocol"] = [bench_protocol(k, n, drop, idents, root) for k in counts for drop in (False, True)
                               if not (drop and SecAggConfig().effective_threshold(k) > k - 1)]
     if args.simulator:
-        runs = [bench_simulator(int(k), args.tiny_rounds, args.tiny_studies, 1, args.out)
-                for k in args.tiny_sites.split(",") if k]
+        tiny = [int(k) for k in args.tiny_sites.split(",") if k]
+        runs = [bench_simulator(k, args.tiny_rounds, args.tiny_studies, 1, args.out, pool=max(tiny)) for k in tiny]
         if args.long_sites:
             runs.append(bench_simulator(args.long_sites, args.long_rounds, args.long_studies, args.long_epochs,
                                         args.out))
