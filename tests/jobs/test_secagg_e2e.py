@@ -236,7 +236,12 @@ def test_an_inflated_site_count_from_the_server_does_not_change_any_sites_noise(
     # mean of 3 has std sigma clip / 3; the training itself moves the model by < 1e-3 (lr 1e-6, and the
     # whole delta is clipped to L2 norm 1 before the noise)
     model = torch.load(result.result_dir / "global_model.pt")
-    initial = trainer_class_for(spec)(spec, site_dir=None, site_name="t", device="cpu").initial_state()
+    try:
+        initial = trainer_class_for(spec)(spec, site_dir=None, site_name="t", device="cpu").initial_state()
+    finally:  # the fixture patched the server driver in this process too: put it back
+        from ai4hi_sdk.jobs.components.secagg_server import SecureRounds
+
+        SecureRounds._ask = sys.modules["inflating_server"]._ask
     change = torch.cat([(model[k] - initial[k]).flatten().double() for k in initial])
     assert change.numel() > 5_000
     expected = sigma * clip / 3
