@@ -17,6 +17,9 @@ DATASET_ID_ENV = "AI4HI_DATASET_ID"
 STATE_DIR = "ai4hi"
 #: the site admin's settings file in the site workspace (``data_dir: /path/to/dicom``)
 SITE_SETTINGS = Path(STATE_DIR) / "site.yaml"
+#: the consortium's site list in a site's kit (written by ``ai4hi provision``; by the simulator runner
+#: for simulated sites): ``{"consortium": name, "server": host, "sites": [names]}``
+CONSORTIUM_LIST = Path(STATE_DIR) / "consortium.json"
 
 
 def site_workspace(site_name: str, default: str | Path) -> Path:

@@ -7,9 +7,12 @@ default, or with ``--clock thread`` the thread's own CPU time, which leaves out 
 processes hold the core -- not their cache and memory-bandwidth interference -- on a shared machine):
 
 * keystream GB/s per cipher, into a cache-resident buffer and into a large preallocated buffer;
-* masking, elements/s **per neighbour**: ``add_mask`` with one neighbour (the vector makes a round
-  trip to memory for each mask) and ``apply_pairwise_masks`` with k neighbours + a self mask (the
-  vector makes one round trip for all of them), at 10M and 100M elements (1M and 4M with --quick);
+* masking, elements/s **per neighbour**: ``add_mask`` with one neighbour and ``apply_pairwise_masks``
+  with k neighbours + a self mask, at 10M and 100M elements (1M and 4M with --quick), on the default
+  path (the compiled fused AES-128-CTR masking where built: ``masking_impl``) and on the pure numpy +
+  ``cryptography`` path, each as a ratio to the AES-128-CTR keystream rate (uint32 words/s written by
+  ``cryptography`` into a cache-resident, preallocated buffer) measured on the same core in the
+  same run; the CPU's AES-related features (``/proc/cpuinfo`` flags) come with them;
 * quantisation elements/s (10M; an update within the clip, one that needs clipping in every chunk,
   8-bit rounding, a freshly allocated output), dequantisation elements/s, and a whole site-side
   step (quantise + mask with 2 neighbours + self, i.e. a 3-site full graph);
@@ -89,7 +92,8 @@ def bench_keystream(repeats: int, big_elems: int) -> dict:
     return out
 
 
-def bench_masking(n: int, repeats: int, cipher: str, ks: tuple[int, ...]) -> dict:
+def bench_masking(n: int, repeats: int, cipher: str, ks: tuple[int, ...], reference: float | None = None) -> dict:
+    """Per-neighbour masking rates; with ``reference`` (keystream words/s) also their ratios to it."""
     vec = np.zeros(n, dtype=np.uint32)
     scratch = masking.new_scratch()
     res = {}
@@ -103,7 +107,27 @@ def bench_masking(n: int, repeats: int, cipher: str, ks: tuple[int, ...]) -> dic
         )
         res[f"{k}_neighbours_plus_self_elems_per_s_per_mask"] = round(n * (k + 1) / tk)
         res[f"{k}_neighbours_plus_self_seconds"] = round(tk, 4)
+    if reference:
+        res["ratio_to_keystream"] = {key.replace("_elems_per_s", "").replace("_per_mask", ""): round(v / reference, 3)
+                                     for key, v in res.items() if key.endswith(("_elems_per_s", "_per_mask"))}
     return res
+
+
+def bench_masking_paths(sizes, repeats: int, cipher: str, reference: float) -> dict:
+    """The default path, the AES-NI-only one (what a core without VAES runs) and the pure one, same
+    sizes, same core, ratios to ``reference``."""
+    out = {}
+    default = masking.masking_impl(cipher)
+    fused = masking._fastmask.features() if masking._fastmask is not None else {}
+    for impl in dict.fromkeys([default, *(["aesni"] if fused.get("aesni") and cipher == "aes-128-ctr" else []),
+                               "numpy"]):
+        previous = masking.set_masking_impl("auto" if impl == default else impl)
+        try:
+            out[impl] = {f"{n}": bench_masking(n, max(2, repeats - (2 if n >= 50_000_000 else 0)), cipher, (2, 8),
+                                               reference) for n in sizes}
+        finally:
+            masking.set_masking_impl(previous)
+    return out
 
 
 def bench_flower_style(n: int, repeats: int) -> dict:
@@ -197,6 +221,9 @@ def main() -> None:
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
+    keystream_result = bench_keystream(repeats, sizes[0])
+    # the masking goal's yardstick: AES-128-CTR words/s into a cache-resident preallocated buffer
+    reference = keystream_result["aes-128-ctr"]["in_cache_GBps"] * 1e9 / 4
     result = {
         "benchmark": "secagg_primitives",
         "quick": args.quick,
@@ -206,18 +233,18 @@ def main() -> None:
         "pinned_cpu": pinned,
         "machine": {
             "cpu": _cpu_model(),
+            "cpu_aes_features": _cpu_features(),
             "python": platform.python_version(),
             "numpy": np.__version__,
             "cryptography": _crypto_version(),
         },
-        "keystream": bench_keystream(repeats, sizes[0]),
-        "masking": {
-            f"{n}": bench_masking(n, max(2, repeats - (2 if n >= 50_000_000 else 0)), args.cipher, (2, 8))
-            for n in sizes
-        },
+        "keystream": keystream_result,
+        "keystream_reference_words_per_s": round(reference),
+        "masking_impl": masking.masking_impl(args.cipher),
+        "masking": bench_masking_paths(sizes, repeats, args.cipher, reference),
         "masking_other_ciphers_10M_like": {
             c: bench_masking(sizes[0], repeats, c, (8,)) for c in keystream.CIPHERS if c != args.cipher
-        },
+        },  # (the pure path: the fused one is AES-128-CTR only)
         "quantization": bench_quantize(sizes[0], repeats, args.cipher),
         "upload": upload_ratio(sizes[0]),
         "flower_style_comparison": bench_flower_style(sizes[0], max(2, repeats - 2)),
@@ -236,6 +263,20 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _cpu_features() -> dict:
+    """The CPU flags that decide AES and masking speed (from /proc/cpuinfo)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {f: f in flags for f in ("aes", "vaes", "vpclmulqdq", "avx2", "avx512f", "avx512bw")}
 
 
 def _crypto_version() -> str:

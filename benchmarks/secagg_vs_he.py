@@ -238,7 +238,7 @@ def bench_ours(shapes, updates) -> dict:
         for s in SITES:
             ident = SiteIdentity.load(Path(tmp) / s, s)
             clients[s] = SecAggClient(s, "bench", config, sign=ident.sign, certificate=ident.certificate_pem,
-                                      verify=CertificateVerifier(ident.root_ca_pem).check)
+                                      verify=CertificateVerifier(ident.root_ca_pem).check, participants=SITES)
     codec = PayloadCodec(tuple(shapes), n_sites=len(SITES), clip=1.0, max_weight=10_000)
     t = Timer()
     sent = {s: {} for s in SITES}
@@ -252,18 +252,20 @@ def bench_ours(shapes, updates) -> dict:
         vec = t("site_quantise", lambda s=s: codec.encode(updates[s], WEIGHTS[s], {}))
         masked[s] = t("site_mask", lambda s=s, vec=vec: clients[s].mask(0, inbox[s], vec))
     t("server_sum", lambda: srv.collect_inputs(masked))
-    request = srv.unmask_request()
+    proposal = srv.consistency_request()
+    sigs = {s: t("site_consistency", lambda s=s: clients[s].consistency(0, proposal)) for s in SITES}
+    request = t("server_consistency", lambda: srv.collect_consistency(sigs))
     responses = {s: t("site_unmask", lambda s=s: clients[s].unmask(0, request)) for s in SITES}
     total, survivors = t("server_unmask", lambda: srv.finish(responses))
-    decoded = t("server_dequantise", lambda: codec.decode(total, len(survivors)))
+    decoded = t("server_dequantise", lambda: srv.decode(codec))
     for s in SITES:
         sent[s] = {"advertise": len(ads[s]), "share_keys": len(shares[s]), "masked_input": len(masked[s]),
-                   "unmask_response": len(responses[s])}
+                   "consistency": len(sigs[s]), "unmask_response": len(responses[s])}
     n = sum(int(np.prod(shape)) for _, shape in shapes)
     per_site = {k: v / len(SITES) for k, v in t.t.items() if k.startswith("site_")}
     server = {k: v for k, v in t.t.items() if k.startswith("server_")}
     before = sum(per_site[k] for k in ("site_advertise", "site_share_keys", "site_quantise", "site_mask"))
-    after = per_site["site_unmask"]  # the sites' part of the round's second exchange
+    after = per_site["site_consistency"] + per_site["site_unmask"]  # the sites' part after the upload
     up_input = float(np.mean([v["masked_input"] for v in sent.values()]))
     up_all = float(np.mean([sum(v.values()) for v in sent.values()]))
     return {"seconds_per_site": per_site, "seconds_server": server, "site_before_upload_s": before,

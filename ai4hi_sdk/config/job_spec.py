@@ -160,11 +160,19 @@ class SecureAggregationSpec(StrictModel):
     Each delta element is clipped to ``[-clip, clip]`` and quantised to 32-bit fixed point; a
     site's weight (training examples, at most ``max_samples_per_site``) is folded in and sent as one
     more masked coordinate, so no site's update, size or (with ``secure_metrics``) metric leaves in
-    the clear. ``neighbours`` (k) and ``threshold`` (t) default to the full graph and a majority.
+    the clear. ``neighbours`` (k) defaults to the full graph; ``threshold`` (t) to ``floor(2m/3) + 1``
+    of the neighbourhood ``m`` (the site included), which keeps a site's two secrets apart against an
+    active server with fewer than m/3 colluding sites. The job only *asks* for t: every site refuses
+    a round whose t is below its own floor (site policy ``min_secure_aggregation_threshold`` and
+    ``secure_aggregation_threshold_rule``), so a lower t (e.g. 2 of 3, to survive one dropout) needs
+    every site's policy to allow it.
     """
 
     neighbours: int | None = Field(None, ge=2, description="k of the k-regular masking graph (default: all)")
-    threshold: int | None = Field(None, ge=2, description="shares needed to unmask (default: majority)")
+    threshold: int | None = Field(
+        None, ge=2,
+        description="shares needed to unmask (default: floor(2m/3) + 1 of the neighbourhood m); each site refuses "
+                    "a t below its policy's floor")
     clip: float = Field(1.0, gt=0, le=1e6, description="per-element clip of the delta before quantisation")
     max_samples_per_site: int = Field(
         10_000, ge=1, le=10_000_000,

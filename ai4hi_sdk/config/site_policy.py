@@ -49,7 +49,9 @@ class SitePrivacyPolicy(BaseModel):
     delta: float = Field(default=1e-5, gt=0, le=1e-3, allow_inf_nan=False,
                          description="delta of every guarantee this site gives")
     min_noise_multiplier: float = Field(
-        default=0.5, ge=0, allow_inf_nan=False, description="rounds with less DP-SGD noise are refused"
+        default=0.5, ge=0, allow_inf_nan=False,
+        description="rounds with less DP-SGD noise are refused; so is client-level DP alone with less noise, "
+                    "at booking and again before unmasking (the noise the survivors added)"
     )
     accountant: Literal["rdp", "prv"] = Field(
         "rdp", description="how epsilon is composed: Renyi DP (fast) or PRV (tighter); switching re-accounts history")
@@ -69,10 +71,16 @@ class SitePrivacyPolicy(BaseModel):
         description="SHA-256 of job code bundles (a job's `code:` files) this site runs; any other custom code is "
                     "refused before it is imported")
     min_secure_aggregation_sites: int = Field(
-        default=3, ge=3, le=10_000, description="secure aggregation runs only with at least this many verified sites")
+        default=3, ge=3, le=10_000,
+        description="secure aggregation runs only with at least this many verified participants (this site included)")
     min_secure_aggregation_threshold: int = Field(
         default=2, ge=2, le=10_000,
-        description="floor of the Shamir threshold t; t is also at least floor(2n/3) + 1 for n sites")
+        description="floor of the Shamir threshold t this site accepts, whatever the cohort; the rule below "
+                    "raises it with the neighbourhood size m")
+    secure_aggregation_threshold_rule: Literal["two_thirds", "majority"] = Field(
+        default="two_thirds",
+        description="two_thirds: t >= floor(2m/3) + 1 (safe against an active server with fewer than m/3 colluding "
+                    "sites); majority: t >= floor(m/2) + 1 (an active server alone; lets 3 sites survive one dropout)")
 
     @field_validator("allowed_code_sha256")
     @classmethod

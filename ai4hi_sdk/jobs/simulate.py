@@ -437,14 +437,25 @@ def _check_drops(spec: JobSpec, sites: list[str], drops: str | None) -> None:
         raise UserError(f"--drop names unknown sites {sorted(unknown)}; sites are {', '.join(sites)}")
 
 
+#: the server's name in the NVFlare simulator (written as the consortium's server for simulated sites)
+SIMULATOR_SERVER = "simulator_server"
+
+
 def _secure_aggregation_setup(spec: JobSpec, workspace: Path, sites: list[str], drops: str | None) -> dict[str, str]:
-    """Simulated sites have no provisioned identity: give each one from a CA made for this run
-    (``WS/sites/<site>/startup/``, where a real kit keeps it), so key signing and verification run
-    exactly as in a deployment. Returns the environment for fault injection (checked by
-    :func:`_check_drops`)."""
+    """Simulated sites have no provisioned kit: give each one an identity from a CA made for this run
+    (``WS/sites/<site>/startup/``, where a real kit keeps it) and the consortium's site list (the
+    run's sites, ``WS/sites/<site>/ai4hi/consortium.json`` as ``ai4hi provision`` writes it), so key
+    signing, verification and participant pinning run exactly as in a deployment. Returns the
+    environment for fault injection (checked by :func:`_check_drops`)."""
     from ai4hi_sdk.site.secagg_client import DROP_ENV
+    from ai4hi_sdk.site_paths import CONSORTIUM_LIST
     from ai4hi_sdk.privacy.secagg.protocol.identity import make_throwaway_ca
 
     if spec.privacy.secure_aggregation is not None:
         make_throwaway_ca(sites, {site: workspace / "sites" / site / "startup" for site in sites})
+        members = {"consortium": f"simulation of {spec.name}", "server": SIMULATOR_SERVER, "sites": sorted(sites)}
+        for site in sites:
+            target = workspace / "sites" / site / CONSORTIUM_LIST
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(members, indent=2, sort_keys=True))
     return {DROP_ENV: drops} if drops else {}

@@ -9,15 +9,17 @@ job built for a version it does not speak, before any of the job's settings are 
 from __future__ import annotations
 
 #: version of this module's vocabulary; bump on any incompatible change
-WIRE_VERSION = 2
+#: (3: secure aggregation's consistency round, the masked-input header, the job's site list)
+WIRE_VERSION = 3
 
 # ---------------------------------------------------------------- task names
 TRAIN_TASK = "train"
 VALIDATE_TASK = "validate"  # the global model on each site's validation split
 KEYS_TASK = "ai4hi_secagg_keys"
 SHARES_TASK = "ai4hi_secagg_shares"
+CONSISTENCY_TASK = "ai4hi_secagg_consistency"  # each survivor signs the survivor set before any unmasking
 UNMASK_TASK = "ai4hi_secagg_unmask"
-PROTOCOL_TASKS = (KEYS_TASK, SHARES_TASK, UNMASK_TASK)
+PROTOCOL_TASKS = (KEYS_TASK, SHARES_TASK, CONSISTENCY_TASK, UNMASK_TASK)
 CROSS_VALIDATE_TASK = "ai4hi_cross_validate"  # candidate vs champion on the fixed test split
 MONITOR_TASK = "ai4hi_monitor"  # drift statistics of the deployed model
 VALIDATION_TASKS = (CROSS_VALIDATE_TASK, MONITOR_TASK)
@@ -35,19 +37,30 @@ REFUSAL_PRIVACY_KEY = "ai4hi_refusal_privacy"
 ROUND_KEY = "ai4hi_round"
 #: a (fault-injected) dropped site: it counts as absent
 DROPPED_KEY = "ai4hi_dropped"
-#: the neighbours a masked vector was masked with
-MASKED_WITH_KEY = "ai4hi_masked_with"
 
 # ---------------------------------------------------------------- task meta keys (server -> site)
 #: protocol data of a secure-aggregation step
 SECAGG_META = "ai4hi_secagg"
 #: how many sites the server says the job trains with: informational only, a site never sizes its
-#: noise from it (client-level DP uses the participant set the site verified itself)
+#: noise or payload from it (client-level DP uses the participant set the site verified itself)
 NUM_SITES_KEY = "ai4hi_n_sites"
+#: inside SECAGG_META: the job's sites as the server claims them; a site keeps only those its kit's
+#: consortium list names (``<kit>/ai4hi/consortium.json``), so the claim can narrow, never widen
+SECAGG_SITES = "sites"
 
 # ---------------------------------------------------------------- params keys of protocol messages
 ADVERT, SHARES, MASKED, UNMASK = "secagg_advertise", "secagg_shares", "secagg_masked", "secagg_unmask"
-PROTOCOL_PARAMS = (ADVERT, SHARES, MASKED, UNMASK)
+#: the masked vector's header (job, round, site, the neighbours it was masked with), uint8 next to it
+MASKED_HEADER = "secagg_masked_header"
+#: a site's signature over the survivor set of the consistency round
+CONSISTENCY = "secagg_consistency"
+PROTOCOL_PARAMS = (ADVERT, SHARES, MASKED, MASKED_HEADER, CONSISTENCY, UNMASK)
+#: what each protocol task's result may carry (uint8 byte strings); next round's shares ride on the unmask
+PROTOCOL_RESULT_PARAMS = {KEYS_TASK: (ADVERT,), SHARES_TASK: (SHARES,), CONSISTENCY_TASK: (CONSISTENCY,),
+                          UNMASK_TASK: (UNMASK, SHARES)}
+#: what a securely aggregated training result carries: the masked uint32 vector, its uint8 header and
+#: (optionally) next round's signed keys
+SECURE_TRAIN_PARAMS = (MASKED, MASKED_HEADER, ADVERT)
 
 # ---------------------------------------------------------------- metric names and what may leave
 #: privacy accounting the lead needs to see; booked in the site's ledger, always in the clear

@@ -19,7 +19,8 @@ child process); this module only writes its input and overlays each kit's ``loca
   site has none, so re-provisioning never overwrites a site's policy or its ledgers;
 * ``<kit>/ai4hi/site.yaml``: the site's settings (``data_dir``), also written only if absent (a
   kept setting that differs from the consortium file is reported);
-* ``<kit>/ai4hi/consortium.json``: the consortium's site list, for the site's own checks.
+* ``<kit>/ai4hi/consortium.json``: the consortium's site list and server, for the site's own checks
+  (secure aggregation accepts keys only from these sites: :mod:`ai4hi_sdk.site.secagg_client`).
 
 Every private key the tool wrote (kits' ``*.key``, the lead's ``state/cert.json`` holding the root
 CA's key) is made readable by its owner only (0600).
@@ -41,7 +42,7 @@ import yaml
 from ai4hi_sdk.config.consortium import ConsortiumSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.config.site_policy import SITE_POLICY
-from ai4hi_sdk.site_paths import SITE_SETTINGS
+from ai4hi_sdk.site_paths import CONSORTIUM_LIST, SITE_SETTINGS
 
 #: the only components a job may run at a site (NVFlare's class allow list; nothing else)
 SITE_CLASSES = [
@@ -55,7 +56,7 @@ SERVER_CLASSES = [
     "ai4hi_sdk.jobs.components.payload_log.ReceiptLogFilter",
 ]
 EGRESS_FILTER = "ai4hi_sdk.site.egress_guard.Ai4hiEgressGuard"
-CONSORTIUM_FILE = Path("ai4hi") / "consortium.json"
+CONSORTIUM_FILE = CONSORTIUM_LIST
 LOG_STREAMER = "nvflare.app_common.logging.site_log_streamer.SiteLogStreamer"
 
 

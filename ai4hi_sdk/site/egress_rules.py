@@ -8,10 +8,12 @@ The site's egress guard (:mod:`ai4hi_sdk.site.egress_guard`) describes every out
 * a training result leaves only if the site's ledger holds the commitment the site runtime wrote
   for exactly this payload (same job, round and SHA-256) before building the reply; where the
   site's policy requires DP-SGD that commitment must be a DP-SGD spend; where it requires secure
-  aggregation the payload must be one masked uint32 vector (and protocol bytes) and committed as
-  such;
+  aggregation the payload must be one masked uint32 vector with its uint8 header (and, optionally,
+  next round's signed keys as uint8) and committed as such;
 * validation, cross-validation and monitoring results are flat numeric metrics, no tensors;
-* protocol steps are uint8 byte strings under the protocol's keys, no metrics;
+* protocol steps are 1-D uint8 byte strings under exactly the keys their step sends
+  (:data:`~ai4hi_sdk.jobs.wire.PROTOCOL_RESULT_PARAMS`: keys, shares, the consistency signature, the
+  unmask shares and next round's shares), no metrics;
 * anything else (unknown task, a task result of an unknown shape) does not leave.
 """
 
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ai4hi_sdk.jobs.wire import (ADVERT, CROSS_VALIDATE_TASK, MASKED, MONITOR_TASK, PROTOCOL_PARAMS,
-                                 PROTOCOL_TASKS, TRAIN_TASK, VALIDATE_TASK)
+from ai4hi_sdk.jobs.wire import (CROSS_VALIDATE_TASK, MASKED, MASKED_HEADER, MONITOR_TASK, PROTOCOL_RESULT_PARAMS,
+                                 SECURE_TRAIN_PARAMS, TRAIN_TASK, VALIDATE_TASK)
 
 #: ``lookup(job_id, round, sha256) -> ledger record or None``
 CommitmentLookup = Callable[[str, int, str], Mapping[str, Any] | None]
@@ -51,8 +53,8 @@ def egress_violation(record: Mapping[str, Any], *, refused: bool, require_dp: bo
             return "a training result without a model update"
         if require_secure_aggregation:
             names = {t["name"] for t in tensors}
-            if MASKED not in names or not names <= {MASKED, ADVERT}:
-                return "the site policy requires secure aggregation: only a masked vector may leave"
+            if not {MASKED, MASKED_HEADER} <= names or not names <= set(SECURE_TRAIN_PARAMS):
+                return "the site policy requires secure aggregation: only a masked vector and its header may leave"
             for t in tensors:
                 want = "uint32" if t["name"] == MASKED else "uint8"
                 if t["dtype"] != want or len(t["shape"]) != 1:
@@ -69,12 +71,13 @@ def egress_violation(record: Mapping[str, Any], *, refused: bool, require_dp: bo
         if tensors:
             return f"a {task} result may carry only aggregate metrics"
         return None
-    if task in PROTOCOL_TASKS:
+    if task in PROTOCOL_RESULT_PARAMS:
         if metric_names:
             return "a protocol message carries no metrics"
         for t in tensors:
-            if t["name"] not in PROTOCOL_PARAMS or t["dtype"] != "uint8" or len(t["shape"]) != 1:
-                return f"protocol message entry '{t['name']}' is not a byte string under a protocol key"
+            if t["name"] not in PROTOCOL_RESULT_PARAMS[task] or t["dtype"] != "uint8" or len(t["shape"]) != 1:
+                return (f"protocol message entry '{t['name']}' is not a byte string under a key of the {task} step "
+                        f"({', '.join(PROTOCOL_RESULT_PARAMS[task])})")
         return None
     return f"unknown task {task!r}: nothing leaves for it"
 

@@ -87,6 +87,7 @@ class Ai4hiSiteExecutor(Executor):
                              metrics=out.metrics if out.diff else None, meta=out.meta)
         else:
             result = FLModel(metrics=out.metrics, meta=out.meta)
+        result.current_round = incoming.current_round  # the server rejects a result for another round
         if task_name == TRAIN_TASK and runtime._secure is not None:
             runtime._secure.after_train(incoming.meta.get(SECAGG_META) or {})
         return FLModelUtils.to_shareable(result)

@@ -89,6 +89,8 @@ class ClientDPPlan:
     clip: float
     participants: int
     survivors_min: int
+    #: the participants the site verified in secure aggregation (empty without it)
+    participant_names: tuple[str, ...] = ()
 
     @property
     def effective_noise_multiplier(self) -> float:
@@ -249,7 +251,8 @@ class SiteGate:
         client_record = None if client_dp is None else {
             "clip": client_dp.clip, "noise_multiplier": client_dp.noise_multiplier,
             "effective_noise_multiplier": client_dp.effective_noise_multiplier,
-            "participants": client_dp.participants, "survivors_min": client_dp.survivors_min}
+            "participants": client_dp.participants, "survivors_min": client_dp.survivors_min,
+            **({"participant_names": list(client_dp.participant_names)} if client_dp.participant_names else {})}
 
         def dp_metrics(epsilon: float) -> dict[str, float]:
             if not math.isfinite(epsilon):

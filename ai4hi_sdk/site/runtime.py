@@ -220,8 +220,23 @@ class SiteRuntime:
 
             self._secure = SecureAggregationSite(self.spec.privacy.secure_aggregation, self.site_name, self.job_id,
                                                  self.workspace, exchanged_state(self.model),
-                                                 self.trainer.declared_metrics())
+                                                 self.trainer.declared_metrics(), policy=self.gate.policy,
+                                                 reveal_check=self._reveal_check())
         return self._secure
+
+    def _reveal_check(self):
+        """With client-level DP booked as the site's protection (no DP-SGD): refuse to reveal any
+        share when the survivors' noise shares add up to less than the site's minimum noise
+        multiplier (dropouts after the noise was sized). None otherwise."""
+        from functools import partial
+
+        from ai4hi_sdk.privacy.dp.client_level import noise_shortfall
+
+        cdp, policy = self.spec.privacy.client_dp, self.gate.policy
+        if cdp is None or self.spec.privacy.dp_sgd is not None or policy is None:
+            return None
+        return partial(noise_shortfall, noise_multiplier=cdp.noise_multiplier,
+                       min_noise_multiplier=policy.min_noise_multiplier)
 
     def train(self, global_state: Mapping[str, Any], round_index: int, total_rounds: int | None,
               secagg_meta: Mapping[str, Any] | None = None) -> Outgoing:
@@ -235,6 +250,9 @@ class SiteRuntime:
         secure = self.secure
         if secure is not None and not isinstance(secagg_meta, Mapping):
             raise RoundRefused("secure aggregation: the task carries no protocol data")
+        if secure is not None and secagg_meta.get("round") != round_index:
+            raise RoundRefused(f"secure aggregation: the task's protocol data is for round {secagg_meta.get('round')!r}, "
+                               f"the model for round {round_index}")
         self._bind_dataset(self.site_dir)
         n_train = len(trainer.datasets.train)
         if secure is not None:
@@ -249,8 +267,9 @@ class SiteRuntime:
         if client_dp is not None:
             from ai4hi_sdk.privacy.dp.client_level import privatize_delta, secure_generator
 
+            # the noise share from the participant names this site verified (None: all of the noise here)
             delta, _ = privatize_delta(delta, client_dp.clip, privacy.client_dp.noise_multiplier,
-                                       client_dp.participants, secure_generator())
+                                       client_dp.participant_names or None, secure_generator())
         local = {**_finite(result.metrics), **self._agreement_metrics()}
         plan = self._round_plan
         encode = secure.package(secagg_meta) if secure is not None else None
@@ -301,8 +320,9 @@ class SiteRuntime:
             return None
         if self._secure is None:
             return ClientDPPlan(cdp.noise_multiplier, cdp.clip, participants=1, survivors_min=1)
-        n, t = self._secure.participants(round_index)
-        return ClientDPPlan(cdp.noise_multiplier, cdp.clip, participants=n, survivors_min=max(t, 1))
+        names, t = self._secure.verified(round_index)
+        return ClientDPPlan(cdp.noise_multiplier, cdp.clip, participants=len(names), survivors_min=max(t, 1),
+                            participant_names=names)
 
     def _plain_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """What leaves with a plain (not secure-aggregated) update: the accounting, the DP round's
@@ -347,7 +367,7 @@ class SiteRuntime:
         return Outgoing(metrics=metrics)
 
     def protocol(self, task: str, secagg_meta: Mapping[str, Any] | None) -> Outgoing:
-        """A secure-aggregation protocol step (keys, shares, unmask)."""
+        """A secure-aggregation protocol step (keys, shares, consistency, unmask)."""
         self.admit("train")
         if self.secure is None:
             raise RoundRefused(f"task {task!r} needs secure aggregation, which this job does not use")

@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ai4hi_sdk"
 
 
 def _modules() -> dict[str, Path]:
+    """Every SDK module: its .py files, and compiled extensions by their C source (they import nothing)."""
     out = {}
-    for path in PACKAGE.rglob("*.py"):
+    for path in [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.c")]:
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out[name] = path
@@ -34,6 +35,8 @@ def _owner(name: str) -> str | None:
 
 def imports_of(module: str) -> set[str]:
     path = MODULES[module]
+    if path.suffix == ".c":
+        return set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

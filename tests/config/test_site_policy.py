@@ -14,6 +14,8 @@ def test_example_file_loads():
     policy = load_site_policy(EXAMPLE)
     assert policy.max_epsilon_per_dataset == 8.0 and policy.delta == 1e-5 and policy.accountant == "rdp"
     assert policy.limit_for("cxr_2019_2023") == 4.0 and policy.limit_for("other") == 8.0
+    assert (policy.min_secure_aggregation_sites, policy.min_secure_aggregation_threshold,
+            policy.secure_aggregation_threshold_rule) == (3, 2, "two_thirds")
     assert SITE_POLICY == Path("ai4hi") / "site_policy.yaml"
 
 
@@ -38,6 +40,9 @@ def test_defaults():
         ("max_epsilon_per_dataset: 4\nmax_epsilon: 4\n", "max_epsilon"),
         ("max_epsilon_per_dataset: 4\ndatasets: {a: {budget: 2}}\n", "datasets.a.budget"),
         ("max_epsilon_per_dataset: 4\ndatasets: {a: {max_epsilon: .inf}}\n", "datasets.a.max_epsilon"),
+        ("max_epsilon_per_dataset: 4\nmin_secure_aggregation_sites: 2\n", "min_secure_aggregation_sites"),
+        ("max_epsilon_per_dataset: 4\nmin_secure_aggregation_threshold: 1\n", "min_secure_aggregation_threshold"),
+        ("max_epsilon_per_dataset: 4\nsecure_aggregation_threshold_rule: any\n", "secure_aggregation_threshold_rule"),
     ],
 )
 def test_invalid_policies_name_file_and_field(tmp_path, text, field):

@@ -4,8 +4,10 @@ Same steps as ``test_deployment_e2e.py`` (provision, start the kits, submit as t
 download, stop), with three sites because secure aggregation needs at least three to exchange
 keys. Each site signs its per-round keys with the RSA key NVFlare provisioning wrote to
 ``<kit>/startup/client.key``; the other sites and the server check the certificates against the
-kit's ``rootCA.pem``. The server only ever receives uint32 masked vectors (and uint8 keys), and
-each site's privacy ledger names exactly the masked vector its egress log says left."""
+kit's ``rootCA.pem``; each site accepts keys only from the sites its kit's ``ai4hi/consortium.json``
+lists and refuses the server's certificate (named in its ``fed_client.json``). The server only ever
+receives uint32 masked vectors (and uint8 headers, keys and signatures), and each site's privacy
+ledger names exactly the masked vector its egress log says left."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.deploy
 SITES = ["hospital-1", "hospital-2", "hospital-3"]
 JOB_TIMEOUT_S = 300
 SECURE = {"secure_aggregation": {"clip": 1.0, "max_samples_per_site": 64}}
-PROTOCOL_TENSORS = {("secagg_masked", "uint32"), ("secagg_advertise", "uint8")}
+PROTOCOL_TENSORS = {("secagg_masked", "uint32"), ("secagg_masked_header", "uint8"), ("secagg_advertise", "uint8")}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,10 @@ def test_server_receives_only_masked_integers_for_training(secure_job):
     assert sorted(r["site"] for r in train) == sorted(SITES * 2)  # 3 sites x 2 rounds
     for record in train:
         tensors = {(t["name"], t["dtype"]) for t in record["tensors"]}
-        assert ("secagg_masked", "uint32") in tensors and tensors <= PROTOCOL_TENSORS, record
+        assert {("secagg_masked", "uint32"), ("secagg_masked_header", "uint8")} <= tensors <= PROTOCOL_TENSORS, record
+    # each round: every site signed the survivor set (consistency round) before any share was revealed
+    for task in ("ai4hi_secagg_consistency", "ai4hi_secagg_unmask"):
+        assert sorted(r["site"] for r in mine if r["task"] == task) == sorted(SITES * 2), task
     for record in mine:  # no float tensor ever reaches the server, whatever the task
         assert not [t for t in record["tensors"] if t["dtype"].startswith(("float", "bfloat"))], record
 

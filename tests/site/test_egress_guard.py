@@ -12,7 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.workspace import Workspace
 
 from ai4hi_sdk.audit.hash_chain import read_entries
-from ai4hi_sdk.jobs.wire import MASKED, REFUSED_KEY, ROUND_KEY
+from ai4hi_sdk.jobs.wire import MASKED, MASKED_HEADER, REFUSED_KEY, ROUND_KEY
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.privacy.egress import describe_payload
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG, Ai4hiEgressGuard
@@ -99,7 +99,11 @@ def test_where_secure_aggregation_is_required_a_float_delta_never_leaves(ws):
     _commit(ws, data, {})
     out = Ai4hiEgressGuard().process(shareable, _ctx(ws))
     assert "only a masked vector" in from_shareable(out).meta[REFUSED_KEY]
-    masked = {MASKED: np.arange(5, dtype=np.uint32)}
+    bare = {MASKED: np.arange(5, dtype=np.uint32)}  # the masked vector without its header
+    _commit(ws, bare, {})
+    out = Ai4hiEgressGuard().process(DXO(DataKind.WEIGHT_DIFF, data=bare, meta={ROUND_KEY: 0}).to_shareable(), _ctx(ws))
+    assert "its header" in from_shareable(out).meta[REFUSED_KEY]
+    masked = {MASKED: np.arange(5, dtype=np.uint32), MASKED_HEADER: np.arange(7, dtype=np.uint8)}
     _commit(ws, masked, {})
     ok = DXO(DataKind.WEIGHT_DIFF, data=masked, meta={ROUND_KEY: 0}).to_shareable()
     assert from_shareable(Ai4hiEgressGuard().process(ok, _ctx(ws))).data_kind == DataKind.WEIGHT_DIFF

@@ -201,6 +201,7 @@ class Ai4hiFedAvg(FedAvg):
                                               "rejected": secure.rejections,
                                               # the server checks key signatures against its kit's rootCA.pem
                                               "server_checks_signatures": secure.verify is not None}
+        self._record["refused"] = secure.refused  # every refusal, protocol steps included, as it happens
         completed = 0
         self.current_round = 0
         try:
@@ -214,16 +215,13 @@ class Ai4hiFedAvg(FedAvg):
                                          f"{self.min_sites} needed")
                 self.current_round = round_index
                 started = time.time()
-                try:
-                    outcome = secure.train_round(state, round_index, self.num_rounds, self.train_timeout,
-                                                 min_inputs=self.min_sites)
-                finally:
-                    self._record["refused"] = list(secure.refused)
+                outcome = secure.train_round(state, round_index, self.num_rounds, self.train_timeout,
+                                             min_inputs=self.min_sites)
                 state = apply_delta(state, outcome.mean_delta)
                 round_record = {
                     "round": round_index, "status": "completed", "seconds": round(time.time() - started, 3),
                     "sites": {n: outcome.clear_metrics.get(n, {}) for n in outcome.survivors},
-                    "dropped": outcome.dropped, "total_weight": outcome.total_weight,
+                    "dropped": outcome.dropped, "total_weight": outcome.total_weight, "threshold": outcome.threshold,
                     "consortium_metrics": outcome.metric_means, "quantisation_error_bound": outcome.error_bound}
                 if outcome.metric_means and self._record["rounds"]:
                     self._record["rounds"][-1]["global_validation"] = {"sites": {}, "weighted_mean": {

@@ -30,8 +30,8 @@ _EXPORTS = {
     "budget_decision": ["BudgetDecision"],
     "ledger": ["PRIVACY_LEDGER", "DatasetSummary", "PrivacyLedger"],
     "client_level": [
-        "add_distributed_gaussian_noise", "clip_by_l2", "effective_noise_multiplier", "privatize_delta",
-        "secure_generator",
+        "add_distributed_gaussian_noise", "clip_by_l2", "effective_noise_multiplier", "noise_share_std",
+        "noise_shortfall", "privatize_delta", "secure_generator", "surviving_noise_multiplier",
     ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

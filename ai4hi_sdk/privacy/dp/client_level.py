@@ -9,16 +9,25 @@ which one site's contribution has L2 sensitivity ``clip``. Over rounds, account 
 with ``sample_rate`` = fraction of sites sampled per round (1.0 when all train) and one step
 per round, e.g. ``RDPAccountant().step(noise_multiplier, 1.0, rounds)`` -> client-level epsilon.
 
+Who sets ``n_sites``: **the site, never the server.** A server that claims 10,000 sites would cut
+every site's noise 100x. :func:`noise_share_std` therefore takes the *names* of the participants
+the site's own secure-aggregation client verified (``SecAggClient.participants(round)``: consortium
+sites of this job with valid signed keys), and ``None`` without secure aggregation, when the server
+sees each update on its own and every site adds the full noise (local DP). It refuses a bare
+count. (The older ``n_sites`` argument of :func:`add_distributed_gaussian_noise` /
+:func:`privatize_delta` also takes these names or ``None``; an ``int`` there is the caller's
+responsibility and must never come from the server.)
+
 Assumptions (say them when you report the guarantee):
 
 * **Honest noise.** The guarantee needs the noise of the sites whose updates are summed. If only
-  ``h`` of the ``n_sites`` sites add their share (others drop out or collude with the server and
-  subtract theirs), the sum carries ``noise_multiplier * sqrt(h / n_sites)``:
-  :func:`effective_noise_multiplier` gives the multiplier to account with. Size ``n_sites`` as
-  the number of sites expected to survive, or account with the minimum survivors secure
-  aggregation accepts.
-* **Secure aggregation.** Without it the server sees each site's update with only
-  ``1/sqrt(n_sites)`` of the noise: then use ``n_sites=1`` (local DP, each site adds all the noise).
+  ``h`` of the ``n`` participants' vectors reach the sum (the others dropped out after sizing their
+  noise), the sum carries ``noise_multiplier * sqrt(h / n)``: :func:`surviving_noise_multiplier`
+  from the verified survivor set of the consistency round. :func:`noise_shortfall` turns a
+  policy minimum into a reason to refuse the unmask step (pass it as the secure-aggregation
+  client's ``reveal_check``: the round is then abandoned before anything is unmasked), or book
+  the actual multiplier. Sites that collude with the server and subtract their own noise are not
+  covered (:func:`effective_noise_multiplier` for ``h`` honest sites).
 * **Randomness.** :func:`secure_generator` seeds torch's generator (Mersenne Twister on CPU, Philox
   on CUDA) with 64 bits from ``os.urandom``: the seed cannot be guessed, but the stream is not a
   CSPRNG, so never expose a site's raw noise. Floating-point Gaussian sampling has known
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection
 from typing import Mapping
 
 import torch
@@ -95,6 +105,49 @@ def noise_std_per_site(noise_multiplier: float, clip: float, n_sites: int) -> fl
     return sigma * clip / math.sqrt(int(n_sites))
 
 
+def _participant_count(participants: Collection[str] | None, what: str = "participants") -> int:
+    """How many distinct verified participants (1 without secure aggregation)."""
+    if participants is None:
+        return 1
+    if isinstance(participants, (str, bytes)) or not isinstance(participants, Collection):
+        raise TypeError(f"{what} must be the names of the participants the site verified (or None without "
+                        f"secure aggregation), not {type(participants).__name__}: a count could come from "
+                        "the server")
+    names = set(participants)
+    if not names or not all(isinstance(p, str) and p for p in names):
+        raise InvalidPrivacyParameter(f"{what} must be non-empty site names, got {sorted(map(str, names))}")
+    return len(names)
+
+
+def noise_share_std(noise_multiplier: float, clip: float, participants: Collection[str] | None) -> float:
+    """Standard deviation this site adds: ``noise_multiplier * clip / sqrt(n)`` with ``n`` the number
+    of participants **the site verified itself** (names from its secure-aggregation client), or the
+    full ``noise_multiplier * clip`` when ``participants`` is ``None`` (no secure aggregation).
+    Raises TypeError for a count (or anything but a collection of names)."""
+    return noise_std_per_site(noise_multiplier, clip, _participant_count(participants))
+
+
+def surviving_noise_multiplier(noise_multiplier: float, participants: Collection[str],
+                               survivors: Collection[str]) -> float:
+    """Noise multiplier of the sum when only ``survivors`` (verified in the consistency round) of the
+    ``participants`` each site sized its noise for are in it: ``sigma * sqrt(|S & P| / |P|)``."""
+    n = _participant_count(participants)
+    alive = len(set(survivors) & set(participants))
+    return effective_noise_multiplier(noise_multiplier, n, alive)
+
+
+def noise_shortfall(participants: Collection[str], survivors: Collection[str], *, noise_multiplier: float,
+                    min_noise_multiplier: float) -> str | None:
+    """``None`` if the survivors' noise shares still give at least ``min_noise_multiplier``, else
+    the reason to refuse unmasking (signature of ``SecAggClient(reveal_check=...)`` once the two
+    keyword arguments are bound, e.g. with :func:`functools.partial`)."""
+    actual = surviving_noise_multiplier(noise_multiplier, participants, survivors)
+    if actual + 1e-12 < float(min_noise_multiplier):
+        return (f"only {len(set(survivors) & set(participants))} of {len(set(participants))} sites survived: the sum "
+                f"carries noise multiplier {actual:.4g} < the site's minimum {float(min_noise_multiplier):g}")
+    return None
+
+
 def effective_noise_multiplier(noise_multiplier: float, n_sites: int, honest_sites: int) -> float:
     """Noise multiplier the sum really carries when only ``honest_sites`` of ``n_sites`` added noise."""
     if not 0 <= honest_sites <= n_sites or n_sites < 1:
@@ -113,16 +166,21 @@ def add_distributed_gaussian_noise(
     delta: Delta,
     noise_multiplier: float,
     clip: float,
-    n_sites: int,
+    n_sites: int | Collection[str] | None,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Return ``delta`` plus this site's share of the noise, N(0, (noise_multiplier*clip)^2 / n_sites).
+    """Return ``delta`` plus this site's share of the noise, N(0, (noise_multiplier*clip)^2 / n).
 
+    ``n_sites``: the verified participant names (``n`` = how many; see :func:`noise_share_std`),
+    ``None`` without secure aggregation (``n = 1``, full noise), or a count the caller vouches for.
     Noise is drawn in float32 (float64 for float64 tensors) on the generator's device (a fresh
     :func:`secure_generator` on each tensor's device if none is given) and added to new tensors.
     """
     _check_floating(delta)
-    std = noise_std_per_site(noise_multiplier, clip, n_sites)
+    if n_sites is None or (isinstance(n_sites, Collection) and not isinstance(n_sites, (str, bytes))):
+        std = noise_share_std(noise_multiplier, clip, n_sites)
+    else:
+        std = noise_std_per_site(noise_multiplier, clip, n_sites)
     generators: dict[str, torch.Generator] = {}
     noised = {}
     for name, tensor in delta.items():
@@ -140,9 +198,10 @@ def privatize_delta(
     delta: Delta,
     clip: float,
     noise_multiplier: float,
-    n_sites: int,
+    n_sites: int | Collection[str] | None,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """Clip then add this site's noise share; returns ``(noised, original_norm)``."""
+    """Clip then add this site's noise share (``n_sites`` as in :func:`add_distributed_gaussian_noise`);
+    returns ``(noised, original_norm)``."""
     clipped, norm = clip_by_l2(delta, clip)
     return add_distributed_gaussian_noise(clipped, noise_multiplier, clip, n_sites, generator), norm

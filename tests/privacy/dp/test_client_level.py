@@ -78,3 +78,37 @@ def test_privatize_and_dtypes():
                 dict(noise_multiplier=1.0, clip=1.0, n_sites=0)]:
         with pytest.raises(InvalidPrivacyParameter):
             add_distributed_gaussian_noise({"w": torch.zeros(3)}, **bad)
+
+
+# --------------------------------------------------------------------------- noise from the verified cohort
+def test_noise_share_comes_from_verified_names_never_a_count():
+    from ai4hi_sdk.privacy.dp.client_level import noise_share_std
+
+    assert noise_share_std(1.2, 0.5, ["a", "b", "c", "d"]) == pytest.approx(1.2 * 0.5 / 2)
+    assert noise_share_std(1.2, 0.5, ("a", "a", "b", "b")) == pytest.approx(1.2 * 0.5 / math.sqrt(2))  # distinct
+    assert noise_share_std(1.2, 0.5, None) == pytest.approx(0.6)  # no secure aggregation: the full noise
+    for count in (4, 10_000, 4.0, "abcd"):
+        with pytest.raises(TypeError, match="names of the participants"):
+            noise_share_std(1.2, 0.5, count)
+    with pytest.raises(InvalidPrivacyParameter):
+        noise_share_std(1.2, 0.5, [])
+    # the same path through privatize_delta: names or None
+    noised, _ = privatize_delta({"w": torch.zeros(400_000)}, clip=0.5, noise_multiplier=1.2, n_sites=None)
+    assert noised["w"].std().item() == pytest.approx(0.6, rel=0.01)
+    noised, _ = privatize_delta({"w": torch.zeros(400_000)}, clip=0.5, noise_multiplier=1.2, n_sites=["a", "b", "c", "d"])
+    assert noised["w"].std().item() == pytest.approx(0.3, rel=0.01)
+
+
+def test_noise_left_by_the_survivors():
+    from ai4hi_sdk.privacy.dp.client_level import noise_shortfall, surviving_noise_multiplier
+
+    p = ["a", "b", "c", "d"]
+    assert surviving_noise_multiplier(1.0, p, p) == pytest.approx(1.0)
+    assert surviving_noise_multiplier(1.0, p, ["a", "b", "c"]) == pytest.approx(math.sqrt(3 / 4))
+    assert surviving_noise_multiplier(1.0, p, ["a", "b", "x"]) == pytest.approx(math.sqrt(2 / 4))  # x never counted
+    assert noise_shortfall(p, p, noise_multiplier=1.0, min_noise_multiplier=1.0) is None
+    reason = noise_shortfall(p, ["a", "b"], noise_multiplier=1.0, min_noise_multiplier=0.8)
+    assert "only 2 of 4 sites survived" in reason and "0.7071 < the site's minimum 0.8" in reason
+    # the sum's noise really is that: 2 of 4 sites' shares
+    total = sum(add_distributed_gaussian_noise({"w": torch.zeros(400_000)}, 1.0, 1.0, p)["w"] for _ in range(2))
+    assert total.std().item() == pytest.approx(surviving_noise_multiplier(1.0, p, ["a", "b"]), rel=0.01)

@@ -37,7 +37,16 @@ from ai4hi_sdk.privacy.secagg.primitives import (
     split,
     unmask_aggregate,
 )
+from ai4hi_sdk.privacy.secagg.primitives import masking
 from ai4hi_sdk.privacy.secagg.primitives.masking import new_scratch
+
+
+@pytest.fixture(autouse=True, params=["auto", "numpy"])
+def masking_path(request):
+    """Every test runs on the default path (the compiled fused masking where built) and on the pure one."""
+    previous = masking.set_masking_impl(request.param)
+    yield request.param
+    masking.set_masking_impl(previous)
 
 JOB = "job-secagg-test"
 

@@ -105,3 +105,42 @@ def test_share_encoding_round_trip_and_strictness():
         decode_share(bytes(4) + data[4:])  # x = 0
     with pytest.raises(WireFormatError, match="invalid share"):
         decode_share(data[:4] + b"\xff" * 66)  # y >= p
+
+
+# --------------------------------------------------------------------------- verified reconstruction
+def _corrupt(share, rng=random.Random(0)):
+    # a random offset: equal offsets on some shares can cancel in the interpolation at 0 (then the
+    # secret is still right, and nothing needs leaving out)
+    return Share(share.x, (share.y + rng.randrange(1, PRIME)) % PRIME)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 6), st.integers(0, 4), st.data())
+def test_recover_verified_leaves_out_bad_shares_whenever_t_good_ones_remain(t, extra, data):
+    from ai4hi_sdk.privacy.secagg.primitives.shamir import recover_verified
+
+    secret = data.draw(st.binary(min_size=32, max_size=32))
+    n = t + extra
+    shares = split(secret, t, n, rng=random.Random(data.draw(st.integers(0, 2**32))))
+    bad_idx = set(data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n)))
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    given_shares = [_corrupt(s, rng) if i in bad_idx else s for i, s in enumerate(shares)]
+    accept = lambda b: b == secret  # noqa: E731  (the commitment / public-key check)
+    if n - len(bad_idx) >= t:
+        got, bad = recover_verified(given_shares, t, accept)
+        assert got == secret and {s.x for s in bad} == {shares[i].x for i in bad_idx}
+    else:
+        with pytest.raises(ShamirError, match="no .* rebuild a secret that passes"):
+            recover_verified(given_shares, t, accept)
+
+
+def test_recover_verified_never_returns_an_unaccepted_secret():
+    from ai4hi_sdk.privacy.secagg.primitives.shamir import recover_verified
+
+    shares = split(b"k" * 32, 3, 5, rng=random.Random(1))
+    with pytest.raises(ShamirError):
+        recover_verified(shares, 3, lambda b: False)
+    with pytest.raises(ShamirError, match="at least 3"):
+        recover_verified(shares[:2], 3, lambda b: True)
+    with pytest.raises(ShamirError, match="gave up"):
+        recover_verified([_corrupt(s) for s in shares], 3, lambda b: False, max_candidates=3)

@@ -18,26 +18,38 @@ because every pair mask enters once with ``+`` and once with ``-``. The server t
 
 :func:`unmask_aggregate` does both in one pass.
 
-Performance: all functions walk the vector in cache-sized chunks and, for each chunk, apply every
-mask before moving on, so a chunk is read from and written to memory once however many neighbours
-there are; per neighbour the cost is one keystream chunk (into a reused scratch) and one in-cache
-``np.add``/``np.subtract`` (numpy uint32 arithmetic wraps mod 2**32). No temporaries are allocated
-in the hot loop. The keystream, not the add, is the bound: on the development machine (no VAES)
-0.85-0.93e9 elements/s per mask with the default AES-128-CTR when several masks share a pass,
-0.62-0.69e9 for a single mask (table in :mod:`.keystream`; ``benchmarks/secagg_primitives.py``).
-On an idle core: 0.90e9 (3 masks per pass), 0.96e9 (9 masks), 0.76e9 (1 mask). The keystream
-alone is ~1.1-1.2e9 uint32/s and the in-cache add ~0.12 ns per element, so ~1.0e9 per mask is the
-ceiling of this design; feeding the vector chunk to AES as its input (to prefetch it), 16-64 Ki
-chunks and positional ufunc arguments were measured and did not help.
+Performance. With the default AES-128-CTR and the optional compiled extension ``_fastmask``
+(built from ``_fastmask.c`` by ``pip install``; needs only gcc/clang and Python's headers) every
+mask is made by the CPU's AES instructions and added to the vector in registers, in one pass over
+the vector for all masks: the keystream never goes to memory. Measured (``benchmarks/secagg_primitives.py``,
+one core of the development machine, AMD EPYC with AES-NI, VAES and AVX-512): ~1.2x the rate at
+which ``cryptography`` writes the same keystream into a cache-resident buffer with the AES-NI path,
+~2.5x with the VAES path. Masks are bit-for-bit those of the pure path (tested).
+
+Without the extension (another cipher, another CPU, or ``set_masking_impl("numpy")``) the pure path
+walks the vector in cache-sized chunks and, for each chunk, applies every mask before moving on, so
+a chunk is read from and written to memory once however many neighbours there are; per neighbour
+the cost is one keystream chunk (``cryptography``'s ``update_into`` into a reused scratch) and one
+in-cache ``np.add``/``np.subtract`` (numpy uint32 arithmetic wraps mod 2**32). That add (~0.1 ns
+per element even in L1, plus ~0.3 us per call) is what holds this path to 0.8-0.88x of the
+keystream rate on a core with VAES, where AES is fast (benchmarks/README.md); chunks of 8-64 Ki
+elements, positional ufunc arguments and feeding the vector to AES as its input were measured and
+did not get it to 0.9x.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .keystream import _ZEROS_VIEW, CHUNK_BYTES, DEFAULT_CIPHER, ZERO_NONCE, Keystream
+from .keystream import _ZEROS_VIEW, CHUNK_BYTES, DEFAULT_CIPHER, ZERO_NONCE, Keystream, _check_seed_nonce
+
+try:  # optional compiled extension (fused AES-128-CTR masking); the pure path below is the fallback
+    from . import _fastmask
+except ImportError:  # pragma: no cover - not built here
+    _fastmask = None
 
 __all__ = [
     "MASK_CHUNK",
@@ -49,7 +61,33 @@ __all__ = [
     "remove_dropped_pair_masks",
     "unmask_aggregate",
     "new_scratch",
+    "masking_impl",
+    "set_masking_impl",
 ]
+
+_IMPLS = ("auto", "aesni", "vaes512", "numpy")
+_impl = "auto"
+
+
+def set_masking_impl(name: str) -> str:
+    """Choose how AES-128-CTR masks are applied: ``"auto"`` (the fastest the CPU supports),
+    ``"aesni"``, ``"vaes512"`` (the compiled extension's paths; an error if unsupported) or
+    ``"numpy"`` (pure path). Returns the previous choice. For tests and benchmarks."""
+    global _impl
+    if name not in _IMPLS:
+        raise ValueError(f"masking impl must be one of {', '.join(_IMPLS)}, got {name!r}")
+    previous, _impl = _impl, name
+    return previous
+
+
+def masking_impl(cipher: str = DEFAULT_CIPHER) -> str:
+    """The path :func:`apply_masks` takes for ``cipher`` here: ``"vaes512"``, ``"aesni"`` or ``"numpy"``."""
+    if cipher != "aes-128-ctr" or _fastmask is None or _impl == "numpy" or sys.byteorder != "little":
+        return "numpy"
+    if _impl != "auto":
+        return _impl
+    features = _fastmask.features()
+    return "vaes512" if features["vaes512"] else "aesni" if features["aesni"] else "numpy"
 
 #: Elements per chunk: 32 Ki uint32 = 128 KiB of keystream, plus the same of vector, stay in L2.
 MASK_CHUNK = 32 * 1024
@@ -105,13 +143,21 @@ def apply_masks(
     """
     _check_vector(vector)
     scratch = _check_scratch(scratch)
-    streams: list[tuple[Keystream, int]] = []
-    for seed, sign in signed_seeds:
+    terms = list(signed_seeds)
+    for seed, sign in terms:
         if sign not in (1, -1):
             raise ValueError(f"mask sign must be +1 or -1, got {sign!r}")
-        streams.append((Keystream(seed, nonce=nonce, cipher=cipher), sign))
-    if not streams or vector.size == 0:
+        _check_seed_nonce(seed, nonce, cipher)
+    if not terms or vector.size == 0:
         return vector
+    impl = masking_impl(cipher)
+    if impl != "numpy":
+        # same keystream as Keystream(seed, nonce) for aes-128-ctr: key seed[:16], counter seed[16:] ^ nonce
+        keys = b"".join(bytes(seed[:16]) for seed, _ in terms)
+        counters = b"".join(bytes(a ^ b for a, b in zip(bytes(seed[16:]), bytes(nonce))) for seed, _ in terms)
+        _fastmask.apply(vector, keys, counters, bytes(1 if sign > 0 else 0 for _, sign in terms), impl)
+        return vector
+    streams = [(Keystream(seed, nonce=nonce, cipher=cipher), sign) for seed, sign in terms]
     if scratch.size * 4 > CHUNK_BYTES:
         scratch = scratch[: CHUNK_BYTES // 4]
     chunk = scratch.size

@@ -11,7 +11,7 @@ from ..primitives.quantize import check_no_overflow
 @dataclass(frozen=True)
 class SecAggConfig:
     neighbours: int | None = None  # k; None = full graph
-    threshold: int | None = None  # t; None = majority of the neighbourhood (>= 2)
+    threshold: int | None = None  # t; None = floor(2m/3) + 1 of the neighbourhood m (Bonawitz, active server)
     clip: float = 1.0
     scale: float = 2.0**16
     bits: int = 32
@@ -45,9 +45,10 @@ class SecAggConfig:
         return self.neighbours
 
     def effective_threshold(self, n_sites: int) -> int:
-        """t for ``n_sites`` sites: configured, or a majority of the neighbourhood (self included), >= 2."""
+        """t for ``n_sites`` sites: configured, or ``floor(2m/3) + 1`` of the neighbourhood ``m``
+        (self included), >= 2. Each site still checks it against its own floor (:mod:`.policy`)."""
         size = self.degree(n_sites) + 1
-        t = self.threshold if self.threshold is not None else max(2, size // 2 + 1)
+        t = self.threshold if self.threshold is not None else max(2, (2 * size) // 3 + 1)
         if t > size:
             raise ValueError(f"threshold {t} exceeds neighbourhood size {size} (k={self.degree(n_sites)})")
         return t

@@ -1,10 +1,13 @@
 """Typed wire messages of the SecAgg+ protocol, one per step, canonical and pickle-free.
 
-    AdvertiseKeys   site -> all   per-round X25519 keys (share encryption c, masking s), signed
-    ShareKeys       site -> server -> each neighbour: AES-GCM sealed Shamir shares (self secret b, s key)
-    MaskedInput     site -> server: quantised vector + self mask + pairwise masks (uint32)
-    UnmaskRequest   server -> sites: who survived (reveal their b-share) and who dropped (reveal s-share)
-    UnmaskResponse  site -> server: the requested shares
+    AdvertiseKeys         site -> all   per-round X25519 keys (share encryption c, masking s) and a
+                                        commitment to the self-mask secret b, signed
+    ShareKeys             site -> server -> each neighbour: AES-GCM sealed Shamir shares (b, s key)
+    MaskedInput           site -> server: quantised vector + self mask + pairwise masks (uint32)
+    ConsistencyRequest    server -> survivors: the survivor set (and who dropped) it will unmask with
+    ConsistencySignature  site -> server: the site's signature over exactly that set
+    UnmaskRequest         server -> signers: the set again and >= t signatures of it
+    UnmaskResponse        site -> server: the requested shares (b of survivors, s of the dropped)
 
 Every decoder rejects wrong job id / round (replay), wrong kinds, lengths and dtypes with
 :class:`ProtocolError`, whose ``reason`` is what gets logged.
@@ -65,6 +68,14 @@ def _names(kind: str, value: object, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _survivor_sets(kind: str, f: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    survivors = tuple(sorted(_names(kind, f.get("survivors"), "survivors")))
+    dropped = tuple(sorted(_names(kind, f.get("dropped"), "dropped")))
+    if set(survivors) & set(dropped):
+        raise ProtocolError(f"{kind}: a site cannot be both a survivor and dropped")
+    return survivors, dropped
+
+
 @dataclass(frozen=True)
 class AdvertiseKeys:
     """A site's two fresh X25519 public keys for one round, signed with its provisioned key."""
@@ -74,32 +85,35 @@ class AdvertiseKeys:
     site: str
     cipher_pk: bytes  # c: encrypts the shares sent to this site
     mask_pk: bytes  # s: pairwise mask seeds (its private half is Shamir-shared for dropout recovery)
+    self_commitment: bytes  # SHA-256 commitment to the self-mask secret b (primitives.commit)
     certificate: bytes
     signature: bytes = b""
 
+    def _fields(self) -> dict:
+        return {"job_id": self.job_id, "round": self.round, "site": self.site, "cipher_pk": self.cipher_pk,
+                "mask_pk": self.mask_pk, "self_commitment": self.self_commitment, "certificate": self.certificate}
+
     def signed_bytes(self) -> bytes:
         """What the signature covers: every field but the signature, canonically encoded."""
-        return encode_message("AdvertiseKeys/signed", {
-            "job_id": self.job_id, "round": self.round, "site": self.site, "cipher_pk": self.cipher_pk,
-            "mask_pk": self.mask_pk, "certificate": self.certificate})
+        return encode_message("AdvertiseKeys/signed", self._fields())
 
     def encode(self) -> bytes:
-        return encode_message("AdvertiseKeys", {
-            "job_id": self.job_id, "round": self.round, "site": self.site, "cipher_pk": self.cipher_pk,
-            "mask_pk": self.mask_pk, "certificate": self.certificate, "signature": self.signature})
+        return encode_message("AdvertiseKeys", {**self._fields(), "signature": self.signature})
 
     @classmethod
     def decode(cls, data: bytes, job_id: str, round_index: int) -> "AdvertiseKeys":
         f = _decode(data, "AdvertiseKeys")
         _check_ctx("AdvertiseKeys", f, job_id, round_index)
-        for name in ("cipher_pk", "mask_pk"):
+        for name in ("cipher_pk", "mask_pk", "self_commitment"):
             if not isinstance(f.get(name), (bytes, bytearray)) or len(f[name]) != 32:
-                raise ProtocolError(f"AdvertiseKeys: {name} must be a 32-byte X25519 public key")
+                raise ProtocolError(f"AdvertiseKeys: {name} must be 32 bytes")
         for name in ("certificate", "signature"):
             if not isinstance(f.get(name), (bytes, bytearray)):
                 raise ProtocolError(f"AdvertiseKeys: missing {name}")
+        if not f.get("site"):
+            raise ProtocolError("AdvertiseKeys: missing site")
         return cls(job_id, round_index, f["site"], bytes(f["cipher_pk"]), bytes(f["mask_pk"]),
-                   bytes(f["certificate"]), bytes(f["signature"]))
+                   bytes(f["self_commitment"]), bytes(f["certificate"]), bytes(f["signature"]))
 
     def check_signature(self, verify: Verifier) -> str | None:
         """``None`` if the signature and certificate hold, else the reason."""
@@ -144,17 +158,40 @@ class MaskedInput:
     def decode(cls, data: bytes, job_id: str, round_index: int, length: int) -> "MaskedInput":
         f = _decode(data, "MaskedInput")
         _check_ctx("MaskedInput", f, job_id, round_index)
-        v = f.get("vector")
-        if not isinstance(v, np.ndarray) or v.dtype != np.uint32 or v.ndim != 1:
-            raise ProtocolError("MaskedInput: vector must be a 1-D uint32 array")
-        if v.shape[0] != length:
-            raise ProtocolError(f"MaskedInput: vector length {v.shape[0]} != expected {length}")
+        return cls(job_id, round_index, f["site"], _check_vector(f.get("vector"), length),
+                   _names("MaskedInput", f.get("masked_with"), "masked_with"))
+
+    def header(self) -> bytes:
+        """Everything but the vector (job, round, site, neighbours, length): lets the vector travel
+        as a plain uint32 array next to this header and still be bound to its job and round."""
+        return encode_message("MaskedInput/header", {"job_id": self.job_id, "round": self.round, "site": self.site,
+                                                     "masked_with": list(self.masked_with),
+                                                     "length": int(self.vector.shape[0])})
+
+    @classmethod
+    def decode_parts(cls, header: bytes, vector: object, job_id: str, round_index: int,
+                     length: int) -> "MaskedInput":
+        """Inverse of ``(msg.header(), msg.vector)``, with the same checks as :meth:`decode`."""
+        f = _decode(header, "MaskedInput/header")
+        _check_ctx("MaskedInput", f, job_id, round_index)
+        v = _check_vector(vector, length)
+        if f.get("length") != v.shape[0]:
+            raise ProtocolError(f"MaskedInput: header says length {f.get('length')!r}, vector has {v.shape[0]}")
         return cls(job_id, round_index, f["site"], v, _names("MaskedInput", f.get("masked_with"), "masked_with"))
 
 
+def _check_vector(v: object, length: int) -> np.ndarray:
+    if not isinstance(v, np.ndarray) or v.dtype != np.uint32 or v.ndim != 1:
+        raise ProtocolError("MaskedInput: vector must be a 1-D uint32 array")
+    if v.shape[0] != length:
+        raise ProtocolError(f"MaskedInput: vector length {v.shape[0]} != expected {length}")
+    return v
+
+
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Survivors (their vectors are in the sum) and dropped sites (shares delivered, no vector)."""
+class ConsistencyRequest:
+    """Server -> survivors: the survivor set (vectors in the sum) and the dropped set (shares
+    delivered, no vector) the server intends to unmask with. Each survivor signs exactly this pair."""
 
     job_id: str
     round: int
@@ -162,18 +199,73 @@ class UnmaskRequest:
     dropped: tuple[str, ...]
 
     def encode(self) -> bytes:
+        return encode_message("ConsistencyRequest", {"job_id": self.job_id, "round": self.round, "site": "",
+                                                     "survivors": sorted(self.survivors),
+                                                     "dropped": sorted(self.dropped)})
+
+    @classmethod
+    def decode(cls, data: bytes, job_id: str, round_index: int) -> "ConsistencyRequest":
+        f = _decode(data, "ConsistencyRequest")
+        _check_ctx("ConsistencyRequest", f, job_id, round_index)
+        return cls(job_id, round_index, *_survivor_sets("ConsistencyRequest", f))
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """A site's signature (provisioned key) over the survivor and dropped sets it was told, bound
+    to job and round (Bonawitz et al.'s ConsistencyCheck round)."""
+
+    job_id: str
+    round: int
+    site: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signature: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        return encode_message("ConsistencySignature/signed", {
+            "job_id": self.job_id, "round": self.round, "site": self.site,
+            "survivors": sorted(self.survivors), "dropped": sorted(self.dropped)})
+
+    def encode(self) -> bytes:
+        return encode_message("ConsistencySignature", {
+            "job_id": self.job_id, "round": self.round, "site": self.site, "survivors": sorted(self.survivors),
+            "dropped": sorted(self.dropped), "signature": self.signature})
+
+    @classmethod
+    def decode(cls, data: bytes, job_id: str, round_index: int) -> "ConsistencySignature":
+        f = _decode(data, "ConsistencySignature")
+        _check_ctx("ConsistencySignature", f, job_id, round_index)
+        if not isinstance(f.get("signature"), (bytes, bytearray)) or not f.get("site"):
+            raise ProtocolError("ConsistencySignature: missing site or signature")
+        return cls(job_id, round_index, f["site"], *_survivor_sets("ConsistencySignature", f),
+                   bytes(f["signature"]))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Survivors (their vectors are in the sum), dropped sites (shares delivered, no vector) and the
+    encoded :class:`ConsistencySignature` messages of the survivors that signed this very pair."""
+
+    job_id: str
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: tuple[bytes, ...] = ()
+
+    def encode(self) -> bytes:
         return encode_message("UnmaskRequest", {"job_id": self.job_id, "round": self.round, "site": "",
-                                                "survivors": sorted(self.survivors), "dropped": sorted(self.dropped)})
+                                                "survivors": sorted(self.survivors), "dropped": sorted(self.dropped),
+                                                "signatures": list(self.signatures)})
 
     @classmethod
     def decode(cls, data: bytes, job_id: str, round_index: int) -> "UnmaskRequest":
         f = _decode(data, "UnmaskRequest")
         _check_ctx("UnmaskRequest", f, job_id, round_index)
-        survivors = _names("UnmaskRequest", f.get("survivors"), "survivors")
-        dropped = _names("UnmaskRequest", f.get("dropped"), "dropped")
-        if set(survivors) & set(dropped):
-            raise ProtocolError("UnmaskRequest: a site cannot be both a survivor and dropped")
-        return cls(job_id, round_index, survivors, dropped)
+        sigs = f.get("signatures")
+        if not isinstance(sigs, list) or not all(isinstance(x, (bytes, bytearray)) for x in sigs):
+            raise ProtocolError("UnmaskRequest: signatures must be a list of encoded consistency signatures")
+        return cls(job_id, round_index, *_survivor_sets("UnmaskRequest", f), tuple(bytes(x) for x in sigs))
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ sites that reported it -- never one site's delta, weight or metric. ``w_max``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from ..primitives.quantize import (QuantizationConfig, VectorLayout, decode_count_sums, dequantize_sum,
-                                   dequantize_weighted_mean, encode_counts, quantize, weight_multiplier,
-                                   weighted_error_bound)
+                                   dequantize_weighted_mean, encode_counts, error_bound, quantize,
+                                   weight_multiplier, weighted_error_bound)
 
 #: metric values are clipped to +- this before quantisation (losses, AUROC, seconds, epsilon fit)
 METRIC_CLIP = 1.0e4
@@ -37,12 +37,14 @@ class DecodedSum:
         total_weight: sum of the survivors' training-example counts.
         metric_means: metric -> mean over the survivors that reported it (secure metrics only).
         metric_counts: metric -> how many survivors reported it.
+        metric_sums: metric -> sum over the survivors (0 from a survivor that did not report it).
     """
 
     mean_delta: dict[str, np.ndarray]
     total_weight: int
     metric_means: dict[str, float]
     metric_counts: dict[str, int]
+    metric_sums: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,14 +131,45 @@ class PayloadCodec:
             off += size
         means: dict[str, float] = {}
         counts: dict[str, int] = {}
+        metric_sums: dict[str, float] = {}
         if self.metric_names:
             sums = dequantize_sum(np.ascontiguousarray(parts["metric_sums"]), self.metric_config, n_summed)
             cnt = decode_count_sums(np.ascontiguousarray(parts["metric_counts"]))
             for name, s, c in zip(self.metric_names, sums, cnt):
-                counts[name] = int(c)
+                counts[name], metric_sums[name] = int(c), float(s)
                 if c > 0:
                     means[name] = float(s) / int(c)
-        return DecodedSum(mean_delta, total_weight, means, counts)
+        return DecodedSum(mean_delta, total_weight, means, counts, metric_sums)
+
+    def sum_problems(self, decoded: DecodedSum, n_summed: int) -> list[str]:
+        """Why ``decoded`` cannot be the sum of ``n_summed`` in-range vectors (empty list: it can).
+
+        In range means: every delta element in ``[-clip, clip]`` (so the weighted mean is too, up
+        to :meth:`error_bound`), a weight in ``[1, max_weight]`` per site, every metric value in
+        ``[-METRIC_CLIP, METRIC_CLIP]`` and a metric count of 0 or 1 per site. These are the only
+        public bounds: a sum that passes may still hold one site's wrong but in-range values.
+        """
+        problems: list[str] = []
+        w = decoded.total_weight
+        if not n_summed <= w <= n_summed * self.max_weight:
+            problems.append(f"total weight {w} outside [{n_summed}, {n_summed * self.max_weight}] for {n_summed} sites "
+                            f"of at most max_samples_per_site={self.max_weight}")
+            return problems  # the mean is scaled by a wrong weight: its range says nothing more
+        limit = self.delta_config.clip_f32 + self.error_bound(n_summed, w)
+        worst = max((float(np.max(np.abs(v))) for v in decoded.mean_delta.values() if v.size), default=0.0)
+        if not worst <= limit:
+            name = max(decoded.mean_delta, key=lambda k: float(np.max(np.abs(decoded.mean_delta[k])))
+                       if decoded.mean_delta[k].size else 0.0)
+            problems.append(f"mean delta reaches {worst:.6g} in '{name}', outside the clip range +-{self.clip:g} "
+                            f"(+{self.error_bound(n_summed, w):.2g} quantisation)")
+        slack = n_summed * error_bound(self.metric_config)
+        for name in self.metric_names:
+            count, total = decoded.metric_counts.get(name, 0), decoded.metric_sums.get(name, 0.0)
+            if not 0 <= count <= n_summed:
+                problems.append(f"metric '{name}' reported by {count} of {n_summed} sites")
+            elif not abs(total) <= count * self.metric_config.clip_f32 + slack:
+                problems.append(f"metric '{name}' sums to {total:.6g} over {count} sites, outside +-{METRIC_CLIP:g} each")
+        return problems
 
     def error_bound(self, n_summed: int, total_weight: int) -> float:
         """Per-element bound on ``|mean_delta - weighted mean of the clipped deltas|``."""

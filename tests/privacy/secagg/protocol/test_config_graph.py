@@ -21,8 +21,10 @@ def test_full_graph():
 
 
 def test_config_validation():
-    c = SecAggConfig()
-    assert c.effective_threshold(3) == 2 and c.effective_threshold(5) == 3
+    c = SecAggConfig()  # default t = floor(2m/3) + 1 (Bonawitz et al., active server)
+    assert [c.effective_threshold(n) for n in (3, 4, 5, 6, 8, 16)] == [3, 3, 4, 5, 6, 11]
+    assert SecAggConfig(neighbours=4).effective_threshold(16) == 4  # m = k + 1 = 5
+    assert SecAggConfig(threshold=2).effective_threshold(5) == 2  # asked for (each site checks its floor)
     with pytest.raises(ValueError, match="timeout"):
         SecAggConfig(share_timeout_s=float("inf"))
     with pytest.raises(ValueError, match="threshold"):

@@ -61,3 +61,58 @@ def test_expired_and_foreign_certificates_are_refused(tmp_path):
 def test_missing_identity_is_a_clear_error(tmp_path):
     with pytest.raises(IdentityError, match="client.key"):
         SiteIdentity.load(tmp_path, "hospital-1")
+
+
+# --------------------------------------------------------------------------- site roles (provisioned kits)
+def test_provisioned_certificates_by_role(kits):
+    """What ``nvflare provision`` writes: only admin certificates carry a role; the server's looks
+    like a site's and is told apart by the server identity the site kit names."""
+    from ai4hi_sdk.privacy.secagg.protocol.identity import certificate_refusal, server_identities
+
+    load = lambda path: x509.load_pem_x509_certificate(path.read_bytes())  # noqa: E731
+    server_names = server_identities(kits.sites["hospital-1"])
+    assert server_names == {"localhost"}
+    assert certificate_refusal(load(kits.sites["hospital-2"] / "client.crt"), server_names) is None
+    assert "server identity" in certificate_refusal(load(kits.server / "server.crt"), server_names)
+    assert certificate_refusal(load(kits.server / "server.crt"), ()) is None  # hence server_names is needed
+    assert "NVFlare role 'lead'" in certificate_refusal(load(kits.admins["lead@consortium.example.org"] / "client.crt"))
+    assert "NVFlare role 'org_admin'" in certificate_refusal(load(kits.admins["it@hospital-1.example.org"] / "client.crt"))
+    assert "CA certificate" in certificate_refusal(load(kits.sites["hospital-1"] / "rootCA.pem"))
+    # the verifier applies it, and says so in its reason
+    lead = kits.admin("lead@consortium.example.org")
+    verifier = CertificateVerifier(kits.root_ca, server_names=server_names)
+    reason = verifier.check(lead.name, lead.certificate_pem, b"x", lead.sign(b"x"))
+    assert "admin certificate" in reason
+    assert CertificateVerifier(kits.root_ca, require_site=False).check(
+        lead.name, lead.certificate_pem, b"x", lead.sign(b"x")) is None
+    site = kits.site("hospital-3")
+    assert verifier.check("hospital-3", site.certificate_pem, b"x", site.sign(b"x")) is None
+
+
+@pytest.mark.parametrize("role,refused", [("client", False), ("server", True), ("lead", True), ("org_admin", True),
+                                          ("member", True), ("project_admin", True), ("relay", True)])
+def test_csr_signed_certificate_roles(role, refused):
+    """``nvflare cert sign -t TYPE`` puts TYPE into UNSTRUCTURED_NAME for every certificate."""
+    from ai4hi_sdk.privacy.secagg.protocol.identity import certificate_refusal
+
+    now = dt.datetime.now(dt.timezone.utc)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hospital-1"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "h1"),
+                      x509.NameAttribute(NameOID.UNSTRUCTURED_NAME, role)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    assert (certificate_refusal(cert) is not None) == refused
+
+
+def test_server_identities_needs_a_readable_fed_client_json(tmp_path):
+    from ai4hi_sdk.privacy.secagg.protocol.identity import server_identities
+
+    with pytest.raises(IdentityError, match="fed_client.json"):
+        server_identities(tmp_path)
+    (tmp_path / "fed_client.json").write_text('{"servers": [{"name": "p"}]}')
+    with pytest.raises(IdentityError, match="no server identity"):
+        server_identities(tmp_path)
+    (tmp_path / "fed_client.json").write_text('{"servers": [{"name": "p", "identity": "fl.example.org"}]}')
+    assert server_identities(tmp_path) == {"fl.example.org"}
