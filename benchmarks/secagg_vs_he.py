@@ -39,7 +39,8 @@ transfer time is not included, the bytes are). Models: ``demo`` (the demo job's 
 tensors, 6,968,206 parameters: the per-layer padding to 4096 slots, and the per-layer context on
 the wire, of a real layer structure; opt-in with ``--models densenet121``: every CKKSVector that
 FOBS deserialises carries its own context, ~6 MiB in memory, so the server holds ~6 MiB x 606 layers
-per result in flight -- our in-process run of all three passed 16 GiB and was stopped). tenseal encrypts the chunks of one large vector on all cores
+per result in flight -- our in-process run of all three passed 16 GiB and was stopped). tenseal encrypts the chunks of one
+large vector on all cores
 (its default ``n_threads``); our masking runs on one.
 
 ``--poc`` (``benchmarks/he_poc.py``, in its own process, ~2.5 min): a real NVFlare POC deployment,
@@ -191,7 +192,7 @@ def bench_he(shapes, updates, ctx) -> dict:
         shareable = t("server_deserialize", lambda s=s: fobs.loads(blobs[s]))
         shareable.set_peer_props({ReservedKey.IDENTITY_NAME: s})  # what the server's cell adds
         shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)  # ScatterAndGather's task cookie
-        ok = t("server_accumulate", lambda: agg.accept(shareable, fl_ctx))
+        ok = t("server_accumulate", lambda shareable=shareable: agg.accept(shareable, fl_ctx))
         if not ok:
             raise SystemExit(f"HE aggregator refused {s}")
         del shareable  # as the server does once a result is accepted (its contexts go with it)

@@ -18,7 +18,8 @@ class ValidationSpec(StrictModel):
     """How sites validate and monitor (identical at every site)."""
 
     threshold: float = Field(0.5, gt=0, lt=1, description="operating point: predict positive when P(class 1) >= this")
-    min_count: int = Field(10, ge=2, le=10_000, description="k: subgroup cells and calibration bins under k studies are suppressed")
+    min_count: int = Field(10, ge=2, le=10_000,
+                           description="k: subgroup cells and calibration bins under k studies are suppressed")
     attributes: list[Attribute] = Field(default_factory=lambda: ["sex", "age_band", "manufacturer"],
                                         description="DICOM-header subgroups audited at each site")
     ci: float = Field(0.95, gt=0.5, lt=1, description="confidence level of every interval")

@@ -5,7 +5,8 @@ test :class:`DicomClassificationDataset` objects: scan, join labels (or, with
 ``labels_from="reports"``, weak labels from the site's reports: :mod:`~ai4hi_sdk.data.weak_labels`),
 drop unlabelled images, keep
 the images the job declares it trains on (:class:`~ai4hi_sdk.data.selection.ImageSelection`;
-the rest are counted by reason in the scan report's ``excluded``), split by study UID. Everything stays inside the site: subgroup attributes are kept per item
+the rest are counted by reason in the scan report's ``excluded``), split by study UID. Everything stays inside
+the site: subgroup attributes are kept per item
 for local audits only.
 """
 

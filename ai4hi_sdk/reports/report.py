@@ -211,7 +211,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _img(b64: str, alt: str) -> str:
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    caption = html.escape(alt)
+    return f'<figure><img alt="{caption}" src="data:image/png;base64,{b64}"><figcaption>{caption}</figcaption></figure>'
 
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}

@@ -119,7 +119,7 @@ def test_deterministic(tmp_path):
     b = synth_consortium(tmp_path / "b", sites=2, studies_per_site=4, seed=7)
     assert [s.mean_intensity for s in a] == [s.mean_intensity for s in b]
     assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
-    c = synth_consortium(tmp_path / "c", sites=2, studies_per_site=4, seed=8)
+    synth_consortium(tmp_path / "c", sites=2, studies_per_site=4, seed=8)
     uids_a, uids_c = _labels(tmp_path / "a" / "hospital-1"), _labels(tmp_path / "c" / "hospital-1")
     assert set(uids_a).isdisjoint(uids_c)
 

@@ -141,7 +141,7 @@ def plain_two(data):
 
 
 def test_site_dropped_after_shares_is_recovered_and_matches_fedavg_over_the_rest(dropped, plain_two):
-    (d_result, d_model), (p_result, p_model) = dropped, plain_two
+    (d_result, d_model), (_, p_model) = dropped, plain_two
     rnd = d_result.metrics["rounds"][0]
     assert d_result.metrics["status"] == "completed", d_result.metrics
     assert rnd["dropped"] == ["hospital-2"] and sorted(rnd["sites"]) == ["hospital-1", "hospital-3"]

@@ -42,7 +42,8 @@ def test_volumes_and_masks_follow_the_site_files(trainer, site):
             assert volume.shape == mask.shape == (1, 24, 32, 32) and volume.dtype == torch.float32
             stored = np.load(site / "masks" / f"{item.series_instance_uid}.npy")
             np.testing.assert_array_equal(part.true_mask(i), stored)
-            # slices are in the masks' (geometry) order, not that of file names or InstanceNumbers;: lesions (+50 HU) are brighter than the rest of the body
+            # slices are in the masks' (geometry) order, not that of file names or InstanceNumbers;
+            # lesions (+50 HU) are brighter than the rest of the body
             body = volume[0] > 0.2
             inside = mask[0].bool()
             assert volume[0][inside].mean() > volume[0][body & ~inside].mean() + 0.05

@@ -23,7 +23,8 @@ def neighbour_graph(sites: Iterable[str], k: int | None, seed: bytes = b"") -> d
     out: dict[str, set[str]] = {s: set() for s in ordered}
     for i, s in enumerate(perm):
         for d in range(1, k // 2 + 1):
-            out[s].add(perm[(i + d) % n]); out[s].add(perm[(i - d) % n])
+            out[s].add(perm[(i + d) % n])
+            out[s].add(perm[(i - d) % n])
         if k % 2 == 1:
             out[s].add(perm[(i + n // 2) % n])
     return {s: frozenset(v) for s, v in out.items()}
