@@ -20,7 +20,9 @@ UNMASK_TASK = "ai4hi_secagg_unmask"
 PROTOCOL_TASKS = (KEYS_TASK, SHARES_TASK, UNMASK_TASK)
 CROSS_VALIDATE_TASK = "ai4hi_cross_validate"  # candidate vs champion on the fixed test split
 MONITOR_TASK = "ai4hi_monitor"  # drift statistics of the deployed model
-VALIDATION_TASKS = (CROSS_VALIDATE_TASK, MONITOR_TASK)
+#: per-class score histograms of models on the validation split (a model version's operating point)
+OPERATING_POINT_TASK = "ai4hi_operating_point"
+VALIDATION_TASKS = (CROSS_VALIDATE_TASK, MONITOR_TASK, OPERATING_POINT_TASK)
 TRAINING_TASKS = (TRAIN_TASK, VALIDATE_TASK, *PROTOCOL_TASKS)
 ALL_TASKS = (*TRAINING_TASKS, *VALIDATION_TASKS)
 
@@ -44,6 +46,9 @@ SECAGG_META = "ai4hi_secagg"
 #: how many sites the server says the job trains with: informational only, a site never sizes its
 #: noise from it (client-level DP uses the participant set the site verified itself)
 NUM_SITES_KEY = "ai4hi_n_sites"
+#: with a cross-validation task: each model's operating point {role: {"threshold", "calibration"}}
+#: (chosen by the server from the validation histograms; the site checks and applies it)
+OPERATING_POINTS_META = "ai4hi_operating_points"
 
 # ---------------------------------------------------------------- params keys of protocol messages
 ADVERT, SHARES, MASKED, UNMASK = "secagg_advertise", "secagg_shares", "secagg_masked", "secagg_unmask"

@@ -10,7 +10,8 @@ The site's egress guard (:mod:`ai4hi_sdk.site.egress_guard`) describes every out
   site's policy requires DP-SGD that commitment must be a DP-SGD spend; where it requires secure
   aggregation the payload must be one masked uint32 vector (and protocol bytes) and committed as
   such;
-* validation, cross-validation and monitoring results are flat numeric metrics, no tensors;
+* validation, cross-validation, operating-point and monitoring results are flat numeric metrics,
+  no tensors;
 * protocol steps are uint8 byte strings under the protocol's keys, no metrics;
 * anything else (unknown task, a task result of an unknown shape) does not leave.
 """
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ai4hi_sdk.jobs.wire import (ADVERT, CROSS_VALIDATE_TASK, MASKED, MONITOR_TASK, PROTOCOL_PARAMS,
-                                 PROTOCOL_TASKS, TRAIN_TASK, VALIDATE_TASK)
+from ai4hi_sdk.jobs.wire import (ADVERT, CROSS_VALIDATE_TASK, MASKED, MONITOR_TASK, OPERATING_POINT_TASK,
+                                 PROTOCOL_PARAMS, PROTOCOL_TASKS, TRAIN_TASK, VALIDATE_TASK)
 
 #: ``lookup(job_id, round, sha256) -> ledger record or None``
 CommitmentLookup = Callable[[str, int, str], Mapping[str, Any] | None]
@@ -65,7 +66,7 @@ def egress_violation(record: Mapping[str, Any], *, refused: bool, require_dp: bo
         if require_dp and not (commitment.get("type") == "dp_round" and commitment.get("status") == "spent"):
             return "the site policy requires DP-SGD: the payload was not committed as a DP-SGD spend"
         return None
-    if task in (VALIDATE_TASK, CROSS_VALIDATE_TASK, MONITOR_TASK):
+    if task in (VALIDATE_TASK, CROSS_VALIDATE_TASK, MONITOR_TASK, OPERATING_POINT_TASK):
         if tensors:
             return f"a {task} result may carry only aggregate metrics"
         return None
