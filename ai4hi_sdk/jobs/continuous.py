@@ -312,6 +312,8 @@ class ContinuousLoop:
                 timeout_s=self.spec.timeout_s)
             record_name = f"leave-one-site-out-{i}.json"
             shutil.copy2(run.result_dir / "validation.json", self.report / record_name)
+            if not run.ok:
+                self.say(f"  leave-one-site-out validation did not complete: {run.record.get('reason')}")
             for held, rep in sorted((run.record.get("validation") or {}).items()):
                 cand, champ, paired = rep.get("candidate", {}), rep.get("champion", {}), rep.get("paired", {})
                 if "auroc" not in cand or "auroc" not in champ:

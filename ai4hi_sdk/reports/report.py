@@ -241,7 +241,10 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
                 "validate": lambda s: f"{s.get('candidate')} vs champion {s.get('champion')} at every site",
                 "monitor": lambda s: f"drift of data {s.get('data_version')} vs reference, model {s.get('model')}",
                 "decision": lambda s: f"{s.get('decision', '').upper()}: " + "; ".join(s.get("reasons", [])[:3]),
-                "inject_drift": lambda s: s.get("description", "")}.get(step["kind"], lambda s: "")(step)
+                "inject_drift": lambda s: s.get("description", ""),
+                "leave_one_site_out": lambda s: f"{s.get('model')}'s recipe trained without each of "
+                                                f"{', '.join(s.get('sites', []))}, validated where it never trained "
+                                                f"({s.get('record')})"}.get(step["kind"], lambda s: "")(step)
         rows.append([str(i + 1), step["kind"], what])
     parts.append(_table(["#", "step", "what"], rows))
     if verification is not None:
