@@ -27,7 +27,10 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_continuous_spec(args.spec)
     console = Console(soft_wrap=True)
     out = run_continuous(spec, args.data_root, args.workspace, say=lambda s: console.print(escape(s), highlight=False))
-    console.print(f"loop finished in {out['seconds']} s; deployed model: {out['deployed']}", highlight=False)
+    console.print(f"loop finished in {out['seconds']} s; deployed model: {out['deployed']} "
+                  f"(champion for comparison: {out['champion']})", highlight=False)
+    for line in out.get("summary", []):
+        console.print(escape(line), highlight=False)
     ok = _print_decision_log(console, Path(out["report"]).parent, Path(args.workspace))
     for model, paths in out["model_cards"].items():
         console.print(f"model card {model}: {paths['markdown']}", highlight=False)

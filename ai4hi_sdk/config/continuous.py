@@ -1,6 +1,6 @@
 """Typed schema of a continuous-training loop file (``jobs/continuous.yaml``).
 
-Paths (``job``, ``policy``) are relative to the loop file.
+Paths (``job``, ``policy``, ``site_policy``) are relative to the loop file.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class ContinuousSpec(StrictModel):
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     data: SynthData = Field(default_factory=SynthData)
     drift: DriftInjection = Field(default_factory=DriftInjection)
+    site_policy: str | None = Field(None, description="privacy policy (YAML, relative to this file) installed at "
+                                    "every simulated site; None: the SDK's default site policy")
+    leave_one_site_out: bool = Field(True, description="after the first training, train one model per site on "
+                                     "all the other sites and validate it at the site it never saw")
     timeout_s: int = Field(900, ge=30, description="limit of each simulated job")
     base_dir: str = Field("", exclude=True)
 
@@ -67,7 +71,8 @@ def load_continuous_spec(path: str | Path) -> ContinuousSpec:
     spec = load_yaml_model(path, ContinuousSpec)
     spec = spec.model_copy(update={"base_dir": str(Path(path).resolve().parent)})
     problems = [(field, f"file not found: {spec.resolve(getattr(spec, field))}")
-                for field in ("job", "policy") if not spec.resolve(getattr(spec, field)).is_file()]
+                for field in ("job", "policy", "site_policy")
+                if getattr(spec, field) is not None and not spec.resolve(getattr(spec, field)).is_file()]
     if problems:
         raise ConfigError(str(path), problems)
     return spec

@@ -129,22 +129,42 @@ class Ai4hiValidationRecipe(Ai4hiRecipe):
 
     def __init__(self, spec: JobSpec, config: ValidationSpec, staging_dir: str | Path,
                  champion: Mapping[str, Any] | str | Path, candidate: Mapping[str, Any] | str | Path | None = None,
-                 tasks: Sequence[str] = ("validate",), data_root: str | Path | None = None, name: str | None = None):
+                 tasks: Sequence[str] = ("validate",), data_root: str | Path | None = None, name: str | None = None,
+                 champion_operating_point: Mapping[str, Any] | None = None,
+                 champion_calibration: Mapping[str, Any] | None = None,
+                 site_candidates: Mapping[str, Mapping[str, Any] | str | Path] | None = None):
         from ai4hi_sdk.jobs.components.validation_controller import (CANDIDATE_FILE, CHAMPION_FILE,
                                                                      Ai4hiValidationController)
 
         kinds = [t for t in VALIDATION_KINDS if t in tasks]
         if not kinds:
             raise ValueError(f"tasks must name at least one of {VALIDATION_KINDS}")
-        if "validate" in kinds and candidate is None:
+        if "validate" in kinds and candidate is None and not site_candidates:
             raise ValueError("a validation task needs a candidate model")
-        controller = Ai4hiValidationController(candidate_file=CANDIDATE_FILE if candidate is not None else "",
-                                               champion_file=CHAMPION_FILE, tasks=kinds, timeout=config.timeout_s)
+        site_files = {site: f"candidate_{site}.pt" for site in site_candidates or {}}
+        # an operating point is a threshold on scores: classification only
+        operating_point = config.operating_point.model_dump(mode="json") \
+            if config.operating_point is not None and spec.task == "classification" else None
+        controller = Ai4hiValidationController(
+            candidate_file=CANDIDATE_FILE if candidate is not None else "", champion_file=CHAMPION_FILE, tasks=kinds,
+            timeout=config.timeout_s, operating_point=operating_point,
+            champion_operating_point=_json(champion_operating_point) if operating_point else None,
+            champion_calibration=_json(champion_calibration) if operating_point else None,
+            site_candidates=site_files or None)
         super().__init__(name or f"{spec.name}-{'-'.join(kinds)}", spec, controller, VALIDATION_TASKS, 1, data_root,
                          validation=config)
         self.data_files[CHAMPION_FILE] = champion
         if candidate is not None:
             self.data_files[CANDIDATE_FILE] = candidate
+        for site, file in site_files.items():
+            self.data_files[file] = site_candidates[site]
+
+
+def _json(value: Mapping[str, Any] | None) -> dict | None:
+    """A record as plain JSON data (it travels in the job's configuration)."""
+    import json
+
+    return None if value is None else json.loads(json.dumps(dict(value)))
 
 
 def _write_state(state: Mapping[str, Any] | str | Path, path: Path) -> Path:
@@ -195,11 +215,17 @@ def export_job(spec: JobSpec, out_dir: str | Path, data_root: str | Path | None 
 def export_validation_job(spec: JobSpec, config: ValidationSpec, out_dir: str | Path, *,
                           champion: Mapping[str, Any] | str | Path,
                           candidate: Mapping[str, Any] | str | Path | None = None,
-                          tasks: Sequence[str] = ("validate",), data_root: str | Path | None = None) -> Path:
-    """Write the NVFlare job folder of a validation/monitoring job under ``out_dir``."""
-    return _export(lambda staging: Ai4hiValidationRecipe(spec, config, staging, champion=champion,
-                                                         candidate=candidate, tasks=tasks, data_root=data_root),
-                   out_dir)
+                          tasks: Sequence[str] = ("validate",), data_root: str | Path | None = None,
+                          champion_operating_point: Mapping[str, Any] | None = None,
+                          champion_calibration: Mapping[str, Any] | None = None,
+                          site_candidates: Mapping[str, Any] | None = None) -> Path:
+    """Write the NVFlare job folder of a validation/monitoring job under ``out_dir`` (the champion's
+    operating point and recalibration, when its model version has them, travel to the server;
+    ``site_candidates``: one candidate per site instead of ``candidate``)."""
+    return _export(lambda staging: Ai4hiValidationRecipe(
+        spec, config, staging, champion=champion, candidate=candidate, tasks=tasks, data_root=data_root,
+        champion_operating_point=champion_operating_point, champion_calibration=champion_calibration,
+        site_candidates=site_candidates), out_dir)
 
 
 def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str | Path) -> str:

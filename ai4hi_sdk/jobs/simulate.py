@@ -21,6 +21,8 @@ Workspace layout::
                               ``initial_model``: source and sha256 of the round-0 global model
     WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
     WS/result/receipts.jsonl  what the server received (descriptions only)
+    WS/result/tensorboard/    round metrics the server streamed to TensorBoard during the job
+                              (live: ``tensorboard --logdir WS/simulate/server/simulate_job/tensorboard``)
     WS/sites/<site>/ai4hi/    each site's own state, kept across simulations: site_policy.yaml,
                               privacy budget state, privacy_ledger.jsonl, egress_log.jsonl
 """
@@ -46,6 +48,7 @@ import psutil
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import export_job, install_initial_model
+from ai4hi_sdk.jobs.live_metrics import TENSORBOARD_DIR
 from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (re-exported)
 from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE, RECEIPT_LOG
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
@@ -247,6 +250,9 @@ def collect_results(workspace: Path, sites: list[str], return_code: int, extra: 
     if (run_dir / RECEIPT_LOG).exists():
         shutil.copy2(run_dir / RECEIPT_LOG, result / "receipts.jsonl")
         metrics["receipt_log"] = "receipts.jsonl"
+    if (run_dir / TENSORBOARD_DIR).is_dir():  # round metrics the server streamed during the job
+        shutil.copytree(run_dir / TENSORBOARD_DIR, result / TENSORBOARD_DIR, dirs_exist_ok=True)
+        metrics["tensorboard"] = TENSORBOARD_DIR
     metrics["egress_logs"] = {}
     for site in sites:
         src = workspace / "sites" / site / EGRESS_LOG

@@ -55,11 +55,19 @@ def run_validation(spec: JobSpec, config: ValidationSpec, data_root: str | Path,
                    champion: Mapping[str, torch.Tensor] | str | Path,
                    candidate: Mapping[str, torch.Tensor] | str | Path | None = None,
                    tasks: Sequence[str] = ("validate",), sites: list[str] | None = None,
-                   sites_root: str | Path | None = None, timeout_s: float = 600) -> ValidationRun:
+                   sites_root: str | Path | None = None, timeout_s: float = 600,
+                   champion_operating_point: Mapping | None = None,
+                   champion_calibration: Mapping | None = None,
+                   site_candidates: Mapping[str, Mapping[str, torch.Tensor] | str | Path] | None = None
+                   ) -> ValidationRun:
     """Export and simulate a validation and/or monitoring job over the site folders of ``data_root``.
 
     A simulated site without a privacy policy gets the SDK default (which allows ``validate`` and
-    ``monitor``); a site's own policy is kept and enforced.
+    ``monitor``); a site's own policy is kept and enforced. With ``config.operating_point`` the
+    candidate's (and, unless ``champion_operating_point`` gives the champion's model version record,
+    the champion's) operating point is chosen on the validation splits first (record:
+    ``operating_points``). ``site_candidates`` (``{site: model}``) validates a different candidate at
+    each site against the same champion (leave-one-site-out).
     """
     data_root, workspace = Path(data_root).resolve(), Path(workspace).resolve()
     sites_root = Path(sites_root).resolve() if sites_root is not None else workspace / "sites"
@@ -73,7 +81,8 @@ def run_validation(spec: JobSpec, config: ValidationSpec, data_root: str | Path,
             policy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(DEFAULT_SITE_POLICY, policy)
     job_dir = export_validation_job(spec, config, workspace / "job", champion=champion, candidate=candidate,
-                                    tasks=tasks, data_root=data_root)
+                                    tasks=tasks, data_root=data_root, champion_operating_point=champion_operating_point,
+                                    champion_calibration=champion_calibration, site_candidates=site_candidates)
     started = time.monotonic()
     code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, sites_root=sites_root)
     seconds = time.monotonic() - started

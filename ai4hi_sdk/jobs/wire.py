@@ -10,7 +10,7 @@ from __future__ import annotations
 
 #: version of this module's vocabulary; bump on any incompatible change
 #: (3: secure aggregation's consistency round, the masked-input header, the job's site list)
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 
 # ---------------------------------------------------------------- task names
 TRAIN_TASK = "train"
@@ -22,7 +22,9 @@ UNMASK_TASK = "ai4hi_secagg_unmask"
 PROTOCOL_TASKS = (KEYS_TASK, SHARES_TASK, CONSISTENCY_TASK, UNMASK_TASK)
 CROSS_VALIDATE_TASK = "ai4hi_cross_validate"  # candidate vs champion on the fixed test split
 MONITOR_TASK = "ai4hi_monitor"  # drift statistics of the deployed model
-VALIDATION_TASKS = (CROSS_VALIDATE_TASK, MONITOR_TASK)
+#: per-class score histograms of models on the validation split (a model version's operating point)
+OPERATING_POINT_TASK = "ai4hi_operating_point"
+VALIDATION_TASKS = (CROSS_VALIDATE_TASK, MONITOR_TASK, OPERATING_POINT_TASK)
 TRAINING_TASKS = (TRAIN_TASK, VALIDATE_TASK, *PROTOCOL_TASKS)
 ALL_TASKS = (*TRAINING_TASKS, *VALIDATION_TASKS)
 
@@ -47,6 +49,9 @@ NUM_SITES_KEY = "ai4hi_n_sites"
 #: inside SECAGG_META: the job's sites as the server claims them; a site keeps only those its kit's
 #: consortium list names (``<kit>/ai4hi/consortium.json``), so the claim can narrow, never widen
 SECAGG_SITES = "sites"
+#: with a cross-validation task: each model's operating point {role: {"threshold", "calibration"}}
+#: (chosen by the server from the validation histograms; the site checks and applies it)
+OPERATING_POINTS_META = "ai4hi_operating_points"
 
 # ---------------------------------------------------------------- params keys of protocol messages
 ADVERT, SHARES, MASKED, UNMASK = "secagg_advertise", "secagg_shares", "secagg_masked", "secagg_unmask"

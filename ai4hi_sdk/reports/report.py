@@ -86,6 +86,8 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
         "validations": [],
         "decisions": [],
         "limitations": list(history.get("limitations", [])),
+        # in clinical use at the end of the loop (a REPLACE decision, every safety floor passed)
+        "deployed": history.get("deployed") == model,
     }
     for step in history.get("steps", []):
         if step["kind"] == "validate" and step.get("candidate") == model:
@@ -159,7 +161,10 @@ def _segmentation_card_lines(v: dict) -> list[str]:
 
 def model_card_markdown(card: dict) -> str:
     """Markdown rendering of :func:`model_card`."""
-    lines = [f"# Model card: {card['model']}", "", f"sha256 `{card['sha256']}`", "", "## Intended use", "",
+    status = ("**deployed** (it passed every replace rule and safety floor at its operating point)"
+              if card.get("deployed") else "not deployed")
+    lines = [f"# Model card: {card['model']}", "", f"sha256 `{card['sha256']}`", "", f"Status: {status}.", "",
+             "## Intended use", "",
              card["intended_use"] or "(not stated)", "", "## Training", ""]
     tr = card["training"]
     lines.append(f"Job `{tr.get('job', '?')}`, {tr.get('rounds', '?')} federated rounds on data version "
@@ -237,7 +242,10 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
                 "validate": lambda s: f"{s.get('candidate')} vs champion {s.get('champion')} at every site",
                 "monitor": lambda s: f"drift of data {s.get('data_version')} vs reference, model {s.get('model')}",
                 "decision": lambda s: f"{s.get('decision', '').upper()}: " + "; ".join(s.get("reasons", [])[:3]),
-                "inject_drift": lambda s: s.get("description", "")}.get(step["kind"], lambda s: "")(step)
+                "inject_drift": lambda s: s.get("description", ""),
+                "leave_one_site_out": lambda s: f"{s.get('model')}'s recipe trained without each of "
+                                                f"{', '.join(s.get('sites', []))}, validated where it never trained "
+                                                f"({s.get('record')})"}.get(step["kind"], lambda s: "")(step)
         rows.append([str(i + 1), step["kind"], what])
     parts.append(_table(["#", "step", "what"], rows))
     if verification is not None:

@@ -10,7 +10,8 @@ The site's egress guard (:mod:`ai4hi_sdk.site.egress_guard`) describes every out
   site's policy requires DP-SGD that commitment must be a DP-SGD spend; where it requires secure
   aggregation the payload must be one masked uint32 vector with its uint8 header (and, optionally,
   next round's signed keys as uint8) and committed as such;
-* validation, cross-validation and monitoring results are flat numeric metrics, no tensors;
+* validation, cross-validation, operating-point and monitoring results are flat numeric metrics,
+  no tensors;
 * protocol steps are 1-D uint8 byte strings under exactly the keys their step sends
   (:data:`~ai4hi_sdk.jobs.wire.PROTOCOL_RESULT_PARAMS`: keys, shares, the consistency signature, the
   unmask shares and next round's shares), no metrics;
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ai4hi_sdk.jobs.wire import (CROSS_VALIDATE_TASK, MASKED, MASKED_HEADER, MONITOR_TASK, PROTOCOL_RESULT_PARAMS,
-                                 SECURE_TRAIN_PARAMS, TRAIN_TASK, VALIDATE_TASK)
+from ai4hi_sdk.jobs.wire import (CROSS_VALIDATE_TASK, MASKED, MASKED_HEADER, MONITOR_TASK, OPERATING_POINT_TASK,
+                                 PROTOCOL_RESULT_PARAMS, SECURE_TRAIN_PARAMS, TRAIN_TASK, VALIDATE_TASK)
 
 #: ``lookup(job_id, round, sha256) -> ledger record or None``
 CommitmentLookup = Callable[[str, int, str], Mapping[str, Any] | None]
@@ -67,7 +68,7 @@ def egress_violation(record: Mapping[str, Any], *, refused: bool, require_dp: bo
         if require_dp and not (commitment.get("type") == "dp_round" and commitment.get("status") == "spent"):
             return "the site policy requires DP-SGD: the payload was not committed as a DP-SGD spend"
         return None
-    if task in (VALIDATE_TASK, CROSS_VALIDATE_TASK, MONITOR_TASK):
+    if task in (VALIDATE_TASK, CROSS_VALIDATE_TASK, MONITOR_TASK, OPERATING_POINT_TASK):
         if tensors:
             return f"a {task} result may carry only aggregate metrics"
         return None

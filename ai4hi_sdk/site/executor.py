@@ -23,7 +23,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from ai4hi_sdk.errors import RoundRefused
 from ai4hi_sdk.jobs.wire import (CROSS_VALIDATE_TASK, MONITOR_TASK, PROTOCOL_TASKS, REFUSAL_PRIVACY_KEY,
                                  REFUSED_KEY, ROUND_KEY, SECAGG_META, TRAIN_TASK, VALIDATE_TASK, WIRE_VERSION, DROPPED_KEY,
-                                 split_models)
+                                 OPERATING_POINT_TASK, OPERATING_POINTS_META, split_models)
 from ai4hi_sdk.site.runtime import Outgoing, SiteRuntime
 from ai4hi_sdk.site_paths import site_workspace
 
@@ -103,13 +103,15 @@ class Ai4hiSiteExecutor(Executor):
             return runtime.validate(params)
         if task in PROTOCOL_TASKS:
             return runtime.protocol(task, meta.get(SECAGG_META))
-        if task in (CROSS_VALIDATE_TASK, MONITOR_TASK):
+        if task in (CROSS_VALIDATE_TASK, MONITOR_TASK, OPERATING_POINT_TASK):
             import torch
 
             models = {role: {k: torch.as_tensor(v) for k, v in state.items()}
                       for role, state in split_models(params).items()}
             if task == CROSS_VALIDATE_TASK:
-                return runtime.cross_validate(models["candidate"], models["champion"])
+                return runtime.cross_validate(models["candidate"], models["champion"], meta.get(OPERATING_POINTS_META))
+            if task == OPERATING_POINT_TASK:
+                return runtime.operating_point(models)
             return runtime.monitor(models["model"])
         raise RoundRefused(f"unknown task {task!r}")
 

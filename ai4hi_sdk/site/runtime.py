@@ -385,10 +385,18 @@ class SiteRuntime:
             self._validation_site = ValidationSite(self.trainer, self.validation, self._min_count)
         return self._validation_site
 
-    def cross_validate(self, candidate: Mapping[str, Any], champion: Mapping[str, Any]) -> Outgoing:
+    def cross_validate(self, candidate: Mapping[str, Any], champion: Mapping[str, Any],
+                       operating_points: Mapping[str, Any] | None = None) -> Outgoing:
         from ai4hi_sdk.validation.site_report import flatten_metrics
 
-        return Outgoing(metrics=flatten_metrics(self.validation_site("validate").cross_validate(candidate, champion)))
+        site = self.validation_site("validate")
+        return Outgoing(metrics=flatten_metrics(site.cross_validate(candidate, champion, operating_points)))
+
+    def operating_point(self, models: Mapping[str, Mapping[str, Any]]) -> Outgoing:
+        """k-merged score histograms of each given model on the validation split (job kind ``validate``)."""
+        from ai4hi_sdk.validation.site_report import flatten_metrics
+
+        return Outgoing(metrics=flatten_metrics(self.validation_site("validate").operating_point(models)))
 
     def monitor(self, deployed: Mapping[str, Any]) -> Outgoing:
         from ai4hi_sdk.validation.site_report import flatten_metrics

@@ -238,10 +238,20 @@ class SiteTrainer:
         strings (``dataset.attributes(i)``; empty if the dataset has none). Assumes batches of
         ``(images, labels)``; override for other tasks.
         """
+        return self.predict_split(global_state, "test")
+
+    def predict_validation(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Any, Any, dict[str, list[str]]]:
+        """:meth:`predict_test` on the validation split (where a model version's operating point
+        and recalibration are fitted; never the test split)."""
+        return self.predict_split(global_state, "val")
+
+    def predict_split(self, global_state: Mapping[str, torch.Tensor],
+                      split: str) -> tuple[Any, Any, dict[str, list[str]]]:
+        """:meth:`predict_test` on ``self.datasets.<split>`` (``"val"`` or ``"test"``)."""
         import numpy as np
 
         load_exchanged_state(self.model, global_state)
-        dataset = self.datasets.test
+        dataset = getattr(self.datasets, split)
         scores, labels = [], []
         self.model.eval()
         with torch.no_grad():

@@ -33,6 +33,8 @@ from ai4hi_sdk.validation.operating_point import N_BINS, bin_centres_logit
 
 Method = Literal["platt", "temperature"]
 _EPS = 1e-12
+#: a Platt slope (or |offset|) beyond this is a diverged fit, not a calibration (logits x 100)
+MAX_SLOPE = 100.0
 
 
 def _binned(histogram: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -82,6 +84,11 @@ def fit_calibration(histogram: Mapping[str, Any], method: Method = "platt") -> d
         a, b = float(res.x[0]), float(res.x[1])
         if not a > 0:
             raise ValueError(f"Platt slope {a:.3g} <= 0: the scores do not rank positives above negatives")
+        if a > MAX_SLOPE or abs(b) > MAX_SLOPE:
+            # binned data whose classes do not overlap (e.g. few k-merged groups) have no finite fit:
+            # the optimiser walks off towards a step function that no test split would bear out
+            raise ValueError(f"Platt fit diverged (a = {a:.3g}, b = {b:.3g}): the validation histograms separate "
+                             "the classes completely (too few studies per merged bin); no recalibration")
         out: dict[str, Any] = {"method": "platt", "a": a, "b": b}
     elif method == "temperature":
         res = minimize_scalar(lambda log_t: _nll(zp / math.exp(log_t), zn / math.exp(log_t), pos, neg),

@@ -162,8 +162,12 @@ def _floor_models(sites: list[SiteEvidence], role: str, used: set[str]) -> list:
     return out
 
 
-def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
-    """Apply ``policy`` to ``evidence``; see the module doc for precedence."""
+def decide(evidence: Evidence | dict, policy: UpdatePolicy, *, champion_deployed: bool = True) -> Decision:
+    """Apply ``policy`` to ``evidence``; see the module doc for precedence.
+
+    ``champion_deployed``: the champion is the model in use. When it is not (an untrained baseline,
+    or a model already withdrawn for falling below a floor) the ``deployed_safety_floor.*`` rules
+    are not evaluated: there is nothing deployed to retrain or roll back (one rule says so)."""
     from ai4hi_sdk.validation.safety import evaluate_floors
 
     ev = evidence if isinstance(evidence, Evidence) else Evidence.model_validate(evidence)
@@ -232,7 +236,10 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy) -> Decision:
                      + "; ".join(f"{s.site}: {getattr(s, f'{which}_score'):.4f}" for s in used)
                      + f" (floor {rt.auroc_below})")
         retrain |= fired
-    if not replace_ok:
+    if not replace_ok and not champion_deployed:
+        rule("no_deployed_model", True,
+             "the champion is not deployed (a baseline, or withdrawn): no deployed model to check")
+    if not replace_ok and champion_deployed:
         # the champion stays deployed: is it still above every floor on this data?
         on_fail = policy.safety_floors.on_deployed_below_floor
         below = []

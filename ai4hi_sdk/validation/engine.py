@@ -125,6 +125,22 @@ def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[
                         drift_alarm=drift_alarm, metric="dice")
 
 
+def swap_roles(evidence: Evidence) -> Evidence:
+    """The same evidence seen from the other model: candidate and champion exchanged (scores,
+    thresholds, counts, ECE, gaps, operating points), the paired change and its interval negated."""
+    def swap(s: SiteEvidence) -> SiteEvidence:
+        data = s.model_dump()
+        for field in ("score", "subgroup_gap", "threshold", "counts", "ece", "sensitivity_gap"):
+            data[f"candidate_{field}"], data[f"champion_{field}"] = data[f"champion_{field}"], data[f"candidate_{field}"]
+        lo, hi = s.score_delta_ci
+        data.update(score_delta=-s.score_delta, score_delta_ci=(-hi, -lo))
+        return SiteEvidence.model_validate(data)
+
+    return evidence.model_copy(update={"sites": [swap(s) for s in evidence.sites],
+                                       "candidate_operating_point": evidence.champion_operating_point,
+                                       "champion_operating_point": evidence.candidate_operating_point})
+
+
 def with_drift(evidence: Evidence, drift: dict[str, dict]) -> Evidence:
     """The same evidence with each site's drift alarm set from a monitoring job's reports."""
     return evidence.model_copy(update={"sites": [
@@ -160,10 +176,12 @@ def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
 def make_decision(evidence: Evidence, policy: UpdatePolicy, log_path: str | Path, key: Ed25519PrivateKey, *,
                   parent_model_sha256: str | None, model_sha256: str | None, job_id: str | None,
                   data_stats: dict[str, Any] | None = None, epsilon_spent: float | None = None,
-                  notes: list[str] | None = None, extra: dict[str, Any] | None = None) -> tuple[Decision, dict]:
+                  notes: list[str] | None = None, extra: dict[str, Any] | None = None,
+                  champion_deployed: bool = True) -> tuple[Decision, dict]:
     """Decide and append the signed record to ``log_path``; returns ``(decision, chain entry)``
-    (the entry's ``seq`` and ``hash`` are the log's new anchor)."""
-    decision = decide(evidence, policy)
+    (the entry's ``seq`` and ``hash`` are the log's new anchor). ``champion_deployed``: see
+    :func:`~ai4hi_sdk.validation.decision.decide`."""
+    decision = decide(evidence, policy, champion_deployed=champion_deployed)
     if notes:
         decision = decision.model_copy(update={"reasons": decision.reasons + notes})
     log_path = Path(log_path)

@@ -16,11 +16,21 @@ With exact counts (secure aggregation, or a single site) the chosen threshold is
 from the pooled raw scores, up to one bin: for a sensitivity target the raw threshold lies in
 ``[edge[j], edge[j + 1])`` (see ``tests/validation/test_operating_point.py``).
 
-Without secure aggregation a site merges its bins (:func:`k_merge`) so that every non-empty bin it
-sends holds at least ``k`` studies of that class. The merged count is placed where it errs on the
-safe side: positives at the lowest bin of their group (sensitivity at any edge can only be
-under-estimated), negatives at the highest (the same for specificity), so a threshold chosen for
-"sensitivity >= X" from merged histograms still reaches X on the sites' validation data.
+Without secure aggregation a site merges adjacent bins into groups of at least ``k`` studies
+(both classes together, :func:`k_groups`), the rule every other cell a site sends follows (a
+calibration-curve bin, a subgroup cell): each group's class counts leave, never a smaller cell.
+
+* For the threshold (``histogram``) the group's counts are placed where they err on the safe side:
+  its positives at the group's lowest bin (sensitivity at any edge can only be under-estimated),
+  its negatives at the highest (the same for specificity), so a threshold chosen for
+  "sensitivity >= X" from merged histograms still reaches X on the sites' validation data, and is
+  at most one group (about k studies per site) below the one exact counts would give.
+* For the recalibration (``calibration``) both classes of a group sit at the group's
+  count-weighted mean bin with the group's mean logit: the usual binned fit (averaging each class
+  apart would pull the classes away from each other and make the fit over-confident).
+
+Grouping both classes (not each class apart, :func:`k_merge`) keeps every study in the sums: a
+site with fewer than ``k`` positives still sends them, inside groups of ``k`` studies.
 
 Site side: :func:`operating_point_payload` (validation split only). Server side:
 :func:`sum_histograms` then :func:`choose_operating_point`.
@@ -96,20 +106,12 @@ def _checked(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def k_merge(counts: np.ndarray, k: int, place: Literal["low", "high", "mean"],
-            sums: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Merge adjacent bins (from low scores to high) until each group holds ``>= k`` studies.
-
-    Each group's total is put in one bin: its lowest (``"low"``), its highest (``"high"``) or the bin
-    of its count-weighted mean index (``"mean"``); ``sums`` (per-bin sums of a value, e.g. the
-    logits) follow their counts. A last group under ``k`` joins the one before it; a histogram whose
-    total is under ``k`` is sent as all zeros. Returns ``(counts, sums)`` (``sums`` None if not given).
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    out = np.zeros_like(counts)
-    out_sums = None if sums is None else np.zeros(counts.shape, dtype=np.float64)
+def k_groups(counts: np.ndarray, k: int) -> list[list[int]]:
+    """Adjacent non-empty bins (from low scores to high) grouped until each group holds ``>= k``
+    studies; a last group under ``k`` joins the one before it; no group if the total is under ``k``."""
+    counts = np.asarray(counts)
     if counts.sum() < k:
-        return out, out_sums
+        return []
     groups: list[list[int]] = []
     current: list[int] = []
     acc = 0
@@ -121,7 +123,50 @@ def k_merge(counts: np.ndarray, k: int, place: Literal["low", "high", "mean"],
             current, acc = [], 0
     if current:  # tail under k: fold into the previous group
         groups[-1].extend(current)
-    for g in groups:
+    return groups
+
+
+def joint_merge(pos: np.ndarray, neg: np.ndarray, zpos: np.ndarray, zneg: np.ndarray,
+                k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Merge both classes into groups of ``>= k`` studies (:func:`k_groups` of ``pos + neg``).
+
+    Returns ``(histogram, calibration)``: ``histogram`` puts a group's positives at its lowest bin
+    and its negatives at its highest (conservative rates at every edge); ``calibration`` puts both
+    classes at the group's count-weighted mean bin, each class's logit sum being its count times
+    the group's mean logit (no class is averaged over fewer than ``k`` studies)."""
+    pos, neg = np.asarray(pos, dtype=np.int64), np.asarray(neg, dtype=np.int64)
+    zpos, zneg = np.asarray(zpos, dtype=np.float64), np.asarray(zneg, dtype=np.float64)
+    hist = {"pos": np.zeros_like(pos), "neg": np.zeros_like(neg)}
+    cal = {"pos": np.zeros_like(pos), "neg": np.zeros_like(neg), "pos_logit_sum": np.zeros(pos.shape),
+           "neg_logit_sum": np.zeros(neg.shape)}
+    total = pos + neg
+    for g in k_groups(total, k):
+        n_pos, n_neg, n = int(pos[g].sum()), int(neg[g].sum()), int(total[g].sum())
+        hist["pos"][g[0]] += n_pos
+        hist["neg"][g[-1]] += n_neg
+        centre = int(round(float((total[g] * np.array(g)).sum()) / n))
+        mean_z = float(zpos[g].sum() + zneg[g].sum()) / n
+        cal["pos"][centre] += n_pos
+        cal["neg"][centre] += n_neg
+        cal["pos_logit_sum"][centre] += mean_z * n_pos
+        cal["neg_logit_sum"][centre] += mean_z * n_neg
+    return hist, cal
+
+
+def k_merge(counts: np.ndarray, k: int, place: Literal["low", "high", "mean"],
+            sums: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Merge adjacent bins of one histogram (from low scores to high) until each group holds ``>= k``
+    studies (:func:`k_groups`).
+
+    Each group's total is put in one bin: its lowest (``"low"``), its highest (``"high"``) or the bin
+    of its count-weighted mean index (``"mean"``); ``sums`` (per-bin sums of a value, e.g. the
+    logits) follow their counts. A histogram whose total is under ``k`` is all zeros. Returns
+    ``(counts, sums)`` (``sums`` None if not given).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.zeros_like(counts)
+    out_sums = None if sums is None else np.zeros(counts.shape, dtype=np.float64)
+    for g in k_groups(counts, k):
         total = int(counts[g].sum())
         if place == "low":
             target = g[0]
@@ -143,13 +188,13 @@ def operating_point_payload(scores, labels, *, split: str, min_count: int | None
         labels: shape ``(n,)`` in {0, 1}.
         split: must be ``"validation"``: an operating point chosen on the test split would be judged
             on the data it was tuned on.
-        min_count: ``k``; every non-empty bin sent holds ``>= k`` studies of its class (see
-            :func:`k_merge`). ``None`` only when the payload is secure-aggregated (exact counts).
+        min_count: ``k``; every group of bins sent holds ``>= k`` studies (both classes together,
+            see :func:`joint_merge`). ``None`` only when the payload is secure-aggregated (exact counts).
 
     Returns:
         ``{"histogram": {"pos": [N_BINS], "neg": [N_BINS]}`` (counts, merged conservatively: for the
         threshold), ``"calibration": {"pos", "neg", "pos_logit_sum", "neg_logit_sum"}`` (counts and
-        sums of the scores' logits, merged at each group's mean: for the recalibration fit),
+        sums of the scores' logits, both classes of a group at its mean: for the recalibration fit),
         ``"meta": {"bins", "k", "exact"}}``. Fixed size (6 x N_BINS + 3 numbers), nothing per study.
     """
     if split != FIT_SPLIT:
@@ -164,10 +209,7 @@ def operating_point_payload(scores, labels, *, split: str, min_count: int | None
     else:
         if min_count < 1:
             raise ValueError("min_count must be >= 1 (None only under secure aggregation)")
-        hist = {"pos": k_merge(pos, min_count, "low")[0], "neg": k_merge(neg, min_count, "high")[0]}
-        cpos, czpos = k_merge(pos, min_count, "mean", zpos)
-        cneg, czneg = k_merge(neg, min_count, "mean", zneg)
-        cal = {"pos": cpos, "neg": cneg, "pos_logit_sum": czpos, "neg_logit_sum": czneg}
+        hist, cal = joint_merge(pos, neg, zpos, zneg, min_count)
     listed = lambda h: {c: [float(x) for x in v] for c, v in h.items()}  # noqa: E731
     return {"histogram": listed(hist), "calibration": listed(cal),
             "meta": {"bins": N_BINS, "k": 0 if min_count is None else int(min_count),

@@ -103,7 +103,7 @@ def model_report(labels: np.ndarray, prob: np.ndarray, attributes: Mapping[str, 
            "calibration": calibration_curve(y, prob, n_bins=calibration_bins, min_count=min_count),
            "calibration_summary": calibration_summary(y, raw, calibration), "recalibrated": calibration is not None}
     if net_benefit_thresholds is not None:
-        out["net_benefit"] = net_benefit_counts(y, prob, net_benefit_thresholds)
+        out["net_benefit"] = net_benefit_counts(y, prob, net_benefit_thresholds, min_count=min_count)
     return out
 
 

@@ -107,3 +107,24 @@ def test_shipped_policy_loads():
 
     policy = load_update_policy(Path(__file__).parents[2] / "jobs" / "update_policy.yaml")
     assert policy.retrain_if.drift_alarm and policy.replace_if.max_subgroup_gap_widening is not None
+
+
+def test_swap_roles_sees_the_same_evidence_from_the_other_model():
+    from ai4hi_sdk.validation.decision import Evidence, OperatingCounts, SiteEvidence
+    from ai4hi_sdk.validation.engine import swap_roles
+
+    site = SiteEvidence(site="A", n=40, candidate_score=0.9, champion_score=0.7, score_delta=0.2,
+                        score_delta_ci=(0.05, 0.35), score_delta_variance=0.01, candidate_subgroup_gap=0.1,
+                        champion_subgroup_gap=0.3, candidate_threshold=0.4, champion_threshold=0.6,
+                        candidate_counts=OperatingCounts(tp=18, positives=20, tn=15, negatives=20),
+                        champion_counts=OperatingCounts(tp=10, positives=20, tn=12, negatives=20),
+                        candidate_ece=0.05, champion_ece=0.2, drift_alarm=True)
+    ev = Evidence(sites=[site], candidate_operating_point={"threshold": 0.4}, champion_operating_point={"threshold": 0.6})
+    swapped = swap_roles(ev)
+    s = swapped.sites[0]
+    assert (s.candidate_score, s.champion_score, s.score_delta) == (0.7, 0.9, -0.2)
+    assert s.score_delta_ci == (-0.35, -0.05) and s.score_delta_variance == 0.01 and s.drift_alarm
+    assert s.candidate_counts.tp == 10 and s.champion_counts.tp == 18 and s.candidate_threshold == 0.6
+    assert (s.candidate_ece, s.candidate_subgroup_gap) == (0.2, 0.3)
+    assert swapped.candidate_operating_point == {"threshold": 0.6}
+    assert swap_roles(swapped) == ev

@@ -38,3 +38,26 @@ def test_pooled_counts_give_the_central_curve():
         pool_counts([sites[0], net_benefit_counts(ys[1], ps[1], [0.1])])
     with pytest.raises(ValueError, match="threshold range"):
         threshold_grid(0.5, 1.0, 0.1)
+
+
+def test_with_k_no_difference_of_two_sent_counts_describes_fewer_than_k_studies():
+    rng = np.random.default_rng(4)
+    grid = threshold_grid(0.05, 0.5, 0.05)
+    y = rng.integers(0, 2, 90)
+    p = 1 / (1 + np.exp(-(rng.normal(size=90) * 1.5 + 1.2 * (2 * y - 1))))
+    exact, merged = net_benefit_counts(y, p, grid), net_benefit_counts(y, p, grid, min_count=10)
+    assert merged["n"] == exact["n"] and merged["positives"] == exact["positives"]
+    # the cells the counts reveal: below the first threshold, between neighbours, above the last
+    called = [(exact["n"], exact["positives"])] + list(zip(
+        [tp + fp for tp, fp in zip(merged["tp"], merged["fp"])], merged["tp"])) + [(0, 0)]
+    cells = [a[0] - b[0] for a, b in zip(called, called[1:])]
+    assert all(c == 0 or c >= 10 for c in cells), cells
+    assert any(0 < a[0] - b[0] < 10 for a, b in zip(
+        [(exact["n"],)] + [(tp + fp,) for tp, fp in zip(exact["tp"], exact["fp"])] + [(0,)],
+        [(tp + fp,) for tp, fp in zip(exact["tp"], exact["fp"])] + [(0,)]))  # the exact counts did reveal one
+    # a group counts as below every threshold inside it: never more called positive than exactly
+    assert all(m <= e for m, e in zip(merged["tp"], exact["tp"])) and all(
+        m <= e for m, e in zip(merged["fp"], exact["fp"]))
+    # a threshold between groups keeps its exact counts
+    same = [i for i, (m, e) in enumerate(zip(merged["tp"], exact["tp"])) if m == e and merged["fp"][i] == exact["fp"][i]]
+    assert same

@@ -10,8 +10,10 @@ from sklearn.metrics import roc_curve
 from ai4hi_sdk.validation.operating_point import (
     N_BINS,
     OPERATING_POINT_ROOTS,
+    bin_centres_logit,
     choose_operating_point,
     edge_probabilities,
+    joint_merge,
     k_merge,
     operating_point_from_payloads,
     operating_point_payload,
@@ -88,22 +90,51 @@ def test_youden_matches_the_central_optimum_within_one_bin_of_mass(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_k_merged_histograms_err_on_the_safe_side(seed):
-    """Without secure aggregation every bin a site sends holds >= k studies; the threshold chosen
-    for sensitivity >= 0.9 still reaches 0.9 on the pooled raw validation scores, and is not above
-    the exact one."""
+    """Without secure aggregation a site sends groups of >= k studies (both classes together: every
+    calibration bin it fills holds >= k, and no study is dropped); the threshold chosen for
+    sensitivity >= 0.9 still reaches 0.9 on the pooled raw validation scores, is not above the exact
+    one, and is close to it."""
     payloads, p, y = _sites(seed, k=10)
     for site in payloads.values():
-        for part in ("histogram", "calibration"):
-            for c in ("pos", "neg"):
-                counts = np.asarray(site[part][c])
-                assert ((counts == 0) | (counts >= 10)).all()
+        cal = site["calibration"]
+        filled = np.asarray(cal["pos"]) + np.asarray(cal["neg"])
+        assert ((filled == 0) | (filled >= 10)).all()
+        assert sum(site["histogram"]["pos"]) == sum(cal["pos"]) and sum(site["histogram"]["neg"]) == sum(cal["neg"])
+    assert sum(sum(s["histogram"]["pos"]) for s in payloads.values()) == (y == 1).sum()  # nothing dropped
     op = operating_point_from_payloads(payloads, "sensitivity", 0.9)
     exact = operating_point_from_payloads(_sites(seed)[0], "sensitivity", 0.9)
     assert not op["exact_counts"] and op["k"] == 10
     assert (p[y == 1] >= op["threshold"]).mean() >= 0.9
     assert op["threshold"] <= exact["threshold"]
+    # at most about one group of k studies per site lower: specificity lost is a few groups' negatives
+    lost = ((p[y == 0] >= op["threshold"]) & (p[y == 0] < exact["threshold"])).sum()
+    assert lost <= 3 * 2 * 10, lost
     spec = operating_point_from_payloads(payloads, "specificity", 0.8)
     assert (p[y == 0] < spec["threshold"]).mean() >= 0.8
+
+
+def test_joint_merge_groups_both_classes_and_keeps_a_class_under_k():
+    """A site with 6 positives (under k = 10) still sends them, inside groups of >= 10 studies."""
+    pos, neg = np.zeros(N_BINS, dtype=np.int64), np.zeros(N_BINS, dtype=np.int64)
+    neg[[10, 11, 12, 20, 40]] = [5, 4, 3, 6, 8]
+    pos[[12, 30, 41]] = [1, 2, 3]
+    z = bin_centres_logit()
+    hist, cal = joint_merge(pos, neg, pos * z, neg * z, 10)
+    # groups over all studies, low to high: bins 10-12 (13 studies), then 20-40 (16) with the tail
+    # bin 41 (3, under k) folded in
+    groups = [[10, 11, 12], [20, 30, 40, 41]]
+    assert hist["pos"][10] == 1 and hist["pos"][20] == 5 and np.count_nonzero(hist["pos"]) == 2
+    assert hist["neg"][12] == 12 and hist["neg"][41] == 14 and np.count_nonzero(hist["neg"]) == 2
+    for g in groups:
+        n = (pos[g] + neg[g]).sum()
+        centre = int(round((np.array(g) * (pos[g] + neg[g])).sum() / n))
+        mean_z = float(((pos[g] + neg[g]) * z[g]).sum() / n)
+        assert cal["pos"][centre] == pos[g].sum() and cal["neg"][centre] == neg[g].sum()
+        assert cal["pos_logit_sum"][centre] == pytest.approx(pos[g].sum() * mean_z)
+        assert cal["neg_logit_sum"][centre] == pytest.approx(neg[g].sum() * mean_z)
+    assert (cal["pos"] + cal["neg"]).sum() == 32 and np.count_nonzero(cal["pos"] + cal["neg"]) == 2
+    # the per-class merge drops the 6 positives entirely
+    assert k_merge(pos, 10, "low")[0].sum() == 0
 
 
 def test_k_merge_keeps_totals_and_places_counts_conservatively():

@@ -11,6 +11,9 @@ Differences from NVFlare's stock ``FedAvg`` loop, each for a reason:
 * after the last round every site validates the final model on its held-out validation split;
 * results are written to the run folder as ``global_model.pt`` (state dict) and
   ``ai4hi_metrics.json`` (per round: per-site training/validation metrics, global metrics);
+* each round's metrics that reached the server (aggregates only) are streamed to TensorBoard event
+  files in the run folder's ``tensorboard/`` as the job runs
+  (:class:`~ai4hi_sdk.jobs.live_metrics.RoundMetricsWriter`), for the lead to watch;
 * the initial global model is the spec's seeded model, unless the job ships a state dict of the
   same architecture as ``ai4hi_initial_model.pt`` next to its spec (warm start, e.g. from the
   deployed champion: ``simulate(..., initial_model=...)``); the record's ``initial_model`` gives
@@ -87,6 +90,7 @@ class Ai4hiFedAvg(FedAvg):
         self._declared_metrics: frozenset[str] | None = None
         self._spec: Any = None
         self._initial_source = "seeded (the spec's train.seed)"
+        self._live: Any = None  # TensorBoard writer, created with the run folder
 
     # ------------------------------------------------------------------ persistence
     def load_model(self) -> FLModel:
@@ -121,6 +125,11 @@ class Ai4hiFedAvg(FedAvg):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._record, indent=2, sort_keys=True))
         os.replace(tmp, path)
+        if self._live is None:
+            from ai4hi_sdk.jobs.live_metrics import TENSORBOARD_DIR, RoundMetricsWriter
+
+            self._live = RoundMetricsWriter(Path(self.get_run_dir()) / TENSORBOARD_DIR, warn=self.warning)
+        self._live.update(self._record)
 
     # ------------------------------------------------------------------ workflow
     def run(self) -> None:
@@ -298,6 +307,7 @@ class Ai4hiFedAvg(FedAvg):
         self._record["status"] = status
         self._record["reason"] = reason
         self._write_record()
+        self._live.close()
         (self.info if status == "completed" else self.error)(f"ai4hi job {status}: {reason}")
 
 
