@@ -29,6 +29,7 @@ from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
 from ai4hi_sdk.data.synth import synth_consortium
 from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.jobs.lineage import backbone_lineage
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validate import run_validation
 from ai4hi_sdk.privacy.egress import model_sha256
@@ -71,6 +72,7 @@ class ContinuousLoop:
             "policy": self.policy.model_dump(mode="json"), "decision_log": DECISION_LOG, "models": {}, "steps": []}
         self.champion: str | None = None
         self.last_evidence: Evidence | None = None
+        self.lineage: dict[str, Any] | None = None
         self._counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -100,6 +102,9 @@ class ContinuousLoop:
         self.history["models"]["m0-initial"] = {
             "sha256": model_sha256(initial),
             "training": {"job": "none: the untrained initial model (seeded), the first champion's baseline"}}
+        self.lineage = backbone_lineage(self.job)  # a job adapting a backbone: backbone -> adapter -> deployed
+        if self.lineage:
+            self.history["models"]["m0-initial"]["lineage"] = dict(self.lineage)
         self.champion = "m0-initial"
 
     def synth(self, version: str, seed: int, *, drift: dict[str, float] | None = None,
@@ -143,6 +148,8 @@ class ContinuousLoop:
             "secure_aggregation": "total_weight" in last_round,
             "privacy": _site_privacy(metrics, last),
             "record": f"train-{label}.json"}}
+        if self.lineage:
+            self.history["models"][label]["lineage"] = dict(self.lineage)
         self._step(kind="train", model=label, data_version=data_version, warm_start=parent,
                    seconds=round(result.seconds, 1), record=None)
         self.say(f"  {label}: done in {result.seconds:.0f} s")
@@ -209,6 +216,9 @@ class ContinuousLoop:
             notes=notes, extra={"stage": stage, "candidate": candidate, "champion": self.champion,
                                 # the model the candidate's training started from (warm start)
                                 "candidate_warm_started_from": models.get(candidate, {}).get("parent"),
+                                # a backbone's adaptation: backbone sha256 -> adapter (model_sha256) -> deployed
+                                **({"lineage": models[candidate]["lineage"]} if models.get(candidate, {}).get("lineage")
+                                   else {}),
                                 "drift_alarms": {s: bool(r.get("alarm")) for s, r in (drift or {}).items()}})
         if decision.decision == "replace" and candidate != self.champion:
             self.champion = candidate
