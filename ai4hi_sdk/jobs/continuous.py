@@ -217,8 +217,8 @@ class ContinuousLoop:
                                 # the model the candidate's training started from (warm start)
                                 "candidate_warm_started_from": models.get(candidate, {}).get("parent"),
                                 # a backbone's adaptation: backbone sha256 -> adapter (model_sha256) -> deployed
-                                **({"lineage": models[candidate]["lineage"]} if models.get(candidate, {}).get("lineage")
-                                   else {}),
+                                **({"backbone_lineage": models[candidate]["lineage"]}
+                                   if models.get(candidate, {}).get("lineage") else {}),
                                 "drift_alarms": {s: bool(r.get("alarm")) for s, r in (drift or {}).items()}})
         if decision.decision == "replace" and candidate != self.champion:
             self.champion = candidate
