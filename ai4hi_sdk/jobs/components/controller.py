@@ -36,6 +36,7 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
 from ai4hi_sdk.jobs.site_results import refusal_record
+from ai4hi_sdk.trainers.state import exchange_size
 from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, BACKBONE_RESULT_DIR, BASE_CHECKPOINT_SHA256_KEY, DROPPED_KEY,
                                  INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY, NUM_SITES_KEY,
                                  REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK, WEAK_LABEL_COUNT, WEAK_LABEL_METRICS)
@@ -102,9 +103,7 @@ class Ai4hiFedAvg(FedAvg):
         spec = self._spec = JobSpec.model_validate(self.job)
         trainer = self._trainer = server_trainer(spec, self.code, Path(self.get_run_dir()))
         self._declared_metrics = trainer.declared_metrics()
-        state = trainer.initial_state()
-        from ai4hi_sdk.trainers.state import exchange_size
-
+        state = trainer.initial_state()  # the exchanged tensors only (e.g. adapters and head)
         self._exchange = exchange_size(trainer.model, list(state))
         given = self._data_dir() / INITIAL_MODEL_FILE
         self._initial_source = "seeded (the spec's train.seed)"
