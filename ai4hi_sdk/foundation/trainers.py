@@ -12,7 +12,9 @@ Job spec ``model:`` keys (all optional):
 ``modalities``        pretraining: modalities to use (default: ``data.modalities``, else ``[CR, DX]``)
 ``masking_ratio``     pretraining: share of patches masked (default 0.75)
 ``decoder_layers``    pretraining: decoder blocks (default 1)
-``checkpoint``        classification: backbone folder or ``backbone.safetensors`` (relative to the spec)
+``checkpoint``        classification: backbone folder or ``backbone.safetensors`` (relative to the spec); it
+                      never travels: a job carries only its sha256 and a site's runtime sets this key to
+                      the site's own verified copy (:mod:`ai4hi_sdk.site.backbones`)
 ``checkpoint_sha256`` classification: refuse a checkpoint whose sha256 differs
 ``adaptation``        classification: a mode or ``{mode, rank, alpha, dropout, seed, targets, blocks}``
                       (default ``ffa_lora``; the LoRA seed defaults to ``train.seed``)
