@@ -41,6 +41,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     sim.add_argument("--initial-model", type=Path, default=None, metavar="STATE_DICT.pt",
                      help="warm start: start round 0 from this model (torch.save of a state dict of the job's "
                           "architecture, e.g. a previous result's global model) instead of the seeded one")
+    sim.add_argument("--checkpoint", type=Path, default=None, metavar="BACKBONE_DIR",
+                     help="base checkpoint: set the spec's model.checkpoint to this backbone folder (e.g. a "
+                          "pretraining job's result/backbone); simulated sites get it in their backbone store")
     sim.add_argument("--json", action="store_true", help="print the result record as JSON")
     sim.set_defaults(func=_simulate)
 
@@ -51,6 +54,9 @@ def register(groups: argparse._SubParsersAction) -> None:
                      help="default data root for sites that do not set AI4HI_DATA_ROOT themselves")
     exp.add_argument("--initial-model", type=Path, default=None, metavar="STATE_DICT.pt",
                      help="warm start: ship this model as the job's round-0 global model")
+    exp.add_argument("--checkpoint", type=Path, default=None, metavar="BACKBONE_DIR",
+                     help="base checkpoint: set the spec's model.checkpoint to this backbone folder; the job "
+                          "carries only its sha256, each site installs the folder with 'ai4hi site add-backbone'")
     exp.add_argument("--overwrite", action="store_true",
                      help="replace an earlier export of a different job with the same name in --out "
                           "(an export of the same job is always replaced; a folder that is not an export never)")
@@ -62,7 +68,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from ai4hi_sdk.errors import UserError
     from ai4hi_sdk.jobs.simulate import simulate
 
-    spec = load_job_spec(args.spec)
+    spec = with_checkpoint(load_job_spec(args.spec), args.checkpoint)
     if args.rounds is not None:
         if args.rounds < 1:
             raise UserError("--rounds must be at least 1")
@@ -125,6 +131,14 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
                           f"over {len(last.get('sites', {}))} sites (no site's own figures left it); "
                           f"dropped: {', '.join(last.get('dropped') or []) or 'none'}; "
                           f"quantisation error bound {_fmt(last.get('quantisation_error_bound'))}")
+    exchange = metrics.get("exchange")
+    if exchange:
+        console.print(f"upload per round and site: {int(exchange['tensors'])} tensors, {int(exchange['elements'])} "
+                      f"values ({exchange['percent']:.3g} % of the model's {int(exchange['full_model_elements'])})")
+    backbone = metrics.get("backbone")
+    if backbone:
+        console.print(f"pretrained backbone {backbone['version']}: {result_dir / backbone['folder']} "
+                      f"(sha256 {backbone['sha256']}, card: BACKBONE_CARD.md)", highlight=False)
     agreement = metrics.get("label_agreement")
     if agreement:  # jobs with labels from reports: aggregates of k or more studies per site
         console.print("weak labels agree with hand labels: " + ", ".join(
@@ -140,14 +154,27 @@ def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: fl
     console.print(f"results: {result_dir} (global_model.pt, metrics.json, egress/, privacy/)")
 
 
+def with_checkpoint(spec, checkpoint: Path | None):
+    """``spec`` with ``model.checkpoint`` set to ``checkpoint`` (resolved from the current folder);
+    a sha256 the spec pins must still match it (checked when the job is built)."""
+    if checkpoint is None:
+        return spec
+    return spec.model_copy(update={"model": {**spec.model, "checkpoint": str(Path(checkpoint).resolve())}})
+
+
 def _export(args: argparse.Namespace) -> int:
-    spec = load_job_spec(args.spec)
+    spec = with_checkpoint(load_job_spec(args.spec), args.checkpoint)
     job_dir, digest = export_safely(spec, args.out, data_root=args.data_root,
                                     initial_model=args.initial_model, overwrite=args.overwrite)
     if digest is not None:
         Console().print(f"warm start from {args.initial_model} (sha256 {digest[:12]}...)")
     Console().print(f"exported NVFlare job '{job_dir.name}' to {job_dir}")
     print_code_hash(Console(), spec)
+    base = (_exported_spec(job_dir) or {}).get("model", {}).get("checkpoint_sha256")
+    if base:
+        Console().print(f"base checkpoint sha256 {base}: every site installs the backbone folder once with "
+                        f"`ai4hi site add-backbone KIT {args.checkpoint or spec.model.get('checkpoint')}` (a site "
+                        "without it refuses the job)", highlight=False)
     return 0
 
 
@@ -177,7 +204,7 @@ def export_safely(spec, out: Path, *, data_root: Path | None = None, initial_mod
     import uuid
 
     from ai4hi_sdk.errors import UserError
-    from ai4hi_sdk.jobs.builder import export_job, install_initial_model
+    from ai4hi_sdk.jobs.builder import export_job, install_initial_model, spec_payload
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -188,7 +215,7 @@ def export_safely(spec, out: Path, *, data_root: Path | None = None, initial_mod
         if earlier is None:
             raise UserError(f"'{target}' exists and is not an ai4hi job export; nothing was written: choose "
                             "another --out, or move it away")
-        if earlier != spec.model_dump(mode="json") and not overwrite:
+        if earlier != spec_payload(spec) and not overwrite:
             raise UserError(f"'{target}' holds an export of another job named '{spec.name}' (its spec differs); "
                             "nothing was written: choose another --out, or replace it with --overwrite")
     if initial_model is not None and not Path(initial_model).is_file():

@@ -39,6 +39,15 @@ def register(groups: argparse._SubParsersAction) -> None:
     allow.add_argument("--revoke", action="store_true", help="remove it from the allowed list")
     allow.set_defaults(func=_allow_code)
 
+    backbone = commands.add_parser(
+        "add-backbone", help="install a base checkpoint (backbone folder) in this site's store, by its sha256")
+    backbone.add_argument("kit", type=Path, help="the site's kit or workspace (backbones go to its ai4hi/backbones/)")
+    backbone.add_argument("backbone", type=Path,
+                          help="a backbone folder (backbone.safetensors + provenance.json) from 'ai4hi model import' "
+                               "or a pretraining job's result/backbone")
+    backbone.add_argument("--sha256", default=None, help="refuse unless the backbone has this sha256 (from the lead)")
+    backbone.set_defaults(func=_add_backbone)
+
 
 def _check(args: argparse.Namespace) -> int:
     from ai4hi_sdk.deploy.kit import load_kit
@@ -122,4 +131,18 @@ def _allow_code(args: argparse.Namespace) -> int:
     Console().print(f"{verb} custom code {args.sha256.strip().lower()}; this site now runs "
                     f"{len(allowed)} custom code bundle(s): {', '.join(a[:12] + '...' for a in allowed) or 'none'}",
                     highlight=False)
+    return 0
+
+
+def _add_backbone(args: argparse.Namespace) -> int:
+    from ai4hi_sdk.site.backbones import install_backbone, installed_backbones
+
+    if not args.kit.is_dir():
+        from ai4hi_sdk.errors import UserError
+
+        raise UserError(f"'{args.kit}' is not a folder (the site's kit or workspace)")
+    done = install_backbone(args.backbone, args.kit, expected_sha256=args.sha256)
+    Console().print(f"{done.action} backbone {done.sha256} at {done.folder}; this site holds "
+                    f"{len(installed_backbones(args.kit))} backbone(s). Jobs naming model.checkpoint_sha256: "
+                    f"{done.sha256} now use it (verified before round 0).", highlight=False)
     return 0

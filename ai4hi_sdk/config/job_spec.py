@@ -200,6 +200,9 @@ class PrivacySpec(StrictModel):
     secure_aggregation: SecureAggregationSpec | None = None
 
 
+#: the trainer of ``task: pretrain`` when the spec names none
+PRETRAIN_TRAINER = "ai4hi_sdk.foundation.trainers:MAEPretrainTrainer"
+
 #: training methods whose loss couples the examples of a batch (contrastive): per-example DP-SGD does
 #: not bound one patient's influence on such a loss
 BATCH_COUPLED_METHODS = frozenset({"image_report"})
@@ -209,7 +212,11 @@ class JobSpec(StrictModel):
     """A federated job: what to train, on which task, for how long."""
 
     name: str
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Literal["classification", "segmentation", "pretrain"] = Field(
+        "classification", description="classification, segmentation, or pretrain (self-supervised masked "
+                                      "autoencoding on every train-split image of the declared modalities, labelled "
+                                      "or not; output: a backbone with its card; a site's policy must allow the "
+                                      "job kind 'pretrain')")
     method: Literal["supervised", "image_report"] = Field(
         "supervised", description="supervised (per-example loss) or image_report (image-report contrastive "
                                   "pretraining: client-level DP and secure aggregation, never DP-SGD)")
@@ -225,6 +232,19 @@ class JobSpec(StrictModel):
     )
     #: folder of the spec file; set by load_job_spec, used to resolve ``code``
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_default_trainer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "trainer" not in data and data.get("task") == "pretrain":
+            data = {**data, "trainer": PRETRAIN_TRAINER}
+        return data
+
+    @model_validator(mode="after")
+    def _pretraining_learns_from_images_alone(self) -> "JobSpec":
+        if self.task == "pretrain" and self.data.labels_from != "labels":
+            raise ValueError("task: pretrain uses no labels: leave data.labels_from at its default")
+        return self
 
     @model_validator(mode="after")
     def _report_labels_classify(self) -> "JobSpec":

@@ -24,7 +24,9 @@ from ai4hi_sdk.config.loader import load_yaml_model
 SITE_POLICY = Path("ai4hi") / "site_policy.yaml"
 """Where the policy lives, relative to the site workspace."""
 
-JobKind = Literal["train", "validate", "monitor"]
+JobKind = Literal["train", "pretrain", "validate", "monitor"]
+#: job kinds that train on the site's data (DP and secure-aggregation requirements apply to both)
+TRAINING_JOB_KINDS = ("train", "pretrain")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -58,8 +60,10 @@ class SitePrivacyPolicy(BaseModel):
     require_dp: bool = Field(True, description="training jobs without patient-level DP-SGD are refused")
     require_secure_aggregation: bool = Field(
         True, description="training jobs without secure aggregation are refused (the server may see one update)")
-    allowed_job_kinds: list[JobKind] = Field(default_factory=lambda: ["train", "validate"],
-                                             description="job kinds this site runs at all")
+    allowed_job_kinds: list[JobKind] = Field(
+        default_factory=lambda: ["train", "validate"],
+        description="job kinds this site runs at all: train, pretrain (self-supervised pretraining on every image of "
+                    "a modality, labelled or not: opt-in, not in the default), validate, monitor")
     datasets: dict[str, DatasetPolicy] = Field(
         default_factory=dict, description="per-dataset budgets by dataset id (`ai4hi privacy report` lists the ids)")
     min_count: int = Field(
@@ -104,9 +108,9 @@ class SitePrivacyPolicy(BaseModel):
             reasons.append(
                 f"job kind '{job_kind}' is not allowed by the site policy (allowed: {', '.join(self.allowed_job_kinds)})"
             )
-        if self.require_dp and job_kind == "train" and not dp_enabled:
+        if self.require_dp and job_kind in TRAINING_JOB_KINDS and not dp_enabled:
             reasons.append("the site policy requires differential privacy (DP-SGD) for training jobs")
-        if self.require_secure_aggregation and job_kind == "train" and not secure_aggregation:
+        if self.require_secure_aggregation and job_kind in TRAINING_JOB_KINDS and not secure_aggregation:
             reasons.append("the site policy requires secure aggregation for training jobs")
         return reasons
 

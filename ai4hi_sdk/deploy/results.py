@@ -5,6 +5,7 @@ that ``ai4hi job simulate`` writes, so a lead's tooling reads both the same way:
     OUT/result/metrics.json      the server's round record, plus job_id, NVFlare status and
                                  per-site privacy as the sites reported it with their updates
     OUT/result/receipts.jsonl    what the server received (descriptions only)
+    OUT/result/backbone/         a pretraining job's backbone, provenance record and card
     OUT/server/                  NVFlare's download of the job (server logs, job definition)
 
 Sites' egress logs and privacy ledgers stay at the sites (that is the point); ``metrics.json``
@@ -19,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE
+from ai4hi_sdk.jobs.wire import BACKBONE_RESULT_DIR, METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.wire import RECEIPT_LOG
 
 RECEIPTS = "receipts.jsonl"
@@ -134,6 +135,8 @@ def build_result(download: Path, out: Path, job_id: str, job_meta: dict[str, Any
         if (run_dir / RECEIPT_LOG).is_file():
             shutil.copy2(run_dir / RECEIPT_LOG, result / RECEIPTS)
             metrics["receipt_log"] = RECEIPTS
+        if (run_dir / BACKBONE_RESULT_DIR).is_dir():
+            shutil.copytree(run_dir / BACKBONE_RESULT_DIR, result / BACKBONE_RESULT_DIR)
         if status != "FINISHED:COMPLETED" and metrics.get("status") in ("running", "completed"):
             metrics["status"] = "failed"
             metrics["reason"] = f"NVFlare ended the job with {status}"

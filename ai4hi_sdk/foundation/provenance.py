@@ -24,29 +24,38 @@ from ai4hi_sdk.foundation.presets import resolve_backbone
 CARD_FILE = "BACKBONE_CARD.md"
 
 
-def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, int], rounds: int, local_epochs: int,
-                  sha256: str, epsilon: Mapping[str, float | None] | None = None, delta: float | None = None,
-                  version: str = "1", method: str = "masked autoencoding (MONAI MaskedAutoEncoderViT)",
+def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, int | None], rounds: int,
+                  local_epochs: int, sha256: str, epsilon: Mapping[str, float | None] | None = None,
+                  delta: float | None = None, version: str = "1",
+                  method: str = "masked autoencoding (MONAI MaskedAutoEncoderViT)",
                   masking_ratio: float | None = None, modality: str | None = None,
-                  final_loss: float | None = None, job_id: str | None = None) -> dict[str, Any]:
+                  final_loss: float | None = None, job_id: str | None = None,
+                  images_total: int | None = None) -> dict[str, Any]:
     """The provenance card of a pretrained backbone (a JSON-able dict).
 
     Args:
         arch: preset name or mapping of the backbone.
-        site_images: site name -> training images it pretrained on (labelled or not).
+        site_images: site name -> training images it pretrained on (labelled or not); ``None`` where
+            the count was not revealed (secure aggregation: only the total is known).
         rounds, local_epochs: federated rounds and local epochs per round.
         sha256: hash of ``backbone.safetensors``.
         epsilon: site name -> epsilon spent by pretraining (``None`` or missing: not private).
         delta: the DP delta the epsilons are stated at.
         final_loss: the consortium's masked-reconstruction loss in the last round.
+        images_total: the total over sites (default: the sum of ``site_images``; required when a
+            count is ``None``).
 
     Raises:
         UserError: no sites, a negative image count, or a malformed sha256.
     """
     if not site_images:
         raise UserError("a backbone card needs at least one contributing site")
-    if any(int(n) < 0 for n in site_images.values()):
+    if any(n is not None and int(n) < 0 for n in site_images.values()):
         raise UserError("image counts must be >= 0")
+    if images_total is None:
+        if any(n is None for n in site_images.values()):
+            raise UserError("a backbone card with unrevealed per-site counts needs images_total")
+        images_total = sum(int(n) for n in site_images.values())  # type: ignore[arg-type]
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
         raise UserError(f"not a sha256 hex digest: {sha256!r}")
     eps = {site: (None if epsilon is None else epsilon.get(site)) for site in sorted(site_images)}
@@ -59,9 +68,10 @@ def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, in
         "arch_config": resolve_backbone(arch),
         "modality": modality,
         "masking_ratio": masking_ratio,
-        "sites": {site: {"images": int(site_images[site]), "epsilon": eps[site]} for site in sorted(site_images)},
+        "sites": {site: {"images": None if site_images[site] is None else int(site_images[site]),  # type: ignore[arg-type]
+                         "epsilon": eps[site]} for site in sorted(site_images)},
         "site_count": len(site_images),
-        "images_total": int(sum(int(n) for n in site_images.values())),
+        "images_total": int(images_total),
         "rounds": int(rounds),
         "local_epochs": int(local_epochs),
         "epochs_total": int(rounds) * int(local_epochs),
@@ -92,7 +102,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
              "| site | images | epsilon |", "|---|---|---|"]
     for site, row in card["sites"].items():
         eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
-        lines.append(f"| {site} | {row['images']} | {eps} |")
+        images = "not revealed (secure aggregation)" if row["images"] is None else row["images"]
+        lines.append(f"| {site} | {images} | {eps} |")
     return "\n".join(lines) + "\n"
 
 

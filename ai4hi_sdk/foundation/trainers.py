@@ -9,10 +9,12 @@
 Job spec ``model:`` keys (all optional):
 
 ``backbone``          preset name or mapping (default ``vit-micro-2d``); ``data.image_size`` must equal its ``img_size``
-``modalities``        pretraining: modalities to use (default ``[CR, DX]``)
+``modalities``        pretraining: modalities to use (default: ``data.modalities``, else ``[CR, DX]``)
 ``masking_ratio``     pretraining: share of patches masked (default 0.75)
 ``decoder_layers``    pretraining: decoder blocks (default 1)
-``checkpoint``        classification: backbone folder or ``backbone.safetensors`` (relative to the spec)
+``checkpoint``        classification: backbone folder or ``backbone.safetensors`` (relative to the spec); it
+                      never travels: a job carries only its sha256 and a site's runtime sets this key to
+                      the site's own verified copy (:mod:`ai4hi_sdk.site.backbones`)
 ``checkpoint_sha256`` classification: refuse a checkpoint whose sha256 differs
 ``adaptation``        classification: a mode or ``{mode, rank, alpha, dropout, seed, targets, blocks}``
                       (default ``ffa_lora``; the LoRA seed defaults to ``train.seed``)
@@ -91,7 +93,7 @@ class MAEPretrainTrainer(SiteTrainer):
     def build_datasets(self) -> Any:
         from ai4hi_sdk.foundation.datasets import load_pretrain_images
 
-        modalities = self.spec.model.get("modalities", DEFAULT_MODALITIES)
+        modalities = self.spec.model.get("modalities") or self.spec.data.modalities or DEFAULT_MODALITIES
         if isinstance(modalities, str):
             modalities = [modalities]
         return load_pretrain_images(self.site_dir, modalities=modalities, image_size=self.spec.data.image_size,

@@ -11,6 +11,12 @@ One recipe base for every ai4hi job (:class:`Ai4hiRecipe`):
 * **the server** runs the job kind's controller and the receipt log filter. Model files the
   server reads (warm start, champion, candidate) travel in the app's ``ai4hi_data/`` folder: data,
   not code, so the job stays free of custom code.
+* a **base checkpoint** (``model.checkpoint``, a backbone folder relative to the spec) never
+  travels: the job carries only its sha256 (``model.checkpoint_sha256``, set here after verifying
+  the folder) and each site loads its own copy from its backbone store
+  (:mod:`ai4hi_sdk.site.backbones`). The round-0 exchanged state computed from it by the lead (the
+  adapters and head, or the trainable blocks) is shipped as the initial model, so the server never
+  needs the backbone either.
 
 :class:`Ai4hiTrainingRecipe` (FedAvg, with or without secure aggregation) and
 :class:`Ai4hiValidationRecipe` (candidate vs champion, drift monitoring) differ only in the
@@ -31,7 +37,8 @@ from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.components.payload_log import ReceiptLogFilter
-from ai4hi_sdk.jobs.wire import APP_DATA_DIR, INITIAL_MODEL_FILE, TRAINING_TASKS, VALIDATION_TASKS, WIRE_VERSION
+from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, BASE_CHECKPOINT_KEY, BASE_CHECKPOINT_SHA256_KEY, INITIAL_MODEL_FILE,
+                                 TRAINING_TASKS, VALIDATION_TASKS, WIRE_VERSION)
 from ai4hi_sdk.site.code_bundle import bundle_sha256, pack_code
 from ai4hi_sdk.site.egress_guard import Ai4hiEgressGuard
 from ai4hi_sdk.site.executor import Ai4hiSiteExecutor
@@ -40,9 +47,43 @@ TASK_REQUEST_INTERVAL_S = 0.5
 VALIDATION_KINDS = ("validate", "monitor")
 
 
+def base_checkpoint(spec: JobSpec) -> tuple[Path, str] | None:
+    """The spec's base checkpoint as the lead holds it: ``(backbone folder, sha256)``, its bytes checked
+    against its provenance record and against ``model.checkpoint_sha256`` when the spec pins one;
+    None when the job has none.
+
+    Raises:
+        UserError: naming the field and the reason.
+    """
+    from ai4hi_sdk.site.backbones import backbone_folder, read_backbone_sha256
+
+    path, pinned = spec.model.get(BASE_CHECKPOINT_KEY), spec.model.get(BASE_CHECKPOINT_SHA256_KEY)
+    if path is None and pinned is None:
+        return None
+    if path is None:
+        raise UserError(f"job '{spec.name}': model.{BASE_CHECKPOINT_SHA256_KEY} without model.{BASE_CHECKPOINT_KEY}: "
+                        "give the backbone folder too (the job's round-0 state is computed from it)")
+    folder = Path(str(path))
+    folder = backbone_folder(folder if folder.is_absolute() else Path(spec.base_dir) / folder)
+    try:
+        sha = read_backbone_sha256(folder)
+    except UserError as err:
+        raise UserError(f"job '{spec.name}': model.{BASE_CHECKPOINT_KEY}: {err}") from None
+    if pinned is not None and sha != str(pinned).lower():
+        raise UserError(f"job '{spec.name}': model.{BASE_CHECKPOINT_KEY}: {folder} has sha256 {sha}, but "
+                        f"model.{BASE_CHECKPOINT_SHA256_KEY} says {pinned}")
+    return folder, sha
+
+
 def spec_payload(spec: JobSpec) -> dict[str, Any]:
-    """The spec as it travels in a job (JSON form; ``base_dir`` stays with the lead)."""
-    return spec.model_dump(mode="json")
+    """The spec as it travels in a job (JSON form; ``base_dir`` stays with the lead). A base
+    checkpoint travels as its sha256 only (:func:`base_checkpoint`)."""
+    data = spec.model_dump(mode="json")
+    found = base_checkpoint(spec)
+    if found is not None:
+        model = {k: v for k, v in data["model"].items() if k != BASE_CHECKPOINT_KEY}
+        data["model"] = {**model, BASE_CHECKPOINT_SHA256_KEY: found[1]}
+    return data
 
 
 def code_bundle(spec: JobSpec) -> dict[str, str]:
@@ -70,7 +111,8 @@ class Ai4hiRecipe(Recipe):
     """
 
     def __init__(self, name: str, spec: JobSpec, controller: Any, tasks: Sequence[str], min_sites: int,
-                 data_root: str | Path | None = None, validation: ValidationSpec | None = None):
+                 data_root: str | Path | None = None, validation: ValidationSpec | None = None,
+                 payload: dict[str, Any] | None = None):
         self.spec = spec
         self.spec_name = name
         job = FedJob(name=name, min_clients=min_sites)
@@ -78,7 +120,7 @@ class Ai4hiRecipe(Recipe):
         job.to_server(controller, id="ai4hi_controller")
         job.to_server(ReceiptLogFilter(), id="ai4hi_receipt_log", filter_type=FilterType.TASK_RESULT,
                       tasks=list(tasks))
-        executor = Ai4hiSiteExecutor(job=spec_payload(spec), code=code_bundle(spec),
+        executor = Ai4hiSiteExecutor(job=payload if payload is not None else spec_payload(spec), code=code_bundle(spec),
                                      validation=validation.model_dump(mode="json") if validation else None,
                                      data_root=str(Path(data_root).resolve()) if data_root is not None else None,
                                      wire_version=WIRE_VERSION)
@@ -108,9 +150,13 @@ class Ai4hiTrainingRecipe(Ai4hiRecipe):
                  train_timeout: int = 3600):
         from ai4hi_sdk.jobs.components.controller import Ai4hiFedAvg
 
-        controller = Ai4hiFedAvg(job=spec_payload(spec), code=code_bundle(spec), num_rounds=spec.train.rounds,
+        payload = spec_payload(spec)
+        controller = Ai4hiFedAvg(job=payload, code=code_bundle(spec), num_rounds=spec.train.rounds,
                                  min_sites=spec.min_sites, train_timeout=train_timeout)
-        super().__init__(spec.name, spec, controller, TRAINING_TASKS, spec.min_sites, data_root)
+        super().__init__(spec.name, spec, controller, TRAINING_TASKS, spec.min_sites, data_root, payload=payload)
+        if BASE_CHECKPOINT_SHA256_KEY in payload["model"]:
+            # the round-0 exchanged state from the lead's verified backbone: the server holds no backbone
+            self.data_files[INITIAL_MODEL_FILE] = lead_initial_state(spec)
 
 
 class Ai4hiValidationRecipe(Ai4hiRecipe):
@@ -228,6 +274,13 @@ def export_validation_job(spec: JobSpec, config: ValidationSpec, out_dir: str | 
         site_candidates=site_candidates), out_dir)
 
 
+def lead_initial_state(spec: JobSpec) -> dict[str, Any]:
+    """The job's round-0 exchanged state built by the lead (the spec's trainer, model only, on the CPU)."""
+    from ai4hi_sdk.trainers.loading import trainer_class_for
+
+    return trainer_class_for(spec)(spec, site_dir=None, site_name="server", device="cpu").initial_state()
+
+
 def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str | Path) -> str:
     """Ship ``initial_model`` with the exported job as its initial global model (warm start).
 
@@ -242,7 +295,6 @@ def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str
 
     from ai4hi_sdk.jobs.components.controller import initial_state_mismatch
     from ai4hi_sdk.privacy.egress import model_sha256
-    from ai4hi_sdk.trainers.loading import trainer_class_for
 
     path = Path(initial_model)
     if not path.is_file():
@@ -251,7 +303,7 @@ def install_initial_model(spec: JobSpec, job_dir: str | Path, initial_model: str
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise UserError(f"initial model '{path}' is not a torch state dict file: {err}") from None
-    reference = trainer_class_for(spec)(spec, site_dir=None, site_name="server", device="cpu").initial_state()
+    reference = lead_initial_state(spec)
     problem = initial_state_mismatch(state, reference)
     if problem:
         raise UserError(f"initial model '{path}' cannot start job '{spec.name}': {problem}")

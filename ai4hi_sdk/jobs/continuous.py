@@ -45,6 +45,7 @@ from ai4hi_sdk.config.validation_spec import OperatingPointSettings, ValidationS
 from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
 from ai4hi_sdk.data.synth import synth_consortium
 from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.jobs.lineage import backbone_lineage
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validate import run_validation
 from ai4hi_sdk.privacy.egress import model_sha256
@@ -101,6 +102,7 @@ class ContinuousLoop:
         self._deployments: list[str] = []  # models deployed so far, in order (for a rollback)
         self.last_evidence: Evidence | None = None
         self._last_candidate: str | None = None  # whose evidence the last validation's candidate role is
+        self.lineage: dict[str, Any] | None = None
         self._counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -130,6 +132,9 @@ class ContinuousLoop:
         self.history["models"][INITIAL] = {
             "sha256": model_sha256(initial),
             "training": {"job": "none: the untrained initial model (seeded), the first champion's baseline"}}
+        self.lineage = backbone_lineage(self.job)  # a job adapting a backbone: backbone -> adapter -> deployed
+        if self.lineage:
+            self.history["models"][INITIAL]["lineage"] = dict(self.lineage)
         self.champion = INITIAL
 
     def install_site_policy(self, data_version: str) -> None:
@@ -192,6 +197,8 @@ class ContinuousLoop:
             "secure_aggregation": "total_weight" in last_round,
             "privacy": _site_privacy(metrics, last),
             "record": f"train-{label}.json"}}
+        if self.lineage:
+            self.history["models"][label]["lineage"] = dict(self.lineage)
         self._step(kind="train", model=label, data_version=data_version, warm_start=parent,
                    seconds=round(result.seconds, 1), record=None)
         self.say(f"  {label}: done in {result.seconds:.0f} s")
@@ -387,6 +394,9 @@ class ContinuousLoop:
                    "operating_points": thresholds,
                    # the model the candidate's training started from (warm start)
                    "candidate_warm_started_from": models.get(candidate, {}).get("parent"),
+                   # a backbone's adaptation: backbone sha256 -> adapter (model_sha256) -> deployed
+                   **({"backbone_lineage": models[candidate]["lineage"]}
+                      if models.get(candidate, {}).get("lineage") else {}),
                    "drift_alarms": {s: bool(r.get("alarm")) for s, r in (drift or {}).items()}})
         action = self._apply(decision, candidate)
         self._step(kind="decision", stage=stage, candidate=candidate, decision=decision.decision,

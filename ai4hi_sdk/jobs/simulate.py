@@ -23,8 +23,11 @@ Workspace layout::
     WS/result/receipts.jsonl  what the server received (descriptions only)
     WS/result/tensorboard/    round metrics the server streamed to TensorBoard during the job
                               (live: ``tensorboard --logdir WS/simulate/server/simulate_job/tensorboard``)
+    WS/result/backbone/       a pretraining job's output: backbone.safetensors, provenance.json
+                              (with the card), BACKBONE_CARD.md
     WS/sites/<site>/ai4hi/    each site's own state, kept across simulations: site_policy.yaml,
-                              privacy budget state, privacy_ledger.jsonl, egress_log.jsonl
+                              privacy budget state, privacy_ledger.jsonl, egress_log.jsonl,
+                              backbones/<sha256>/ (base checkpoints, installed where missing)
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ import psutil
 
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.jobs.builder import export_job, install_initial_model
+from ai4hi_sdk.jobs.builder import base_checkpoint, export_job, install_initial_model
 from ai4hi_sdk.jobs.live_metrics import TENSORBOARD_DIR
 from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (re-exported)
-from ai4hi_sdk.jobs.wire import METRICS_FILE, MODEL_FILE, RECEIPT_LOG
+from ai4hi_sdk.jobs.wire import BACKBONE_RESULT_DIR, METRICS_FILE, MODEL_FILE, RECEIPT_LOG
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
 from ai4hi_sdk.config.site_policy import SITE_POLICY, load_site_policy
@@ -125,6 +128,28 @@ def install_site_policies(workspace: Path, sites: list[str], policy: str | Path 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         actions[site] = f"installed {source}"
+    return actions
+
+
+def install_site_backbones(spec: JobSpec, sites_root: Path, sites: list[str]) -> dict[str, str]:
+    """Give every simulated site the job's base checkpoint in its store
+    (``sites_root/<site>/ai4hi/backbones/<sha256>/``), as its admin would with ``ai4hi site
+    add-backbone``; a site that already holds files under that sha256 keeps them, whatever their
+    bytes (a site's state is its own: the site verifies them before round 0). Returns site -> what
+    happened; empty for a job without a base checkpoint."""
+    from ai4hi_sdk.site.backbones import install_backbone, is_installed
+
+    found = base_checkpoint(spec)
+    if found is None:
+        return {}
+    folder, sha = found
+    actions = {}
+    for site in sites:
+        if is_installed(sites_root / site, sha):
+            actions[site] = f"kept the site's backbone {sha[:12]}..."
+        else:
+            install_backbone(folder, sites_root / site, expected_sha256=sha)
+            actions[site] = f"installed backbone {sha[:12]}... from {folder}"
     return actions
 
 
@@ -253,6 +278,8 @@ def collect_results(workspace: Path, sites: list[str], return_code: int, extra: 
     if (run_dir / TENSORBOARD_DIR).is_dir():  # round metrics the server streamed during the job
         shutil.copytree(run_dir / TENSORBOARD_DIR, result / TENSORBOARD_DIR, dirs_exist_ok=True)
         metrics["tensorboard"] = TENSORBOARD_DIR
+    if (run_dir / BACKBONE_RESULT_DIR).is_dir():
+        shutil.copytree(run_dir / BACKBONE_RESULT_DIR, result / BACKBONE_RESULT_DIR, dirs_exist_ok=True)
     metrics["egress_logs"] = {}
     for site in sites:
         src = workspace / "sites" / site / EGRESS_LOG
@@ -391,6 +418,9 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         os.replace(staging / "job", workspace / "job")
         job_dir = workspace / "job" / job_dir.name
         extra["site_policies"] = install_site_policies(workspace, chosen, site_policy)
+        backbones = install_site_backbones(spec, workspace / "sites", chosen)
+        if backbones:
+            extra["site_backbones"] = backbones
         extra_env = _secure_aggregation_setup(spec, workspace, chosen, drops)
         started = time.monotonic()
         code = simulate_job_dir(job_dir, workspace, chosen, timeout_s=timeout_s, on_poll=on_poll,

@@ -28,7 +28,8 @@ import torch
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.jobs.builder import export_validation_job
-from ai4hi_sdk.jobs.simulate import DEFAULT_SITE_POLICY, SIM_JOB_ID, discover_sites, simulate_job_dir
+from ai4hi_sdk.jobs.simulate import (DEFAULT_SITE_POLICY, SIM_JOB_ID, discover_sites, install_site_backbones,
+                                     simulate_job_dir)
 from ai4hi_sdk.jobs.wire import RECEIPT_LOG
 from ai4hi_sdk.jobs.wire import VALIDATION_RESULT_FILE as RESULT_FILE
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
@@ -80,6 +81,7 @@ def run_validation(spec: JobSpec, config: ValidationSpec, data_root: str | Path,
         if not policy.exists():
             policy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(DEFAULT_SITE_POLICY, policy)
+    install_site_backbones(spec, sites_root, chosen)  # a job on a backbone: sites that lack it get it
     job_dir = export_validation_job(spec, config, workspace / "job", champion=champion, candidate=candidate,
                                     tasks=tasks, data_root=data_root, champion_operating_point=champion_operating_point,
                                     champion_calibration=champion_calibration, site_candidates=site_candidates)

@@ -87,6 +87,12 @@ GLOBAL_VALIDATION_PREFIX = "global_val_"
 WEAK_LABEL_COUNT = "weak_label_studies"
 WEAK_LABEL_METRICS = (WEAK_LABEL_COUNT, "weak_label_agreement", "weak_label_kappa")
 
+# ---------------------------------------------------------------- job settings with a meaning to the SDK
+#: ``model.checkpoint``: the lead's path to a base checkpoint (backbone folder); it never travels:
+#: the job carries only ``model.checkpoint_sha256`` and each site uses its own verified copy
+BASE_CHECKPOINT_KEY = "checkpoint"
+BASE_CHECKPOINT_SHA256_KEY = "checkpoint_sha256"
+
 # ---------------------------------------------------------------- result files (server side)
 METRICS_FILE = "ai4hi_metrics.json"
 MODEL_FILE = "global_model.pt"
@@ -95,6 +101,8 @@ MODEL_FILE = "global_model.pt"
 APP_DATA_DIR = "ai4hi_data"
 INITIAL_MODEL_FILE = "ai4hi_initial_model.pt"  # optional warm start, in APP_DATA_DIR
 VALIDATION_RESULT_FILE = "ai4hi_validation.json"
+#: folder (in the server's run folder, then ``result/``) of a pretraining job's backbone
+BACKBONE_RESULT_DIR = "backbone"
 RECEIPT_LOG = "ai4hi_receipts.jsonl"
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.reports import clinical, plots
+from ai4hi_sdk.reports.lineage import card_lineage, lineage_markdown
 from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
 
 HISTORY = "history.json"
@@ -116,6 +117,9 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
         if step["kind"] == "decision" and step.get("candidate") == model:
             card["decisions"].append({k: step.get(k) for k in ("decision", "reasons", "log_seq", "stage")})
     card.update(clinical.card_clinical_fields(history, records, card, verification))
+    lineage = card_lineage(history, model)
+    if lineage:
+        card["lineage"] = lineage
     return card
 
 
@@ -202,6 +206,7 @@ def model_card_markdown(card: dict) -> str:
         lines += ["", f"Decision log anchor: {anchor['entries']} entries, head `{anchor['head']}` (keep a copy of "
                       "this card: `ai4hi audit verify decisions.jsonl --public-key KEY --card <this card>.json` "
                       "then detects a truncated or rewritten log)."]
+    lines += lineage_markdown(card.get("lineage"))
     lines += ["", "## Limitations", ""] + [f"* {x}" for x in card["limitations"]]
     return "\n".join(lines) + "\n"
 

@@ -36,7 +36,7 @@ from ai4hi_sdk.privacy.dp.budget_decision import BudgetDecision
 from ai4hi_sdk.privacy.dp.calibration import noise_multiplier_for_target
 from ai4hi_sdk.privacy.dp.dpsgd import RoundPlan
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, LedgerDamaged, PrivacyLedger
-from ai4hi_sdk.config.site_policy import SITE_POLICY, SitePrivacyPolicy, load_site_policy
+from ai4hi_sdk.config.site_policy import SITE_POLICY, TRAINING_JOB_KINDS, SitePrivacyPolicy, load_site_policy
 from ai4hi_sdk.audit.hash_chain import ChainDamaged
 from ai4hi_sdk.site.dataset_identity import DatasetIdentity, DatasetRegistry, identify_dataset, site_salt
 
@@ -49,7 +49,7 @@ class JobRequest:
     the site runtime, never from job code).
 
     Attributes:
-        kind: ``train``, ``validate`` or ``monitor``.
+        kind: ``train``, ``pretrain``, ``validate`` or ``monitor``.
         dp_sgd: the job's DP-SGD settings (None: no DP-SGD).
         client_dp: the job's client-level DP settings (None: none).
         secure_aggregation: whether the job uses secure aggregation.
@@ -182,7 +182,7 @@ class SiteGate:
             raise RoundRefused(self.policy_error)
         reasons = self.policy.job_refusal_reasons(request.kind, dp_enabled=request.dp_sgd is not None,
                                                   secure_aggregation=request.secure_aggregation)
-        if request.kind == "train" and request.method in BATCH_COUPLED_METHODS and self.policy.require_dp:
+        if request.kind in TRAINING_JOB_KINDS and request.method in BATCH_COUPLED_METHODS and self.policy.require_dp:
             reasons.insert(0, f"method {request.method} trains with a contrastive loss, which couples the examples of a "
                            "batch: per-example DP-SGD does not bound one patient's influence, so this site's policy "
                            "(patient-level DP required) cannot be met; such a job needs client-level DP with secure "
@@ -191,7 +191,7 @@ class SiteGate:
         if request.code_sha256 is not None and request.code_sha256 not in self.policy.allowed_code_sha256:
             reasons.append(f"the job ships custom code with sha256 {request.code_sha256}, which this site's policy "
                            "does not allow (a site admin allows it with `ai4hi site allow-code`)")
-        if request.kind == "train" and request.client_dp is not None and request.dp_sgd is None and self.policy.require_dp:
+        if request.kind in TRAINING_JOB_KINDS and request.client_dp is not None and request.dp_sgd is None and self.policy.require_dp:
             # client-level DP protects the site's whole delta; patient-level DP-SGD is what the policy asks for
             reasons.append("the site policy requires patient-level DP (DP-SGD); client-level DP alone does not give it")
         if reasons:

@@ -6,12 +6,15 @@ converts messages). For each task it:
 1. admits the job — wire version, then the site's policy (:meth:`SiteGate.check_job`: job kind, DP
    and secure aggregation required, custom code allowed by SHA-256) — **before** any of the job's
    code is installed or imported;
-2. builds the job's trainer (an SDK trainer, or the job's own code once its hash is allowed);
+2. builds the job's trainer (an SDK trainer, or the job's own code once its hash is allowed); a
+   base checkpoint the job names by sha256 comes from the site's own store, hashed before round 0
+   (:mod:`ai4hi_sdk.site.backbones`), never from the job;
 3. runs every check that can refuse before training spends anything (budget projection, secure
    aggregation's public bounds, k);
 4. trains with the SDK's loop (:func:`~ai4hi_sdk.trainers.local_round.train_round`) and the
    trainer's hooks; DP-SGD, client-level DP, quantisation and masking are applied here, never by
-   the trainer;
+   the trainer; only the tensors the trainer exchanges (checked: distinct floating-point entries
+   of the model) are loaded from the server and sent back;
 5. books the payload in the ledger before it leaves (write-ahead) and returns only what the site's
    rules allow to leave (:mod:`ai4hi_sdk.jobs.wire`): statistics of the local training leave only
    inside a secure-aggregation sum, never alone.
@@ -31,11 +34,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ai4hi_sdk.config.job_spec import JobSpec
+from ai4hi_sdk.config.site_policy import TRAINING_JOB_KINDS
 from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.errors import RoundRefused, UserError
-from ai4hi_sdk.jobs.wire import (ACCOUNTING_METRICS, DP_PARAMETER_METRICS, GLOBAL_VALIDATION_PREFIX,
-                                 NUM_SAMPLES_KEY, PROTOCOL_TASKS, ROUND_KEY, WEAK_LABEL_COUNT, WEAK_LABEL_METRICS,
-                                 WIRE_VERSION)
+from ai4hi_sdk.jobs.wire import (ACCOUNTING_METRICS, BASE_CHECKPOINT_KEY, BASE_CHECKPOINT_SHA256_KEY,
+                                 DP_PARAMETER_METRICS, GLOBAL_VALIDATION_PREFIX, NUM_SAMPLES_KEY, PROTOCOL_TASKS,
+                                 ROUND_KEY, WEAK_LABEL_COUNT, WEAK_LABEL_METRICS, WIRE_VERSION)
 from ai4hi_sdk.privacy.egress import describe_payload
 from ai4hi_sdk.site.code_bundle import CodeFiles, bundle_sha256, install_code
 from ai4hi_sdk.site.gate import ClientDPPlan, JobRequest, SiteGate
@@ -137,13 +141,22 @@ class SiteRuntime:
         self._validation_site: Any = None
         self._round_plan: Any = None  # the DP-SGD plan the gate allowed for the current round
         self._model: Any = None
+        self._exchanged: list[str] | None = None
+        #: the base checkpoint this site used (its store folder), once verified
+        self.base_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------ admission
+    @property
+    def training_kind(self) -> str:
+        """The policy's job kind of this job's training tasks: ``pretrain`` for ``task: pretrain``."""
+        return "pretrain" if self.spec is not None and self.spec.task == "pretrain" else "train"
+
     def request(self, kind: str) -> JobRequest:
         privacy, data = self.spec.privacy, self.spec.data
         reports = data.labels_from == "reports"
-        return JobRequest(kind=kind, dp_sgd=privacy.dp_sgd if kind == "train" else None,
-                          client_dp=privacy.client_dp if kind == "train" else None,
+        training = kind in TRAINING_JOB_KINDS
+        return JobRequest(kind=kind, dp_sgd=privacy.dp_sgd if training else None,
+                          client_dp=privacy.client_dp if training else None,
                           secure_aggregation=privacy.secure_aggregation is not None, code_sha256=self.code_sha256,
                           method=self.spec.method, labeler_version=data.labeler_version if reports else None,
                           report_finding=data.report_finding if reports else None)
@@ -192,12 +205,53 @@ class SiteRuntime:
                 raise RoundRefused(f"trainer: {err}") from None
             if not issubclass(cls, SiteTrainer):  # checked again: loaders can be patched too
                 raise RoundRefused(f"trainer: '{self.spec.trainer}' is not a SiteTrainer")
+            spec = self._spec_with_site_checkpoint()
             try:
-                self._trainer = cls(self.spec.model_copy(deep=True), site_dir=self.site_dir, site_name=self.site_name,
+                self._trainer = cls(spec, site_dir=self.site_dir, site_name=self.site_name,
                                     device=self.device, site_workspace=self.workspace, job_id=self.job_id)
             except UserError as err:
                 raise RoundRefused(f"trainer: {err}") from None
         return self._trainer
+
+    def _spec_with_site_checkpoint(self) -> JobSpec:
+        """The spec the trainer gets: a base checkpoint the job names (``model.checkpoint_sha256``)
+        replaced by this site's own copy, whose bytes are hashed here first; any path the job gives
+        is ignored. Refuses (before round 0) when the site does not hold the backbone or its copy
+        differs, and a job that names a checkpoint without its sha256."""
+        from ai4hi_sdk.site.backbones import locate_backbone
+
+        spec = self.spec.model_copy(deep=True)
+        model = dict(spec.model)
+        sha = model.get(BASE_CHECKPOINT_SHA256_KEY)
+        if sha is None:
+            if model.get(BASE_CHECKPOINT_KEY) is not None:
+                raise RoundRefused("base checkpoint: the job names a checkpoint without its sha256 "
+                                   f"(model.{BASE_CHECKPOINT_SHA256_KEY}); this site loads only a backbone it can verify")
+            return spec
+        self.base_checkpoint = locate_backbone(self.workspace, sha)
+        model[BASE_CHECKPOINT_KEY] = str(self.base_checkpoint)
+        return spec.model_copy(update={"model": model})
+
+    @property
+    def exchanged_names(self) -> list[str]:
+        """The tensors this job exchanges (the trainer's :meth:`~SiteTrainer.exchanged_names`,
+        checked against the model the runtime built): the only entries loaded from the server's
+        model and the only ones whose delta leaves."""
+        if self._exchanged is None:
+            from ai4hi_sdk.trainers.state import check_exchanged_names
+
+            try:
+                self._exchanged = check_exchanged_names(self.model, self.trainer.exchanged_names())
+            except ValueError as err:
+                raise RoundRefused(f"trainer: {err}") from None
+        return self._exchanged
+
+    def _check_received(self, global_state: Mapping[str, Any]) -> None:
+        expected = set(self.exchanged_names)
+        missing, unexpected = sorted(expected - set(global_state)), sorted(set(global_state) - expected)
+        if missing or unexpected:
+            raise RoundRefused(f"the server's model is not this job's exchanged state: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
 
     @property
     def model(self) -> Any:
@@ -218,8 +272,9 @@ class SiteRuntime:
 
             from ai4hi_sdk.trainers.state import exchanged_state
 
+            # the payload layout: the exchanged tensors only (e.g. adapters and head)
             self._secure = SecureAggregationSite(self.spec.privacy.secure_aggregation, self.site_name, self.job_id,
-                                                 self.workspace, exchanged_state(self.model),
+                                                 self.workspace, exchanged_state(self.model, self.exchanged_names),
                                                  self.trainer.declared_metrics(), policy=self.gate.policy,
                                                  reveal_check=self._reveal_check())
         return self._secure
@@ -245,8 +300,9 @@ class SiteRuntime:
 
         from ai4hi_sdk.trainers.local_round import train_round
 
-        self.admit("train")
+        self.admit(self.training_kind)
         trainer, privacy = self.trainer, self.spec.privacy
+        self._check_received(global_state)
         secure = self.secure
         if secure is not None and not isinstance(secagg_meta, Mapping):
             raise RoundRefused("secure aggregation: the task carries no protocol data")
@@ -262,7 +318,8 @@ class SiteRuntime:
             self._plan_client_dp(client_dp, round_index)
         make_private = self._make_private(round_index, total_rounds, client_dp) if privacy.dp_sgd else None
         state = {k: torch.as_tensor(v) for k, v in global_state.items()}
-        result = train_round(trainer, self.model, state, round_index, make_private=make_private)
+        result = train_round(trainer, self.model, state, round_index, make_private=make_private,
+                             names=self.exchanged_names)
         delta = result.delta
         if client_dp is not None:
             from ai4hi_sdk.privacy.dp.client_level import privatize_delta, secure_generator
@@ -360,6 +417,7 @@ class SiteRuntime:
     def validate(self, global_state: Mapping[str, Any]) -> Outgoing:
         """Metrics of the received model on the validation split (k-suppressed as a whole)."""
         self.admit("validate")
+        self._check_received(global_state)
         metrics = {**self.trainer.validate(global_state), **self._agreement_metrics()}
         if metrics.get("val_samples", 0.0) < self._min_count:
             raise RoundRefused(f"the validation split has {int(metrics.get('val_samples', 0))} studies, fewer than "
@@ -368,7 +426,7 @@ class SiteRuntime:
 
     def protocol(self, task: str, secagg_meta: Mapping[str, Any] | None) -> Outgoing:
         """A secure-aggregation protocol step (keys, shares, consistency, unmask)."""
-        self.admit("train")
+        self.admit(self.training_kind)
         if self.secure is None:
             raise RoundRefused(f"task {task!r} needs secure aggregation, which this job does not use")
         if not isinstance(secagg_meta, Mapping):

@@ -134,7 +134,7 @@ class ValidationSite:
             self._base = (dataset, header_and_intensity_features([it.path for it in dataset.items]))
         dataset, base = self._base
         features = DriftFeatures(categorical=dict(base.categorical), numeric=dict(base.numeric))
-        load_exchanged_state(self.trainer.model, state)
+        load_exchanged_state(self.trainer.model, state, self.trainer.exchanged_names())
         score, embedding = model_output_features(self.trainer.model, self.trainer.loader(dataset, shuffle=False),
                                                  self.trainer.device)
         features.numeric["score"] = score

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -74,17 +74,21 @@ def evaluate_split(trainer: Trainer, model: nn.Module, dataset: Dataset) -> dict
 
 
 def train_round(trainer: Trainer, model: nn.Module, global_state: Mapping[str, torch.Tensor],
-                round_index: int, *, make_private: MakePrivate | None = None) -> LocalRound:
+                round_index: int, *, make_private: MakePrivate | None = None,
+                names: Sequence[str] | None = None) -> LocalRound:
     """Train ``model`` locally from ``global_state`` for one round with ``trainer``'s hooks.
 
     Seeds every round from ``(train.seed, site, round)``; runs ``local_epochs`` passes (capped by
     ``max_steps_per_round``, or by the DP plan's steps); mixed precision on CUDA except under
     DP-SGD. ``make_private`` (DP-SGD) is called after the loader and optimizer exist and before
-    the first step; whatever it raises propagates with nothing trained.
+    the first step; whatever it raises propagates with nothing trained. ``names`` are the exchanged
+    entries (the global state holds exactly these; the delta is of these); default: the trainer's
+    :meth:`~ai4hi_sdk.trainers.site_trainer.SiteTrainer.exchanged_names`.
     """
     fit_start = time.perf_counter()
     train = trainer.spec.train
-    load_exchanged_state(model, global_state)
+    names = list(trainer.exchanged_names() if names is None else names)
+    load_exchanged_state(model, global_state, names)
     metrics = {f"global_val_{k}": v for k, v in evaluate_split(trainer, model, trainer.datasets.val).items()}
 
     seed = derive_seed(train.seed, trainer.site_name, round_index)
@@ -135,7 +139,7 @@ def train_round(trainer: Trainer, model: nn.Module, global_state: Mapping[str, t
     metrics.update(train_loss=sum(losses) / max(len(losses), 1), train_steps=float(steps),
                    train_samples=float(len(dataset)), train_seconds=time.perf_counter() - start)
     metrics.update({f"val_{k}": v for k, v in evaluate_split(trainer, model, trainer.datasets.val).items()})
-    delta = state_delta(exchanged_state(model), {k: torch.as_tensor(v) for k, v in global_state.items()})
+    delta = state_delta(exchanged_state(model, names), {k: torch.as_tensor(v) for k, v in global_state.items()})
     metrics["local_seconds"] = time.perf_counter() - fit_start
     return LocalRound(delta=delta, num_samples=len(dataset), steps=steps, metrics=metrics)
 

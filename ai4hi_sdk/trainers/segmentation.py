@@ -105,7 +105,7 @@ class SegmentationTrainer(SiteTrainer):
         Returns ``(pred_masks, true_masks, attributes)``: lists of ``n`` uint8 arrays ``[D, H, W]``
         (prediction: sigmoid >= 0.5) and attribute name -> ``n`` subgroup strings.
         """
-        load_exchanged_state(self.model, global_state)
+        load_exchanged_state(self.model, global_state, self.exchanged_names())
         dataset = self.datasets.test
         pred, true, _ = self.predict_masks(self.model, dataset)
         attributes: dict[str, list[str]] = {}

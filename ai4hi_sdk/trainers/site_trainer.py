@@ -9,6 +9,8 @@ A developer subclasses it and overrides small hooks; the base does the rest:
 * ``train_step(m, batch, loss_fn)`` -> scalar loss tensor for one batch
 * ``evaluate(m, dataset)`` -> ``dict[str, float]`` of aggregate metrics (no per-patient values)
 * ``metric_names``         -> the names ``evaluate`` may return (declared: nothing else leaves)
+* ``exchanged_names()``    -> state-dict names a round exchanges (default: every floating-point
+  entry; an adapted backbone names only its adapters and head, so the frozen rest never travels)
 
 The base chooses the device (CUDA + AMP when present, CPU otherwise) and gives helpers
 (:meth:`loader`, :meth:`to_device`, :meth:`autocast`). A trainer holds **no privacy machinery**: at a
@@ -36,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.jobs.wire import WEAK_LABEL_METRICS
 from ai4hi_sdk.trainers.device import pick_device, seed_everything
-from ai4hi_sdk.trainers.state import exchanged_state, load_exchanged_state
+from ai4hi_sdk.trainers.state import exchanged_state, floating_state_names, load_exchanged_state
 
 #: environment variable a runner sets to share CPU cores between co-located sites
 TORCH_THREADS_ENV = "AI4HI_TORCH_THREADS"
@@ -121,6 +123,14 @@ class SiteTrainer:
         """Aggregate metrics of ``model`` on ``dataset`` (names within ``metric_names``)."""
         raise NotImplementedError
 
+    def exchanged_names(self) -> list[str]:
+        """State-dict names of the tensors a round exchanges (global model in, delta out), in a fixed
+        order: every floating-point entry of :attr:`model` by default. Override to exchange fewer
+        (e.g. only the trainable adapters and head of an adapted backbone); they must depend only on
+        ``self.spec``, as the server computes them too. At a site the runtime checks them (distinct
+        floating-point entries of the model it built)."""
+        return floating_state_names(self.model)
+
     # ------------------------------------------------------------------ helpers for hooks
     def to_device(self, batch: Any) -> Any:
         """Move a batch (tensor, or tuple/list/dict of tensors) to the training device."""
@@ -187,8 +197,9 @@ class SiteTrainer:
         return self._datasets
 
     def initial_state(self) -> dict[str, torch.Tensor]:
-        """The exchanged state of a freshly built model (seeded by ``spec.train.seed``)."""
-        return exchanged_state(self.model)
+        """The exchanged state (:meth:`exchanged_names`) of a freshly built model (seeded by
+        ``spec.train.seed``)."""
+        return exchanged_state(self.model, self.exchanged_names())
 
     # ------------------------------------------------------------------ local use (no site policy)
     def fit(self, global_state: Mapping[str, torch.Tensor], round_index: int, *,
@@ -202,7 +213,8 @@ class SiteTrainer:
         from ai4hi_sdk.trainers.local_round import train_round
 
         make_private = self._local_private(round_index, total_rounds) if self.spec.privacy.dp_sgd else None
-        result = train_round(self, self.model, global_state, round_index, make_private=make_private)
+        result = train_round(self, self.model, global_state, round_index, make_private=make_private,
+                             names=self.exchanged_names())
         metrics = dict(result.metrics)
         if make_private is not None:
             metrics.update(self._local_privacy.spend(result.steps))
@@ -226,7 +238,7 @@ class SiteTrainer:
         """Metrics (``val_*``) of ``global_state`` on this site's validation split."""
         from ai4hi_sdk.trainers.local_round import evaluate_split
 
-        load_exchanged_state(self.model, global_state)
+        load_exchanged_state(self.model, global_state, self.exchanged_names())
         return _finite({f"val_{k}": v for k, v in evaluate_split(self, self.model, self.datasets.val).items()})
 
     def predict_test(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Any, Any, dict[str, list[str]]]:
@@ -250,7 +262,7 @@ class SiteTrainer:
         """:meth:`predict_test` on ``self.datasets.<split>`` (``"val"`` or ``"test"``)."""
         import numpy as np
 
-        load_exchanged_state(self.model, global_state)
+        load_exchanged_state(self.model, global_state, self.exchanged_names())
         dataset = getattr(self.datasets, split)
         scores, labels = [], []
         self.model.eval()

@@ -43,6 +43,18 @@ def test_download_becomes_result_layout(tmp_path):
     assert b["refused"] == 1 and b["epsilon_spent"] == 2.0 and b["rounds"] == 1
 
 
+def test_a_pretraining_jobs_backbone_comes_with_the_download(tmp_path):
+    run = tmp_path / "dl" / "job2" / "workspace"
+    (run / "backbone").mkdir(parents=True)
+    (run / "ai4hi_metrics.json").write_text(json.dumps({**_record(), "backbone": {"folder": "backbone"}}))
+    for name in ("backbone.safetensors", "provenance.json", "BACKBONE_CARD.md"):
+        (run / "backbone" / name).write_text(name)
+    build_result(tmp_path / "dl" / "job2", tmp_path / "out", "job2", {"status": "FINISHED:COMPLETED"})
+    copied = tmp_path / "out" / "result" / "backbone"
+    assert sorted(p.name for p in copied.iterdir()) == ["BACKBONE_CARD.md", "backbone.safetensors", "provenance.json"]
+    assert (copied / "provenance.json").read_text() == "provenance.json"
+
+
 def test_a_job_nvflare_ended_badly_is_not_reported_completed(tmp_path):
     run = tmp_path / "dl" / "workspace"
     run.mkdir(parents=True)

@@ -86,10 +86,12 @@ def test_mae_dp_sgd_round_spends_the_site_budget(sites, tmp_path):
     ws = _workspace(tmp_path)
     runtime = SiteRuntime(spec, site_name="hospital-2", job_id="pretrain-1", workspace=ws, data_root=str(sites),
                           device="cpu")
-    start = exchanged_state(runtime.model)
+    start = exchanged_state(runtime.model, runtime.exchanged_names)
     out = runtime.train(start, 0, 2)
     assert out.metrics["dp_epsilon"] > 0 and out.metrics["dp_noise_multiplier"] == 1.0
-    assert not out.params["mask_tokens"].any()
+    # frozen tokens are not exchanged at all (only the trainable tensors leave)
+    assert "mask_tokens" not in out.params and "cls_token" not in out.params
+    assert set(out.params) == set(runtime.trainer.exchanged_names())
     assert out.params["decoder_pred.weight"].any()
     records = PrivacyLedger(ws / "ai4hi" / "privacy_ledger.jsonl").records()
     assert [r["status"] for r in records] == ["spent"] and records[0]["job_id"] == "pretrain-1"
@@ -118,9 +120,11 @@ def test_classifier_starts_from_the_checkpoint_and_moves_only_adapters_and_head(
     trainer = BackboneClassificationTrainer(spec, site_dir=sites / "hospital-1", site_name="hospital-1", device="cpu")
     state = trainer.initial_state()
     backbone, _ = load_backbone(backbone_dir)
-    assert all(torch.equal(state[f"encoder.{k}"], v.float()) for k, v in backbone.items())
+    full = trainer.model.state_dict()
+    assert all(torch.equal(full[f"encoder.{k}"], v.float()) for k, v in backbone.items())
     names = set(trainer.exchanged_names())
-    assert names == {"head.weight", "head.bias"} | {n for n in state if ".lora_B." in n}
+    # only the trainable tensors are exchanged: the global state holds nothing of the backbone
+    assert names == set(state) == {"head.weight", "head.bias"} | {n for n in full if ".lora_B." in n}
     update = trainer.fit(state, 0)
     moved = {k for k, d in update.delta.items() if torch.count_nonzero(d)}
     assert moved and moved <= names
@@ -155,9 +159,10 @@ def test_private_ffa_lora_round_keeps_a_fixed(sites, tmp_path):
                  dp_sgd={"noise_multiplier": 1.0, "max_grad_norm": 1.0})
     trainer = BackboneClassificationTrainer(spec, site_dir=sites / "hospital-2", site_name="hospital-2", device="cpu")
     start = trainer.initial_state()
+    seeded_a = {k: v.clone() for k, v in trainer.model.state_dict().items() if ".lora_A." in k}
     update = trainer.fit(start, 0)
     assert update.metrics["dp_epsilon"] > 0
-    lora_a = [k for k in update.delta if ".lora_A." in k]
+    assert seeded_a and not any(".lora_A." in k for k in update.delta)  # A is frozen: never exchanged
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in seeded_a.items())  # nor trained
     lora_b = [k for k in update.delta if ".lora_B." in k]
-    assert lora_a and all(torch.count_nonzero(update.delta[k]) == 0 for k in lora_a)
     assert any(torch.count_nonzero(update.delta[k]) > 0 for k in lora_b)

@@ -17,7 +17,12 @@ Differences from NVFlare's stock ``FedAvg`` loop, each for a reason:
 * the initial global model is the spec's seeded model, unless the job ships a state dict of the
   same architecture as ``ai4hi_initial_model.pt`` next to its spec (warm start, e.g. from the
   deployed champion: ``simulate(..., initial_model=...)``); the record's ``initial_model`` gives
-  its source and the sha256 of the round-0 global model.
+  its source and the sha256 of the round-0 global model;
+* only the trainer's exchanged tensors (``exchanged_names()``: e.g. adapters and head) are sent
+  and averaged; the record's ``exchange`` states the upload per round against the whole model. A
+  job on a base checkpoint must ship its round-0 state (the server holds no backbone);
+* a pretraining job (``task: pretrain``) ends by writing the global MAE's encoder as a backbone
+  with its provenance card into the run folder's ``backbone/`` (record: ``backbone``).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
 from ai4hi_sdk.jobs.site_results import refusal_record
-from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, DROPPED_KEY, INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY,
-                                 NUM_SITES_KEY, REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK, WEAK_LABEL_COUNT,
-                                 WEAK_LABEL_METRICS)
+from ai4hi_sdk.trainers.state import exchange_size
+from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, BACKBONE_RESULT_DIR, BASE_CHECKPOINT_SHA256_KEY, DROPPED_KEY,
+                                 INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY, NUM_SITES_KEY,
+                                 REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK, WEAK_LABEL_COUNT, WEAK_LABEL_METRICS)
 
 
 def initial_state_mismatch(state: Any, reference: dict[str, torch.Tensor]) -> str | None:
@@ -89,6 +95,8 @@ class Ai4hiFedAvg(FedAvg):
         self._record: dict[str, Any] = {}
         self._declared_metrics: frozenset[str] | None = None
         self._spec: Any = None
+        self._trainer: Any = None
+        self._exchange: dict[str, float] = {}
         self._initial_source = "seeded (the spec's train.seed)"
         self._live: Any = None  # TensorBoard writer, created with the run folder
 
@@ -97,11 +105,16 @@ class Ai4hiFedAvg(FedAvg):
         from ai4hi_sdk.config.job_spec import JobSpec
 
         spec = self._spec = JobSpec.model_validate(self.job)
-        trainer = server_trainer(spec, self.code, Path(self.get_run_dir()))
+        trainer = self._trainer = server_trainer(spec, self.code, Path(self.get_run_dir()))
         self._declared_metrics = trainer.declared_metrics()
-        state = trainer.initial_state()
+        state = trainer.initial_state()  # the exchanged tensors only (e.g. adapters and head)
+        self._exchange = exchange_size(trainer.model, list(state))
         given = self._data_dir() / INITIAL_MODEL_FILE
         self._initial_source = "seeded (the spec's train.seed)"
+        base = spec.model.get(BASE_CHECKPOINT_SHA256_KEY)
+        if base is not None and not given.is_file():  # the seeded values would miss the backbone's weights
+            raise ValueError(f"the job adapts the base checkpoint {base} but ships no {INITIAL_MODEL_FILE} computed "
+                             "from it (export the job with the SDK: it ships one)")
         if given.is_file():  # warm start: checked again here, whatever wrote the file
             try:
                 loaded = torch.load(given, map_location="cpu", weights_only=True)
@@ -149,6 +162,9 @@ class Ai4hiFedAvg(FedAvg):
             return
         self._record["initial_model"] = {"source": self._initial_source,
                                          "sha256": describe_payload(state)["sha256"]}
+        self._record["exchange"] = self._exchange
+        if self._spec.model.get(BASE_CHECKPOINT_SHA256_KEY) is not None:
+            self._record["base_checkpoint"] = {"sha256": self._spec.model[BASE_CHECKPOINT_SHA256_KEY]}
         if len(sites) < self.min_sites:
             self._finish("failed", f"only {len(sites)} sites connected, job needs {self.min_sites}")
             return
@@ -193,7 +209,8 @@ class Ai4hiFedAvg(FedAvg):
             completed += 1
             self._write_record()
         self._final_validation(state, sites)
-        self._finish("completed", f"{completed} rounds")
+        if self._export_backbone(state):
+            self._finish("completed", f"{completed} rounds")
 
     def _run_secure(self, state: dict[str, torch.Tensor], sites: list[str]) -> None:
         """The training loop with secure aggregation: the server only ever holds the sum."""
@@ -250,7 +267,8 @@ class Ai4hiFedAvg(FedAvg):
                          f"{err}; nothing individual was revealed and the last good model is kept")
             return
         self._final_validation(state, live or sites)
-        self._finish("completed", f"{completed} rounds (secure aggregation)")
+        if self._export_backbone(state):
+            self._finish("completed", f"{completed} rounds (secure aggregation)")
 
     def _accept(self, results: list[FLModel], state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
         accepted: dict[str, dict] = {}
@@ -302,6 +320,22 @@ class Ai4hiFedAvg(FedAvg):
             self._record["label_agreement"] = agreement
         if self._record["rounds"]:
             self._record["rounds"][-1]["global_validation"] = record
+
+    def _export_backbone(self, state: dict[str, torch.Tensor]) -> bool:
+        """A pretraining job's output: the backbone and its card in the run folder (False: the job
+        failed to write it, and says why)."""
+        if self._spec.task != "pretrain":
+            return True
+        from ai4hi_sdk.foundation.job_backbone import export_job_backbone
+
+        try:
+            self._record["backbone"] = export_job_backbone(
+                self._trainer, state, self._record, Path(self.get_run_dir()) / BACKBONE_RESULT_DIR,
+                job_id=str(self.fl_ctx.get_job_id()))
+        except Exception as err:  # noqa: BLE001 - the job's output is missing: the job failed, with the reason
+            self._finish("failed", f"the pretrained backbone could not be written: {type(err).__name__}: {err}")
+            return False
+        return True
 
     def _finish(self, status: str, reason: str) -> None:
         self._record["status"] = status
