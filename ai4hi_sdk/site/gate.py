@@ -191,7 +191,8 @@ class SiteGate:
         if request.code_sha256 is not None and request.code_sha256 not in self.policy.allowed_code_sha256:
             reasons.append(f"the job ships custom code with sha256 {request.code_sha256}, which this site's policy "
                            "does not allow (a site admin allows it with `ai4hi site allow-code`)")
-        if request.kind in TRAINING_JOB_KINDS and request.client_dp is not None and request.dp_sgd is None and self.policy.require_dp:
+        if (request.kind in TRAINING_JOB_KINDS and request.client_dp is not None and request.dp_sgd is None
+                and self.policy.require_dp):
             # client-level DP protects the site's whole delta; patient-level DP-SGD is what the policy asks for
             reasons.append("the site policy requires patient-level DP (DP-SGD); client-level DP alone does not give it")
         if reasons:

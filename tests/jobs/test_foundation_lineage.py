@@ -69,7 +69,7 @@ def test_the_loop_records_the_lineage_in_history_decisions_and_cards(tmp_path, m
     assert m0 and all(".lora_B." in n or n.startswith("head.") for n in m0)
     c1 = loop.train("v1")
     assert models[c1]["lineage"] == {**models["m0-initial"]["lineage"]}
-    loop.champion = c1  # as after a REPLACE decision, then a decision that keeps it deployed
+    loop.champion = loop.deployed = c1  # as after a REPLACE decision, then a decision that keeps it deployed
     loop.last_evidence = None
     loop.decide("after training", c1, validation={"validation": {}})
     entries = [e["record"]["body"] for e in read_entries(loop.report / continuous.DECISION_LOG)]
