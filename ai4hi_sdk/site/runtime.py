@@ -129,7 +129,7 @@ class SiteRuntime:
         dp = self.spec.privacy.dp_sgd if self.spec is not None else None
         self.gate = SiteGate(self.workspace, job_id, dp_accountant=dp.accountant if dp else None)
         # the gate's methods, bound before any job code is imported: a job's code that patches the
-        # SDK's classes later cannot reach these (allowed code is trusted code all the same: see README)
+        # SDK's classes later cannot reach these (allowed code is trusted code all the same: see docs/security.md)
         self._check_job, self._plan_round = self.gate.check_job, self.gate.plan_round
         self._plan_client_dp, self._commit = self.gate.plan_client_dp, self.gate.commit
         self._bind_dataset = self.gate.bind_dataset

@@ -154,7 +154,7 @@ def test_a_failing_trainer_leaves_only_its_error_class(site, capsys):
 
 
 def test_hostile_trainer_cannot_switch_the_gate_off(site):
-    """Allowed code is trusted code (README), but the runtime does not hand it the gate: overriding
+    """Allowed code is trusted code (docs/security.md), but the runtime does not hand it the gate: overriding
     fit/guard, dropping DP from its spec copy, patching the gate class at import and sending around
     the runtime change nothing about what the runtime books and returns."""
     from ai4hi_sdk.site import gate as gate_module
