@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ai4hi_sdk.data import dicomio
+from ai4hi_sdk.data.dicom_values import float_pair, float_triple, float_tuple
 from ai4hi_sdk.data.geometry import GeometryRefusal, SliceGeometry, VolumeGeometry, assess_slices
 from ai4hi_sdk.data.scan import ExcludedInstance, InstanceRecord, SeriesRefusal
 from ai4hi_sdk.errors import UserError
@@ -80,9 +81,9 @@ def frame_geometries(path: Path, *, key: str) -> list[SliceGeometry] | GeometryR
         frame_type = _item(fg, shared, *_FRAME_TYPE)
         out.append(SliceGeometry(
             key=f"{key} frame {k + 1}", rows=int(ds.Rows), columns=int(ds.Columns),
-            position=_floats(_item(fg, shared, "PlanePositionSequence", "ImagePositionPatient"), 3),
-            orientation=_floats(_item(fg, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
-            pixel_spacing=_floats(_item(fg, shared, "PixelMeasuresSequence", "PixelSpacing"), 2),
+            position=float_triple(_item(fg, shared, "PlanePositionSequence", "ImagePositionPatient")),
+            orientation=float_tuple(_item(fg, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+            pixel_spacing=float_pair(_item(fg, shared, "PixelMeasuresSequence", "PixelSpacing")),
             frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
             instance_number=_int(_item(fg, shared, "FrameContentSequence", "InStackPositionNumber")),
             image_type=tuple(str(v).upper() for v in (frame_type or ds.get("ImageType") or [])),
@@ -186,13 +187,6 @@ def _item(fg, shared, sequence: str, keyword: str):
                     return value
     return None
 
-
-def _floats(value, n: int) -> tuple[float, ...] | None:
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n else None
 
 
 def _float(value) -> float | None:

@@ -121,15 +121,15 @@ class GeometryRefusal:
     detail: str
 
 
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     """Unit normal ``column x row`` of an ImageOrientationPatient (highdicom's volume convention)."""
     from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector
 
-    n = get_normal_vector(np.asarray(orientation, dtype=np.float64), index_convention=VOLUME_INDEX_CONVENTION)
+    n = get_normal_vector([float(v) for v in orientation], index_convention=VOLUME_INDEX_CONVENTION)
     return n / np.linalg.norm(n)
 
 
-def volume_affine(first_position: Sequence[float], orientation: Sequence[float],
+def volume_affine(first_position: Sequence[float] | np.ndarray, orientation: Sequence[float] | np.ndarray,
                   pixel_spacing: Sequence[float], slice_spacing: float) -> np.ndarray:
     """4 x 4 affine of the convention: ``(k, i, j, 1)`` -> LPS mm (highdicom computes it)."""
     from highdicom.spatial import VOLUME_INDEX_CONVENTION, create_affine_matrix_from_attributes
@@ -245,7 +245,7 @@ def _highdicom_disagrees(positions: np.ndarray, orientation: np.ndarray, order: 
     """highdicom's own volume test must agree with the checks above: same order, same spacing."""
     from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_volume_positions
 
-    hd_spacing, indices = get_volume_positions(positions, orientation, rtol=SPACING_RTOL,
+    hd_spacing, indices = get_volume_positions(positions.tolist(), orientation.tolist(), rtol=SPACING_RTOL,
                                                perpendicular_tol=PERPENDICULAR_TOL,
                                                index_convention=VOLUME_INDEX_CONVENTION)
     if hd_spacing is None or indices is None:

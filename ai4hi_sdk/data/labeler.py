@@ -248,7 +248,8 @@ def _nearest(mention: _Span, others: Iterable[_Span], side: str, window: int) ->
         distance = mention.start - other.end if side == "pre" else other.start - mention.end
         if distance > window:
             break
-        for kind, tie, assertion in (("uncertainty", 0, "uncertain"), ("negation", 1, "negative")):
+        triggers: tuple[tuple[str, int, Assertion], ...] = (("uncertainty", 0, "uncertain"), ("negation", 1, "negative"))
+        for kind, tie, assertion in triggers:
             if f"{side}_{kind}" in other.roles:
                 candidate = (distance, tie, assertion)
                 best = candidate if best is None else min(best, candidate)

@@ -23,7 +23,8 @@ from typing import Literal
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from ai4hi_sdk.data.labeler import Assertion
 
@@ -96,7 +97,9 @@ _NEGATED_IMPRESSION = (
 _UNMENTIONED = ("The lungs are clear.", "Lungs are well expanded and clear.")
 _UNMENTIONED_IMPRESSION = ("No acute cardiopulmonary process.", "Normal chest radiograph.")
 
-N, P, U = "negative", "positive", "uncertain"
+N: Assertion = "negative"
+P: Assertion = "positive"
+U: Assertion = "uncertain"
 #: text-only findings: (sentence, truth). ``{oside}`` is a side, not necessarily the opacity's.
 _DISTRACTORS: tuple[tuple[str, dict[str, Assertion | None]], ...] = (
     ("No pleural effusion or pneumothorax.", {"effusion": N, "pneumothorax": N}),
@@ -158,7 +161,7 @@ def synthetic_report(rng: np.random.Generator, placement: FindingPlacement | Non
     opacity_sentence = _fill(findings_pool[int(rng.integers(len(findings_pool)))], **values)
     impression = _fill(impression_pool[int(rng.integers(len(impression_pool)))], **values)
     truth: dict[str, Assertion] = {}
-    opacity_truth = {"affirmed": P, "uncertain": U, "negated": N}.get(case)
+    opacity_truth: Assertion | None = {"affirmed": P, "uncertain": U, "negated": N}.get(case)
     if opacity_truth is not None:
         truth["opacity"] = opacity_truth
 
@@ -213,23 +216,23 @@ def write_basic_text_sr(path: Path, image: Dataset, *, sop_uid: str, series_uid:
                         impression: str, when: datetime) -> None:
     """A Basic Text SR (pydicom) in ``image``'s study: Findings and Impressions sections (DCM codes)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(BASIC_TEXT_SR)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = UID(BASIC_TEXT_SR), UID(sop_uid)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
                     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
                     "StudyDescription"):
         if keyword in image:
-            setattr(ds, keyword, image.data_element(keyword).value)
+            setattr(ds, keyword, image[keyword].value)
     ds.Modality = "SR"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = series_uid, 2, 1
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = UID(series_uid), 2, 1
     ds.Manufacturer = image.get("Manufacturer", "")
-    ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.ContentDate, ds.ContentTime = DA(when.strftime("%Y%m%d")), TM(when.strftime("%H%M%S"))
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "VERIFIED"
     observer = Dataset()
     observer.VerifyingObserverName = "SYNTHETIC^RADIOLOGIST"
@@ -259,23 +262,23 @@ def write_highdicom_sr(path: Path, image: Dataset, *, kind: SrKind, sop_uid: str
 
     def section(code: tuple[str, str, str], text_code: tuple[str, str, str], text: str) -> ContainerContentItem:
         box = ContainerContentItem(name=CodedConcept(*code), relationship_type="CONTAINS")
-        box.ContentSequence = [TextContentItem(name=CodedConcept(*text_code), value=text,
-                                               relationship_type="CONTAINS")]
+        box.ContentSequence = Sequence([TextContentItem(name=CodedConcept(*text_code), value=text,
+                                               relationship_type="CONTAINS")])
         return box
 
     root = ContainerContentItem(name=CodedConcept("18748-4", "LN", "Diagnostic Imaging Report"))
-    root.ContentSequence = [
+    root.ContentSequence = Sequence([
         section(("121070", "DCM", "Findings"), ("121071", "DCM", "Finding"), findings),
         section(("121072", "DCM", "Impressions"), ("121073", "DCM", "Impression"), impression),
-    ]
+    ])
     cls = hd.sr.EnhancedSR if kind == "enhanced" else hd.sr.ComprehensiveSR
     sr = cls(evidence=[image], content=root, series_instance_uid=series_uid, series_number=2,
              sop_instance_uid=sop_uid, instance_number=1, manufacturer=str(image.get("Manufacturer", "")),
              is_complete=True, is_final=True, is_verified=True, verifying_observer_name="SYNTHETIC^RADIOLOGIST",
              verifying_organization=str(image.get("InstitutionName", "") or "Synthetic hospital"))
     day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    sr.InstanceCreationDate, sr.InstanceCreationTime = day, clock
-    sr.ContentDate, sr.ContentTime = day, clock
+    sr.InstanceCreationDate, sr.InstanceCreationTime = DA(day), TM(clock)
+    sr.ContentDate, sr.ContentTime = DA(day), TM(clock)
     for observer in sr.get("VerifyingObserverSequence", []):
         observer.VerificationDateTime = day + clock
     for equipment in sr.get("ContributingEquipmentSequence", []):

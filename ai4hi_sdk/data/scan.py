@@ -42,6 +42,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, SegmentationStorage
 
 from ai4hi_sdk.data import dicomio
+from ai4hi_sdk.data.dicom_values import float_pair, float_triple, float_tuple
 
 from ai4hi_sdk.data.subgroups import (
     age_band,
@@ -485,10 +486,10 @@ def _read_file(path: Path, rel: str, *, verify_pixels: bool = False) -> _Record:
         bits_allocated=bits,
         photometric_interpretation=_text(ds.get("PhotometricInterpretation")),
         transfer_syntax_uid=ts,
-        pixel_spacing=_floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-                              or _functional_group(ds, "PixelMeasuresSequence", "PixelSpacing"), 2),
+        pixel_spacing=float_pair(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+                                 or _functional_group(ds, "PixelMeasuresSequence", "PixelSpacing")),
         instance_number=_int_or_none(ds.get("InstanceNumber")),
-        image_position=_floats(ds.get("ImagePositionPatient"), 3),
+        image_position=float_triple(ds.get("ImagePositionPatient")),
         sex=normalise_sex(ds.get("PatientSex")),
         age_years=years,
         age_band=age_band(years),
@@ -497,7 +498,7 @@ def _read_file(path: Path, rel: str, *, verify_pixels: bool = False) -> _Record:
         model=_text(ds.get("ManufacturerModelName")),
         patient_key=pseudonymise_patient_id(patient_id) if patient_id else None,
         file_size=size,
-        image_orientation=_floats(ds.get("ImageOrientationPatient") or _functional_group(
+        image_orientation=float_tuple(ds.get("ImageOrientationPatient") or _functional_group(
             ds, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
         image_type=tuple(_text(v).upper() for v in _as_list(ds.get("ImageType"))),
         frame_of_reference_uid=_text(ds.get("FrameOfReferenceUID")),
@@ -703,7 +704,8 @@ def _check_length(ds: Dataset, size: int, ts: str, n_samples: int, bits: int) ->
     if "PixelData" not in ds:
         return
     elem = ds.get_item("PixelData", keep_deferred=True)
-    if elem is None or elem.length == _UNDEFINED_LENGTH:
+    # a deferred element is a RawDataElement, whose ``length`` is the header's value length
+    if elem is None or getattr(elem, "length", None) == _UNDEFINED_LENGTH:
         return  # encapsulated (compressed): lengths are per fragment, checked by decoding
     expected = (n_samples + 7) // 8 if bits == 1 else n_samples * bits // 8
     if getattr(elem, "value", None) is not None:
@@ -715,7 +717,7 @@ def _check_length(ds: Dataset, size: int, ts: str, n_samples: int, bits: int) ->
         value_tell = getattr(elem, "value_tell", None)
         if value_tell is None:
             return
-        available = min(elem.length, size - value_tell)
+        available = min(int(getattr(elem, "length")), size - value_tell)
     if available < expected:
         raise _Skip("truncated", f"pixel data has {available} bytes, image needs {expected}")
 
@@ -738,13 +740,6 @@ def _text(value: Any) -> str:
         return ""
     return str(value).strip().strip("\x00").strip()
 
-
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n else None
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -9,11 +9,11 @@ anything it does not recognise to an explicit bucket rather than dropping it.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Sex = Literal["F", "M", "O", "unknown"]
 
-UNKNOWN = "unknown"
+UNKNOWN: Final = "unknown"
 
 _SEX_ALIASES: dict[str, Sex] = {
     "f": "F",
@@ -76,7 +76,7 @@ def _text(value: Any) -> str:
 
 def normalise_sex(value: Any) -> Sex:
     """Map a PatientSex (0010,0040) value to 'F', 'M', 'O' or 'unknown'."""
-    return _SEX_ALIASES.get(_text(value).lower(), UNKNOWN)  # type: ignore[return-value]
+    return _SEX_ALIASES.get(_text(value).lower(), UNKNOWN)
 
 
 def parse_age_years(value: Any) -> float | None:

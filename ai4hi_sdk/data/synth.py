@@ -42,18 +42,20 @@ import shutil
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, cast
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     generate_uid,
 )
 from scipy.ndimage import gaussian_filter
 
-from ai4hi_sdk.data.report_synth import FindingPlacement
+from ai4hi_sdk.data.report_synth import FindingPlacement, SrKind
 from ai4hi_sdk.errors import UserError
 
 Task = Literal["classification", "segmentation"]
@@ -61,9 +63,9 @@ TASKS: tuple[Task, ...] = ("classification", "segmentation")
 Finding = Literal["opacity", "subtle"]
 FINDINGS: tuple[Finding, ...] = ("opacity", "subtle")
 
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
+DX_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray, For Presentation
+CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 #: ground truth of the synthetic reports (synthetic sites only: no hospital has such a file)
 SYNTHETIC_REPORT_TRUTH = "synthetic_report_truth.json"
@@ -352,16 +354,16 @@ def calibrate_ct(
 # --------------------------------------------------------------------------- DICOM
 
 
-def _uid(seed: int, *parts: object) -> str:
-    return str(generate_uid(entropy_srcs=[f"ai4hi-synth:{seed}", *map(str, parts)]))
+def _uid(seed: int, *parts: object) -> UID:
+    return generate_uid(entropy_srcs=[f"ai4hi-synth:{seed}", *map(str, parts)])
 
 
 def _base_dataset(
     *,
-    sop_class: str,
-    sop_uid: str,
-    study_uid: str,
-    series_uid: str,
+    sop_class: UID,
+    sop_uid: UID,
+    study_uid: UID,
+    series_uid: UID,
     patient_id: str,
     sex: str,
     age: int,
@@ -613,7 +615,7 @@ def _synth_reports(site_dir: Path, studies: list[tuple[int, Dataset, FindingPlac
                 write_basic_text_sr(path, image, sop_uid=sop_uid, series_uid=series_uid, findings=report.findings,
                                     impression=report.impression, when=when)
             else:
-                write_highdicom_sr(path, image, kind=channel, sop_uid=sop_uid, series_uid=series_uid,
+                write_highdicom_sr(path, image, kind=cast(SrKind, channel), sop_uid=sop_uid, series_uid=series_uid,
                                    findings=report.findings, impression=report.impression, when=when)
             sr_files += 1
         truth[study_uid] = {"channel": channel, "opacity_case": report.opacity_case, "truth": report.truth,
@@ -650,7 +652,7 @@ def _synth_ct(
         study_date = date(2024, 1, 1) + timedelta(days=int(sub.integers(365)))
         # One header per series; only the per-slice elements change in the loop.
         ds = _base_dataset(
-            sop_class=CT_IMAGE_STORAGE, sop_uid="", study_uid=study_uid,
+            sop_class=CT_IMAGE_STORAGE, sop_uid=UID(""), study_uid=study_uid,
             series_uid=series_uid, patient_id=f"H{site_index + 1}-{i + 1:05d}", sex=sex,
             age=age, study_date=study_date, modality="CT", manufacturer=manufacturer,
             model=model, institution=f"Hospital {site_index + 1}",
@@ -696,7 +698,7 @@ def _synth_ct(
     return files, total / n_studies
 
 
-def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple[object, object]]) -> None:
+def _write_csv(path: Path, header: tuple[str, str], rows: Sequence[tuple[object, object]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
