@@ -80,19 +80,19 @@ def _verify(args: argparse.Namespace) -> int:
     if not signed:
         if anchors:
             raise UserError("--card/--expect-* apply to signed decision logs (give --public-key)")
-        check = verify_chain(log)
-        result = {"log": str(log), "ok": check.ok, "signed": False, "entries": check.entries,
-                  "bad_line": check.bad_line, "reason": check.reason, "head": check.head}
+        chain = verify_chain(log)
+        result = {"log": str(log), "ok": chain.ok, "signed": False, "entries": chain.entries,
+                  "bad_line": chain.bad_line, "reason": chain.reason, "head": chain.head}
         if args.json:
             console.print_json(json.dumps(result))
-        elif check.ok:
-            console.print(f"[green]ok[/]: {escape(str(log))}: {check.entries} entries, hash chain consistent "
-                          f"(unsigned: shows the file was not edited in place, not who wrote it); head {check.head}",
+        elif chain.ok:
+            console.print(f"[green]ok[/]: {escape(str(log))}: {chain.entries} entries, hash chain consistent "
+                          f"(unsigned: shows the file was not edited in place, not who wrote it); head {chain.head}",
                           highlight=False)
         else:
-            console.print(f"[bold red]TAMPERED[/]: {escape(str(log))}: line {check.bad_line}: {escape(check.reason)} "
-                          f"({check.entries} entries before it verified)", highlight=False)
-        return 0 if check.ok else 1
+            console.print(f"[bold red]TAMPERED[/]: {escape(str(log))}: line {chain.bad_line}: {escape(chain.reason)} "
+                          f"({chain.entries} entries before it verified)", highlight=False)
+        return 0 if chain.ok else 1
 
     if args.public_key is None:
         raise UserError(f"{log} is a signed decision log: give the signer's public key with --public-key HEX|FILE, "

@@ -25,6 +25,7 @@ SITE_POLICY = Path("ai4hi") / "site_policy.yaml"
 """Where the policy lives, relative to the site workspace."""
 
 JobKind = Literal["train", "pretrain", "validate", "monitor"]
+_DEFAULT_JOB_KINDS: tuple[JobKind, ...] = ("train", "validate")
 #: job kinds that train on the site's data (DP and secure-aggregation requirements apply to both)
 TRAINING_JOB_KINDS = ("train", "pretrain")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -61,7 +62,7 @@ class SitePrivacyPolicy(BaseModel):
     require_secure_aggregation: bool = Field(
         True, description="training jobs without secure aggregation are refused (the server may see one update)")
     allowed_job_kinds: list[JobKind] = Field(
-        default_factory=lambda: ["train", "validate"],
+        default_factory=lambda: list(_DEFAULT_JOB_KINDS),
         description="job kinds this site runs at all: train, pretrain (self-supervised pretraining on every image of "
                     "a modality, labelled or not: opt-in, not in the default), validate, monitor")
     datasets: dict[str, DatasetPolicy] = Field(

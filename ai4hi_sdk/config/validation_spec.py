@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from ai4hi_sdk.config.loader import StrictModel
 
 Attribute = Literal["sex", "age_band", "manufacturer"]
+_DEFAULT_ATTRIBUTES: tuple[Attribute, ...] = ("sex", "age_band", "manufacturer")
 
 
 class OperatingPointSettings(StrictModel):
@@ -41,7 +42,7 @@ class ValidationSpec(StrictModel):
     explanation_layer: str | None = Field(None, description="module name Grad-CAM reads (both models)")
     min_count: int = Field(10, ge=2, le=10_000,
                            description="k: subgroup cells and calibration bins under k studies are suppressed")
-    attributes: list[Attribute] = Field(default_factory=lambda: ["sex", "age_band", "manufacturer"],
+    attributes: list[Attribute] = Field(default_factory=lambda: list(_DEFAULT_ATTRIBUTES),
                                         description="DICOM-header subgroups audited at each site")
     ci: float = Field(0.95, gt=0.5, lt=1, description="confidence level of every interval")
     calibration_bins: int = Field(10, ge=2, le=50)

@@ -106,7 +106,7 @@ def check_nvflare_preflight(kit: Kit) -> list[Check]:
     if is_running(kit):
         return [Check("ports", "ok", "the server is running from this kit")]
     checks = []
-    for port in (kit.server_target[1], kit.admin_port):
+    for port in (p for p in (kit.server_target[1], kit.admin_port) if p is not None):
         result = CheckAddressBinding("bind", lambda _p, port=port: ("127.0.0.1", port))(str(kit.path))
         checks.append(Check(f"port {port}", "ok" if result.problem == CHECK_PASSED else "fail",
                             "free" if result.problem == CHECK_PASSED else f"NVFlare preflight: {result.problem}"))

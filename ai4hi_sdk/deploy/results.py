@@ -105,7 +105,7 @@ def privacy_from_rounds(record: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for site, outcome in site_outcomes(record).items():
         privacy = outcome["privacy"]
-        entry = {"source": "reported by the site with its updates or refusals; its ledger stays at the site",
+        entry: dict[str, Any] = {"source": "reported by the site with its updates or refusals; its ledger stays at the site",
                  "chain_ok": None, "ledger": None, "datasets": {}}
         rounds = sum(1 for r in record.get("rounds", []) if "dp_epsilon" in ((r.get("sites") or {}).get(site) or {}))
         if rounds or outcome["refused"]:

@@ -33,7 +33,8 @@ def describe_payload(
     """
     digest = hashlib.sha256()
     entries, elements, nbytes = [], 0, 0
-    for name in sorted(tensors or {}):
+    tensors = tensors or {}
+    for name in sorted(tensors):
         array = _as_numpy(tensors[name])
         header = json.dumps([name, array.dtype.str, list(array.shape)]).encode()
         digest.update(len(header).to_bytes(4, "little") + header)

@@ -46,6 +46,7 @@ class ClassificationTrainer(SiteTrainer):
         from ai4hi_sdk.data.selection import ImageSelection
 
         data = self.spec.data
+        assert self.site_dir is not None  # the datasets property checks it first
         return load_site_splits(self.site_dir, image_size=data.image_size, augment=self.spec.train.augment,
                                 label_column=data.label_column, selection=ImageSelection.from_spec(data),
                                 labels_from=data.labels_from, report_finding=data.report_finding,

@@ -69,7 +69,7 @@ def evaluate_split(trainer: Trainer, model: nn.Module, dataset: Dataset) -> dict
     if unknown:
         raise ValueError(f"{type(trainer).__name__}.evaluate returned undeclared metrics {sorted(unknown)}; "
                          "add them to metric_names")
-    result["samples"] = float(len(dataset))
+    result["samples"] = float(len(dataset))  # type: ignore[arg-type]  # map-style datasets (as torch's own DataLoader)
     return result
 
 
@@ -156,7 +156,8 @@ def _batch_size(batch: Any) -> int:
 def _empty_grad_samples(model: nn.Module) -> None:
     for param in model.parameters():
         if param.requires_grad:
-            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
+            # opacus's per-sample gradient slot: an empty batch has zero rows
+            setattr(param, "grad_sample", torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device))
 
 
 def private_setup(session: Any, loader: DataLoader, optimizer: torch.optim.Optimizer, plan: Any,

@@ -21,6 +21,7 @@ from monai.networks.nets import UNet
 from torch import nn
 from torch.utils.data import Dataset
 
+from ai4hi_sdk.data.volumes import DicomVolumeDataset
 from ai4hi_sdk.trainers.site_trainer import SiteTrainer
 from ai4hi_sdk.trainers.state import load_exchanged_state
 from ai4hi_sdk.validation.segmentation import segmentation_report
@@ -59,6 +60,7 @@ class SegmentationTrainer(SiteTrainer):
 
         column = self.spec.data.label_column
         window = tuple(self.spec.model.get("hu_window", DEFAULT_HU_WINDOW))
+        assert self.site_dir is not None  # the datasets property checks it first
         return load_site_volume_splits(self.site_dir, mask_column=MASK_COLUMN if column == "label" else column,
                                        hu_window=window, divisor=int(np.prod(self._strides())),
                                        selection=ImageSelection.from_spec(self.spec.data))
@@ -76,8 +78,9 @@ class SegmentationTrainer(SiteTrainer):
 
     # ------------------------------------------------------------------ predictions (stay local)
     def predict_masks(self, model: nn.Module, dataset: Dataset) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-        """Binary predicted and true masks (unpadded, uint8 ``[D, H, W]``) of every item, and the
-        mean soft-Dice loss."""
+        """Binary predicted and true masks (unpadded, uint8 ``[D, H, W]``) of every item of a
+        :class:`~ai4hi_sdk.data.volumes.DicomVolumeDataset`, and the mean soft-Dice loss."""
+        volumes_of = _volume_dataset(dataset)
         loss_fn = self.build_loss()
         preds: list[np.ndarray] = []
         losses: list[float] = []
@@ -88,15 +91,16 @@ class SegmentationTrainer(SiteTrainer):
                     logits = model(self.to_device(volumes)).float()
                 losses.append(float(loss_fn(logits, self.to_device(masks))) * len(volumes))
                 preds.extend((logits[:, 0] >= 0).to(torch.uint8).cpu().numpy())
-        pred = [dataset.crop(i, p) for i, p in enumerate(preds)]
-        true = [dataset.true_mask(i) for i in range(len(dataset))]
-        return pred, true, sum(losses) / max(len(dataset), 1)
+        pred = [volumes_of.crop(i, p) for i, p in enumerate(preds)]
+        true = [volumes_of.true_mask(i) for i in range(len(volumes_of))]
+        return pred, true, sum(losses) / max(len(volumes_of), 1)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
-        if len(dataset) == 0:
+        volumes_of = _volume_dataset(dataset)
+        if len(volumes_of) == 0:
             return {}
-        pred, true, loss = self.predict_masks(model, dataset)
-        report = _report(pred, true, dataset.spacings())  # each case's HD95 in its own mm
+        pred, true, loss = self.predict_masks(model, volumes_of)
+        report = _report(pred, true, volumes_of.spacings())  # each case's HD95 in its own mm
         return {"loss": loss, "dice": report["dice"], "hd95": report["hd95"]}
 
     def predict_test(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Any, Any, dict[str, list[str]]]:
@@ -121,6 +125,13 @@ class SegmentationTrainer(SiteTrainer):
         return dataset.spacing() if dataset.spacing() is not None or not len(dataset) else dataset.spacings()
 
 
+def _volume_dataset(dataset: Dataset) -> DicomVolumeDataset:
+    if not isinstance(dataset, DicomVolumeDataset):
+        raise TypeError(f"SegmentationTrainer evaluates DicomVolumeDataset splits, got {type(dataset).__name__} "
+                        "(override predict_masks and evaluate for another dataset)")
+    return dataset
+
+
 def _report(pred: list[np.ndarray], true: list[np.ndarray], spacings: list) -> dict:
     """:func:`segmentation_report` over cases of possibly different shapes (grouped by shape), each
     case's HD95 with its own ``spacings[i]``."""
@@ -137,8 +148,8 @@ def _report(pred: list[np.ndarray], true: list[np.ndarray], spacings: list) -> d
 def combine_reports(reports: list[dict]) -> dict:
     """Pool :func:`segmentation_report` results of disjoint case sets (means weighted by support)."""
     shared = {tuple(r["spacing"]) if r["spacing"] is not None else None for r in reports}
-    out = {"n": sum(r["n"] for r in reports), "spacing": list(shared.pop()) if len(shared) == 1 and None not in shared
-           else None}
+    common = shared.pop() if len(shared) == 1 else None
+    out = {"n": sum(r["n"] for r in reports), "spacing": list(common) if common is not None else None}
     for metric in ("dice", "hd95"):
         n = sum(r[f"n_{metric}"] for r in reports)
         out[f"n_{metric}"] = n

@@ -172,7 +172,7 @@ class SiteTrainer:
     @property
     def model(self) -> nn.Module:
         if self._model is None:
-            self.build_seeded_model(private=self.spec.privacy.dp_sgd is not None)
+            return self.build_seeded_model(private=self.spec.privacy.dp_sgd is not None)
         return self._model
 
     def build_seeded_model(self, *, private: bool) -> nn.Module:
@@ -289,7 +289,10 @@ class _LocalPrivacy:
         from ai4hi_sdk.privacy.dp.accountants import create_accountant
         from ai4hi_sdk.privacy.dp.dpsgd import DPSGDSession
 
-        self.dp = trainer.spec.privacy.dp_sgd
+        dp = trainer.spec.privacy.dp_sgd
+        if dp is None:
+            raise ValueError("local DP-SGD needs the job's privacy.dp_sgd")
+        self.dp = dp
         self.delta = self.dp.delta or 1e-5
         self.accountant = create_accountant(self.dp.accountant or "rdp")
         self.session = DPSGDSession(trainer.model, self.dp.grad_sample_mode)
@@ -301,6 +304,7 @@ class _LocalPrivacy:
         from ai4hi_sdk.privacy.dp.dpsgd import RoundPlan
 
         if self.sigma is None:
+            assert self.dp.target_epsilon is not None  # the spec requires one of noise_multiplier, target_epsilon
             self.sigma = noise_multiplier_for_target(self.dp.target_epsilon, self.delta, q, steps * max(total_rounds, 1),
                                                      accountant=self.accountant.mechanism)
         self._plan = RoundPlan(self.sigma, q, steps, self.dp.max_grad_norm)

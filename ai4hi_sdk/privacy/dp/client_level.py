@@ -177,10 +177,10 @@ def add_distributed_gaussian_noise(
     :func:`secure_generator` on each tensor's device if none is given) and added to new tensors.
     """
     _check_floating(delta)
-    if n_sites is None or (isinstance(n_sites, Collection) and not isinstance(n_sites, (str, bytes))):
-        std = noise_share_std(noise_multiplier, clip, n_sites)
-    else:
+    if isinstance(n_sites, int):
         std = noise_std_per_site(noise_multiplier, clip, n_sites)
+    else:  # verified names, or None; a str is refused there (TypeError)
+        std = noise_share_std(noise_multiplier, clip, n_sites)
     generators: dict[str, torch.Generator] = {}
     noised = {}
     for name, tensor in delta.items():

@@ -86,11 +86,11 @@ class PerSampleLoss(nn.Module):
         if inner is None:
             raise UserError(f"{type(self.loss_fn).__name__} has no 'reduction' attribute: ghost clipping "
                             "needs per-example losses (use grad_sample_mode hooks)")
-        self.loss_fn.reduction = "none"
+        setattr(self.loss_fn, "reduction", "none")  # a torch loss module's plain attribute
         try:
             loss = self.loss_fn(*args, **kwargs)
         finally:
-            self.loss_fn.reduction = inner
+            setattr(self.loss_fn, "reduction", inner)
         return loss.reshape(loss.shape[0], -1).mean(dim=1) if loss.dim() > 1 else loss
 
 
@@ -111,7 +111,7 @@ class DPSGDSession:
         self.model = model
         self.grad_sample_mode = grad_sample_mode
         # ghost: the clipping norm lives in the module (set again from each round's plan)
-        kwargs = {"loss_reduction": "mean"}
+        kwargs: dict[str, Any] = {"loss_reduction": "mean"}
         if grad_sample_mode == "ghost":
             kwargs["max_grad_norm"] = 1.0
         self.wrapped: nn.Module = prepare_module(model, grad_sample_mode, **kwargs)
@@ -140,7 +140,7 @@ class DPSGDSession:
         if self.ghost:
             # clipping happens in the backward pass (DPLossFastGradientClipping); the optimizer
             # only adds the noise and divides by the expected batch size, as DPOptimizer does
-            self.wrapped.max_grad_norm = plan.max_grad_norm
+            setattr(self.wrapped, "max_grad_norm", plan.max_grad_norm)  # opacus GradSampleModule attribute
             self._optimizer = DPOptimizerFastGradientClipping(
                 optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
                 expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator)
@@ -165,7 +165,7 @@ class DPSGDSession:
     def clear(self) -> None:
         """Drop stored per-sample gradients (memory) after a round."""
         for param in self.model.parameters():
-            param.grad_sample = None
+            setattr(param, "grad_sample", None)  # opacus stores per-sample gradients on the parameter
             param.grad = None
             if hasattr(param, "_norm_sample"):
                 param._norm_sample = None

@@ -273,8 +273,9 @@ class PrivacyLedger:
                 item.spent = after
                 item.rounds += 1
                 item.delta, item.accountant = record.get("delta"), record.get("accountant")
-                if record.get("job_id") not in item.jobs:
-                    item.jobs.append(record.get("job_id"))
+                job_id = record.get("job_id")
+                if job_id is not None and str(job_id) not in item.jobs:
+                    item.jobs.append(str(job_id))
                 rec_limit = _num(record.get("limit"))
                 if rec_limit is not None and after > rec_limit:
                     item.violations.append(

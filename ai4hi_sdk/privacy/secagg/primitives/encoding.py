@@ -107,10 +107,10 @@ def _encode(value: Any, parts: list, path: str, depth: int) -> None:
             raise WireFormatError(f"{path}: integer {v} does not fit in int64")
         parts.append(bytes([_T_INT]) + struct.pack("<q", v))
     elif isinstance(value, (float, np.floating)):
-        v = float(value)
-        if not math.isfinite(v):
-            raise WireFormatError(f"{path}: non-finite float {v}")
-        parts.append(bytes([_T_FLOAT]) + struct.pack("<d", v))
+        f = float(value)
+        if not math.isfinite(f):
+            raise WireFormatError(f"{path}: non-finite float {f}")
+        parts.append(bytes([_T_FLOAT]) + struct.pack("<d", f))
     elif isinstance(value, str):
         b = value.encode("utf-8")
         parts.append(bytes([_T_STR]) + struct.pack("<I", len(b)) + b)
@@ -131,7 +131,7 @@ def _encode(value: Any, parts: list, path: str, depth: int) -> None:
         le = np.asarray(value, dtype=_DTYPES[code], order="C")  # keeps 0-d arrays 0-d
         header = bytes([_T_ARRAY, code, le.ndim]) + struct.pack(f"<{le.ndim}Q", *le.shape)
         parts.append(header + struct.pack("<Q", le.nbytes))
-        parts.append(memoryview(le).cast("B") if le.nbytes else b"")
+        parts.append(le.data.cast("B") if le.nbytes else b"")
     elif isinstance(value, Mapping):
         items = []
         for k, v in value.items():

@@ -134,7 +134,7 @@ def _as_writable_bytes(out: object, what: str) -> memoryview:
             raise ValueError(f"{what} must be C-contiguous")
         if not out.flags.writeable:
             raise ValueError(f"{what} must be writeable")
-        return memoryview(out.reshape(-1).view(np.uint8))
+        return out.reshape(-1).view(np.uint8).data
     view = memoryview(out)  # type: ignore[arg-type]
     if view.readonly:
         raise ValueError(f"{what} must be writeable")

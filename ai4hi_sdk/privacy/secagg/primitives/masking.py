@@ -49,7 +49,7 @@ from .keystream import _ZEROS_VIEW, CHUNK_BYTES, DEFAULT_CIPHER, ZERO_NONCE, Key
 try:  # optional compiled extension (fused AES-128-CTR masking); the pure path below is the fallback
     from . import _fastmask
 except ImportError:  # pragma: no cover - not built here
-    _fastmask = None
+    _fastmask = None  # type: ignore[assignment]  # the pure numpy path below
 
 __all__ = [
     "MASK_CHUNK",
@@ -166,7 +166,7 @@ def apply_masks(
         return _apply_masks_checked(vector, streams, scratch)
     # hot loop: call the encryptors' update_into and the ufuncs directly, nothing else per chunk
     fills = [(stream._enc.update_into, np.add if sign > 0 else np.subtract) for stream, sign in streams]
-    full_view = memoryview(scratch).cast("B")
+    full_view = scratch.data.cast("B")
     full_zeros = _ZEROS_VIEW[: 4 * chunk]
     for off in range(0, n_total, chunk):
         n = min(chunk, n_total - off)

@@ -332,7 +332,7 @@ def quantize(
     per_word = 32 // rounding_bits
     rbuf = np.empty(-(-chunk // per_word) * per_word, dtype=np.uint8 if rounding_bits == 8 else np.uint16)
     rwords = rbuf.view(np.uint32)
-    rview = memoryview(rwords).cast("B")
+    rview = rwords.data.cast("B")
     with np.errstate(over="ignore"):  # x * s * 2**b may overflow to inf: clipped below
         _quantize_loop(flat, out.view(np.int32), chunk, fbuf, ufbuf, rbuf, rwords, rview, stream, cfg, multiplier,
                        rounding_bits)

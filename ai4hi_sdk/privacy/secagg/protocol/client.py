@@ -380,7 +380,7 @@ class SecAggClient:
                                 f"{list(ours.survivors)}")
         signers: set[str] = set()
         for raw in req.signatures:
-            sig = ConsistencySignature.decode(raw, self.job_id, state.signed.round)
+            sig = ConsistencySignature.decode(raw, self.job_id, ours.round)
             if sig.site in signers:
                 raise ProtocolError(f"two consistency signatures from {sig.site!r}")
             if sig.site not in state.adverts:

@@ -37,7 +37,7 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
-def _decode(data: bytes, kind: str) -> dict:
+def _decode(data: object, kind: str) -> dict:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"{kind}: expected bytes, got {type(data).__name__}")
     try:
@@ -101,7 +101,7 @@ class AdvertiseKeys:
         return encode_message("AdvertiseKeys", {**self._fields(), "signature": self.signature})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int) -> "AdvertiseKeys":
+    def decode(cls, data: object, job_id: str, round_index: int) -> "AdvertiseKeys":
         f = _decode(data, "AdvertiseKeys")
         _check_ctx("AdvertiseKeys", f, job_id, round_index)
         for name in ("cipher_pk", "mask_pk", "self_commitment"):
@@ -134,7 +134,7 @@ class ShareKeys:
                                             "sealed": dict(self.sealed)})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int) -> "ShareKeys":
+    def decode(cls, data: object, job_id: str, round_index: int) -> "ShareKeys":
         f = _decode(data, "ShareKeys")
         _check_ctx("ShareKeys", f, job_id, round_index)
         return cls(job_id, round_index, f["site"], _bytes_map("ShareKeys", f.get("sealed"), "sealed"))
@@ -155,7 +155,7 @@ class MaskedInput:
                                               "vector": self.vector, "masked_with": list(self.masked_with)})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int, length: int) -> "MaskedInput":
+    def decode(cls, data: object, job_id: str, round_index: int, length: int) -> "MaskedInput":
         f = _decode(data, "MaskedInput")
         _check_ctx("MaskedInput", f, job_id, round_index)
         return cls(job_id, round_index, f["site"], _check_vector(f.get("vector"), length),
@@ -204,7 +204,7 @@ class ConsistencyRequest:
                                                      "dropped": sorted(self.dropped)})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int) -> "ConsistencyRequest":
+    def decode(cls, data: object, job_id: str, round_index: int) -> "ConsistencyRequest":
         f = _decode(data, "ConsistencyRequest")
         _check_ctx("ConsistencyRequest", f, job_id, round_index)
         return cls(job_id, round_index, *_survivor_sets("ConsistencyRequest", f))
@@ -233,7 +233,7 @@ class ConsistencySignature:
             "dropped": sorted(self.dropped), "signature": self.signature})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int) -> "ConsistencySignature":
+    def decode(cls, data: object, job_id: str, round_index: int) -> "ConsistencySignature":
         f = _decode(data, "ConsistencySignature")
         _check_ctx("ConsistencySignature", f, job_id, round_index)
         if not isinstance(f.get("signature"), (bytes, bytearray)) or not f.get("site"):
@@ -259,7 +259,7 @@ class UnmaskRequest:
                                                 "signatures": list(self.signatures)})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int) -> "UnmaskRequest":
+    def decode(cls, data: object, job_id: str, round_index: int) -> "UnmaskRequest":
         f = _decode(data, "UnmaskRequest")
         _check_ctx("UnmaskRequest", f, job_id, round_index)
         sigs = f.get("signatures")
@@ -285,7 +285,7 @@ class UnmaskResponse:
                                                  "key_shares": dict(self.key_shares)})
 
     @classmethod
-    def decode(cls, data: bytes, job_id: str, round_index: int) -> "UnmaskResponse":
+    def decode(cls, data: object, job_id: str, round_index: int) -> "UnmaskResponse":
         f = _decode(data, "UnmaskResponse")
         _check_ctx("UnmaskResponse", f, job_id, round_index)
         return cls(job_id, round_index, f["site"], _bytes_map("UnmaskResponse", f.get("self_shares"), "self_shares"),

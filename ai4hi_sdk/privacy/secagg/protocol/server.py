@@ -212,6 +212,7 @@ class SecAggRound:
             except ProtocolError as err:
                 self._reject(site, "consistency", err.reason)
                 continue
+            assert isinstance(raw, (bytes, bytearray, memoryview))  # it decoded
             self.signatures[site] = bytes(raw)
         signers = set(self.signatures)
         problems = [] if len(signers) >= self.threshold else [
@@ -233,13 +234,13 @@ class SecAggRound:
         if len(self.inputs) < t:
             problems.append(f"fewer than the threshold t={t}")
         for u in sorted(self.inputs):
-            holders = ({u} | (self.neighbours[u] & self.shared)) & responders
-            if len(holders) < t:
-                problems.append(f"self secret of {u} has {len(holders)} share holders left, t={t}")
+            self_holders = ({u} | (self.neighbours[u] & self.shared)) & responders
+            if len(self_holders) < t:
+                problems.append(f"self secret of {u} has {len(self_holders)} share holders left, t={t}")
         for d in dropped:
-            holders = self.neighbours[d] & self.shared & responders
-            if len(holders) < t:
-                problems.append(f"mask key of dropped {d} has {len(holders)} share holders left, t={t}")
+            key_holders = self.neighbours[d] & self.shared & responders
+            if len(key_holders) < t:
+                problems.append(f"mask key of dropped {d} has {len(key_holders)} share holders left, t={t}")
         return problems
 
     # ---------------------------------------------------------------- 5. unmask
