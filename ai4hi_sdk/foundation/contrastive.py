@@ -209,7 +209,7 @@ def export_image_backbone(state: Mapping[str, torch.Tensor] | ImageReportModel, 
 
     ``card_fields`` are :func:`~ai4hi_sdk.foundation.provenance.backbone_card`'s (``site_images``,
     ``rounds``, ``local_epochs``, ``client_dp``, ...); ``pool`` is stated in the card's method
-    (use the same ``pool`` downstream). Returns the provenance record.
+    (a ViT's; use the same ``pool`` downstream). Returns the provenance record.
     """
     from ai4hi_sdk.foundation.architectures import build_backbone
     from ai4hi_sdk.foundation.presets import resolve_backbone
@@ -224,7 +224,7 @@ def export_image_backbone(state: Mapping[str, torch.Tensor] | ImageReportModel, 
         if name not in backbone and not tensor.is_floating_point():
             backbone[name] = tensor
     method = "image-report contrastive (symmetric InfoNCE, byte-level text encoder)"
-    if pool:
+    if pool and resolve_backbone(arch)["family"] == "vit":
         method += f", {pool}-pooled tokens"
     card_fields.setdefault("method", method)
     return export_pretrained_backbone(backbone, arch, out_dir, overwrite=overwrite, **card_fields)

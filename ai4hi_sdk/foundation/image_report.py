@@ -172,12 +172,13 @@ class ImageReportTrainer(SiteTrainer):
         """Write the image encoder of ``state`` (the model's exchanged state, e.g. the final global
         one, or the model itself) as a backbone folder with its card; ``card_fields`` as
         :func:`~ai4hi_sdk.foundation.provenance.backbone_card`'s (``site_images``, ``rounds``,
-        ``local_epochs``, ``client_dp``, ...). Load it with ``BackboneClassificationTrainer``
-        (``model: {backbone: <same>, checkpoint: <out_dir>, pool: <same>}``)."""
+        ``local_epochs``, ``job_id``, ...). Pass ``client_dp`` (e.g. ``{"clip", "noise_multiplier",
+        "epsilon", "delta"}``) only for rounds that applied it: the card states what was done, not
+        what the spec asked for (local :meth:`fit` adds no noise). Load the folder with
+        ``BackboneClassificationTrainer`` (``model: {backbone: <same>, checkpoint: <out_dir>,
+        checkpoint_sha256: <sha256>, pool: <same>}``)."""
         from ai4hi_sdk.foundation.contrastive import export_image_backbone
 
-        card_fields.setdefault("client_dp", self.spec.privacy.client_dp.model_dump()
-                               if self.spec.privacy.client_dp is not None else None)
         return export_image_backbone(state, self.spec.model.get("backbone", DEFAULT_BACKBONE), out_dir,
                                      pool=str(self.spec.model.get("pool", "mean")), overwrite=overwrite, **card_fields)
 

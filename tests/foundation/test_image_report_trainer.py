@@ -196,11 +196,17 @@ def test_exported_backbone_loads_into_the_adaptation_trainer(site, tmp_path):
     update = trainer.fit(state, 0)
     state = {k: state[k] + update.delta[k] for k in state}
     out = tmp_path / "backbone"
+    # the card states the privacy the rounds applied, not what the spec asked for: local fit added no noise
+    local = trainer.export_backbone(state, tmp_path / "local", site_images={"hospital-1": update.num_samples},
+                                    rounds=1, local_epochs=1)
+    assert local.card["client_level_dp"] is None
+    assert "not differentially private" in (tmp_path / "local" / "BACKBONE_CARD.md").read_text()
     provenance = trainer.export_backbone(state, out, site_images={"hospital-1": update.num_samples}, rounds=1,
-                                         local_epochs=1)
+                                         local_epochs=1, client_dp={"clip": 1.0, "noise_multiplier": 0.8})
     assert provenance.card["client_level_dp"] == {"clip": 1.0, "noise_multiplier": 0.8}
     assert "image-report contrastive" in provenance.card["method"]
     assert "client-level DP" in (out / "BACKBONE_CARD.md").read_text()
+    assert local.sha256 == provenance.sha256  # the same weights
     spec = JobSpec.model_validate({
         "name": "probe", "trainer": "ai4hi_sdk.foundation.trainers:BackboneClassificationTrainer",
         "model": {"backbone": "resnet-micro-2d", "checkpoint": str(out),
