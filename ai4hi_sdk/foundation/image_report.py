@@ -19,7 +19,9 @@ by a subclass.
 Job spec ``model:`` keys (all optional):
 
 ``backbone``            image backbone preset or mapping (default ``vit-micro-2d``; 2D;
-                        ``data.image_size`` must equal a ViT's ``img_size``)
+                        ``data.image_size`` must equal a ViT's ``img_size``). A BatchNorm backbone
+                        (ResNet) is refused when ``client_dp.noise_multiplier > 0``: the noise would
+                        land on its running variances
 ``pool``                ``mean`` (default) or ``max`` over a ViT's tokens
 ``embed_dim``           joint space width (64)
 ``text_width``, ``text_layers``, ``text_heads``, ``text_stride``: the text encoder (64, 2, 4, 2)
@@ -87,9 +89,16 @@ class ImageReportTrainer(SiteTrainer):
                             f"DP-SGD), not method: {self.spec.method}")
         _check_keys(self.spec, IMAGE_REPORT_KEYS, type(self).__name__)
         model = self.spec.model
+        config = _backbone(self.spec)
+        client_dp = self.spec.privacy.client_dp
+        if config["family"] == "resnet" and client_dp is not None and client_dp.noise_multiplier > 0:
+            # the round's noise lands on every exchanged tensor, running variances included
+            raise UserError(f"backbone {model.get('backbone')!r} has BatchNorm: with client-level DP noise its running "
+                            "variances would be noised and can turn negative (a NaN model); use a ViT backbone "
+                            f"(e.g. {DEFAULT_BACKBONE}) for image-report pretraining")
         try:
             return ImageReportModel(
-                _backbone(self.spec), pool=str(model.get("pool", "mean")), embed_dim=int(model.get("embed_dim", 64)),
+                config, pool=str(model.get("pool", "mean")), embed_dim=int(model.get("embed_dim", 64)),
                 text_width=int(model.get("text_width", 64)), text_layers=int(model.get("text_layers", 2)),
                 text_heads=int(model.get("text_heads", 4)), text_stride=int(model.get("text_stride", 2)),
                 max_len=int(model.get("max_len", 320)), temperature=float(model.get("temperature", 0.07)),

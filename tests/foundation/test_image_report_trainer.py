@@ -24,7 +24,7 @@ from ai4hi_sdk.foundation.text import normalize_report_text
 TRAIN = {"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 3e-3, "optimizer": "adam", "threads": 1,
          "augment": True}
 PRIVACY = {"client_dp": {"clip": 1.0, "noise_multiplier": 0.8}, "secure_aggregation": {}}
-SMALL = {"backbone": "resnet-micro-2d", "embed_dim": 16, "text_width": 32, "text_layers": 1, "max_len": 288}
+SMALL = {"backbone": "vit-micro-2d", "embed_dim": 16, "text_width": 32, "text_layers": 1, "max_len": 288}
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +175,24 @@ def test_the_trainer_needs_method_image_report(site):
 
 
 def test_exchanged_names_leave_out_frozen_parts_and_keep_batchnorm_statistics(site):
-    vit = _trainer(site, _spec({"backbone": "vit-micro-2d", "text_layers": 1, "learn_temperature": False}))
+    vit = _trainer(site, _spec({**SMALL, "learn_temperature": False}))
     names = set(vit.exchanged_names())
     state = vit.initial_state()
     assert "image.encoder.patch_embedding.position_embeddings" in state
     assert "image.encoder.patch_embedding.position_embeddings" not in names
     assert "logit_scale" not in names and "text.embed.weight" in names and "text_proj.weight" in names
-    resnet = _trainer(site)
+    assert "logit_scale" in _trainer(site).exchanged_names()
+    no_noise = {"client_dp": {"clip": 1.0, "noise_multiplier": 0.0}, "secure_aggregation": {}}
+    resnet = _trainer(site, _spec({**SMALL, "backbone": "resnet-micro-2d"}, privacy=no_noise))
     names = set(resnet.exchanged_names())
-    assert "logit_scale" in names and "image.encoder.bn1.running_mean" in names
+    assert "image.encoder.bn1.running_mean" in names and "image.encoder.bn1.running_var" in names
     assert names == set(resnet.initial_state())
+
+
+def test_a_batchnorm_backbone_is_refused_under_client_level_noise(site):
+    """Noise on every exchanged tensor would reach the running variances (negative -> NaN model)."""
+    with pytest.raises(UserError, match="BatchNorm: with client-level DP noise"):
+        _trainer(site, _spec({**SMALL, "backbone": "resnet-micro-2d"})).initial_state()
 
 
 def test_exported_backbone_loads_into_the_adaptation_trainer(site, tmp_path):
@@ -209,7 +217,7 @@ def test_exported_backbone_loads_into_the_adaptation_trainer(site, tmp_path):
     assert local.sha256 == provenance.sha256  # the same weights
     spec = JobSpec.model_validate({
         "name": "probe", "trainer": "ai4hi_sdk.foundation.trainers:BackboneClassificationTrainer",
-        "model": {"backbone": "resnet-micro-2d", "checkpoint": str(out),
+        "model": {"backbone": "vit-micro-2d", "checkpoint": str(out),
                   "checkpoint_sha256": sha256_file(out / "backbone.safetensors"), "adaptation": "linear_probe"},
         "data": {"image_size": 32}, "train": TRAIN})
     probe = BackboneClassificationTrainer(spec, site_dir=site, site_name="hospital-1", device="cpu")
