@@ -306,7 +306,8 @@ def image_report(root: Path, args: argparse.Namespace) -> dict:
                         "linear_probe_random_init": control_info["seconds"]},
         }
     return {
-        "backbone": args.ir_backbone, "pool": args.ir_pool, "lr": args.ir_lr, "prompts": [list(p) for p in OPACITY_PROMPTS], "sites": counts,
+        "backbone": args.ir_backbone, "pool": args.ir_pool, "lr": args.ir_lr,
+        "prompts": [list(p) for p in OPACITY_PROMPTS], "sites": counts,
         "test_images": int(len(labels)), "test_positives": int(labels.sum()), "rounds": args.ir_rounds,
         "local_epochs": args.ir_epochs, "client_dp_noise_multiplier": args.ir_client_dp_z,
         "client_dp_epsilon": client_epsilon, "client_dp_delta": IR_DELTA if client_epsilon else None,
@@ -357,7 +358,8 @@ def main() -> None:
     result: dict = {"benchmark": "report_supervision",
                     "config": {k: getattr(args, k) for k in (
                         "label_sites", "label_studies", "train_studies", "test_studies", "epochs", "ir_sites",
-                        "ir_studies", "ir_rounds", "ir_epochs", "ir_backbone", "ir_pool", "ir_lr", "ir_label_fractions", "ir_client_dp_z", "image_size", "threads", "seed")},
+                        "ir_studies", "ir_rounds", "ir_epochs", "ir_backbone", "ir_pool", "ir_lr", "ir_label_fractions",
+                        "ir_client_dp_z", "image_size", "threads", "seed")},
                     "parts": sorted(parts), "goals": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="report-bench-", dir=Path(__file__).parent) as tmp:

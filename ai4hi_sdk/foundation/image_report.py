@@ -66,8 +66,10 @@ class ImageReportTrainer(SiteTrainer):
     * ``top1_image_to_report`` / ``top1_report_to_image``: share of validation images whose own
       report is the most similar of all validation reports, and the reverse (chance: 1 / n).
 
-    A subclass may declare fewer metrics, never others (:data:`AGGREGATE_METRICS`): a per-study
-    value cannot be declared, so it cannot leave.
+    A subclass may declare fewer metrics, never others (:data:`AGGREGATE_METRICS`), so no per-study
+    name can be declared, and an undeclared name returned by ``evaluate`` stops the round. (What
+    value a declared name carries is the trainer code's: a site runs the trainer code the job ships,
+    so it reviews custom code as it would any model code.)
     """
 
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "top1_image_to_report", "top1_report_to_image")
@@ -116,6 +118,8 @@ class ImageReportTrainer(SiteTrainer):
             tokenizer = ByteTokenizer(int(self.spec.model.get("max_len", 320)))
         except ValueError as err:
             raise UserError(f"model.max_len: {err}") from err
+        if self.site_dir is None:
+            raise UserError("this trainer has no site data folder")
         return load_image_report_pairs(self.site_dir, image_size=self.spec.data.image_size, tokenizer=tokenizer,
                                        selection=ImageSelection.from_spec(self.spec.data),
                                        augment=self.spec.train.augment,
@@ -158,7 +162,8 @@ class ImageReportTrainer(SiteTrainer):
         """As the base, but a shuffled (training) loader drops a last batch of one pair: its
         contrastive loss is 0 (no negatives), a step that only costs time."""
         base = super().loader(dataset, shuffle=shuffle, seed=seed)
-        if shuffle and len(dataset) % self.spec.train.batch_size == 1 and len(dataset) > 1:
+        size = len(dataset)  # type: ignore[arg-type]
+        if shuffle and size % self.spec.train.batch_size == 1 and size > 1:
             return torch.utils.data.DataLoader(dataset, batch_size=base.batch_size, shuffle=True,
                                                generator=base.generator, num_workers=0, drop_last=True,
                                                pin_memory=base.pin_memory)
