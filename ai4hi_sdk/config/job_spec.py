@@ -202,6 +202,7 @@ class PrivacySpec(StrictModel):
 
 #: the trainer of ``task: pretrain`` when the spec names none
 PRETRAIN_TRAINER = "ai4hi_sdk.foundation.trainers:MAEPretrainTrainer"
+IMAGE_REPORT_TRAINER = "ai4hi_sdk.foundation.image_report:ImageReportTrainer"
 
 #: training methods whose loss couples the examples of a batch (contrastive): per-example DP-SGD does
 #: not bound one patient's influence on such a loss
@@ -213,10 +214,10 @@ class JobSpec(StrictModel):
 
     name: str
     task: Literal["classification", "segmentation", "pretrain"] = Field(
-        "classification", description="classification, segmentation, or pretrain (self-supervised masked "
+        "classification", description="classification, segmentation, or pretrain (output: a backbone with its "
+                                      "card; a site's policy must allow the job kind 'pretrain'): masked "
                                       "autoencoding on every train-split image of the declared modalities, labelled "
-                                      "or not; output: a backbone with its card; a site's policy must allow the "
-                                      "job kind 'pretrain')")
+                                      "or not, or with method: image_report image-report contrastive pretraining")
     method: Literal["supervised", "image_report"] = Field(
         "supervised", description="supervised (per-example loss) or image_report (image-report contrastive "
                                   "pretraining: client-level DP and secure aggregation, never DP-SGD)")
@@ -237,7 +238,8 @@ class JobSpec(StrictModel):
     @classmethod
     def _task_default_trainer(cls, data: Any) -> Any:
         if isinstance(data, dict) and "trainer" not in data and data.get("task") == "pretrain":
-            data = {**data, "trainer": PRETRAIN_TRAINER}
+            trainer = IMAGE_REPORT_TRAINER if data.get("method") == "image_report" else PRETRAIN_TRAINER
+            data = {**data, "trainer": trainer}
         return data
 
     @model_validator(mode="after")

@@ -129,16 +129,17 @@ def preprocess_transforms(image_size: int) -> Compose:
     )
 
 
-def augment_transforms(image_size: int) -> Compose:
+def augment_transforms(image_size: int, *, flip: bool = True) -> Compose:
     """Random part (training only): small flip / rotation / shift / zoom and noise.
 
     Small on purpose: radiographs have a canonical orientation, large rotations or
-    vertical flips would create images no scanner produces.
+    vertical flips would create images no scanner produces. ``flip=False`` leaves out the
+    left-right flip: an image paired with its report must keep its laterality ("right lung").
     """
     shift = 0.05 * image_size
     return Compose(
         [
-            RandFlip(prob=0.5, spatial_axis=1),
+            *([RandFlip(prob=0.5, spatial_axis=1)] if flip else []),
             RandAffine(
                 prob=0.7,
                 rotate_range=(np.deg2rad(8.0),),

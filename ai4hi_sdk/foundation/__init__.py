@@ -12,4 +12,8 @@ Modules, one job each (import them directly; nothing heavy is imported here):
 * :mod:`~ai4hi_sdk.foundation.provenance`    - pretrained backbone card and export
 * :mod:`~ai4hi_sdk.foundation.datasets`      - every image of a modality at a site (labelled or not)
 * :mod:`~ai4hi_sdk.foundation.trainers`      - MAE pretraining and backbone classification trainers
+* :mod:`~ai4hi_sdk.foundation.text`          - byte tokenizer (no vocabulary) and small text encoder
+* :mod:`~ai4hi_sdk.foundation.contrastive`   - image-report model, symmetric InfoNCE, zero-shot prompts, export
+* :mod:`~ai4hi_sdk.foundation.report_pairs`  - a site's train-split images paired with their study's report
+* :mod:`~ai4hi_sdk.foundation.image_report`  - ``ImageReportTrainer`` (client-level DP + secure aggregation only)
 """

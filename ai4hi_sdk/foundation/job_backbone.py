@@ -59,13 +59,30 @@ def site_epsilons(record: Mapping[str, Any]) -> tuple[dict[str, float | None], f
     return eps, delta
 
 
+def client_dp_card(spec: Any, epsilon: Mapping[str, float | None], delta: float | None) -> dict[str, float] | None:
+    """The client-level DP a job applied (``privacy.client_dp``): clip, noise multiplier and, where
+    the sites reported it, the largest epsilon their ledgers booked (at ``delta``); None without it."""
+    cdp = spec.privacy.client_dp
+    if cdp is None:
+        return None
+    out = {"clip": float(cdp.clip), "noise_multiplier": float(cdp.noise_multiplier)}
+    booked = [e for e in epsilon.values() if e is not None]
+    if booked and cdp.noise_multiplier > 0:
+        out["epsilon"] = max(booked)
+        if delta is not None:
+            out["delta"] = float(delta)
+    return out
+
+
 def export_job_backbone(trainer: Any, global_state: Mapping[str, torch.Tensor], record: Mapping[str, Any],
                         out_dir: str | Path, *, job_id: str) -> dict[str, Any]:
     """Write ``out_dir/{backbone.safetensors, provenance.json, BACKBONE_CARD.md}`` from a finished
     pretraining job; returns what the job record keeps about it (folder name, sha256, version, card).
 
     Args:
-        trainer: the job's :class:`~ai4hi_sdk.foundation.trainers.MAEPretrainTrainer` (model only).
+        trainer: the job's :class:`~ai4hi_sdk.foundation.trainers.MAEPretrainTrainer` or, for
+            ``method: image_report``, :class:`~ai4hi_sdk.foundation.image_report.ImageReportTrainer`
+            (model only; its image encoder becomes the backbone).
         global_state: the final global model (the trainer's exchanged tensors).
         record: the server's round record (``rounds``, ``final_validation``).
         job_id: the job's id (in the card).
@@ -77,11 +94,18 @@ def export_job_backbone(trainer: Any, global_state: Mapping[str, torch.Tensor], 
     modalities = spec.model.get("modalities") or spec.data.modalities or ["CR", "DX"]
     final_loss = ((record.get("final_validation") or {}).get("weighted_mean") or {}).get("val_loss")
     version = f"{spec.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    provenance = export_pretrained_backbone(
-        trainer.mae_state(), spec.model.get("backbone", "vit-micro-2d"), out_dir, overwrite=True,
-        site_images=images, images_total=total, rounds=len(_completed(record)),
-        local_epochs=spec.train.local_epochs, epsilon={s: epsilon.get(s) for s in images}, delta=delta,
-        version=version, masking_ratio=float(spec.model.get("masking_ratio", 0.75)),
-        modality="/".join(modalities if not isinstance(modalities, str) else [modalities]),
-        final_loss=float(final_loss) if final_loss is not None else None, job_id=job_id)
+    common = dict(site_images=images, images_total=total, rounds=len(_completed(record)),
+                  local_epochs=spec.train.local_epochs, version=version,
+                  modality="/".join(modalities if not isinstance(modalities, str) else [modalities]),
+                  final_loss=float(final_loss) if final_loss is not None else None, job_id=job_id)
+    if spec.method == "image_report":
+        # client-level DP only: no patient-level epsilon per site; the sites' ledgers booked the
+        # client-level spend, which the card states with the mechanism
+        provenance = trainer.export_backbone(trainer.model, out_dir, overwrite=True,
+                                             client_dp=client_dp_card(spec, epsilon, delta), **common)
+    else:
+        provenance = export_pretrained_backbone(
+            trainer.mae_state(), spec.model.get("backbone", "vit-micro-2d"), out_dir, overwrite=True,
+            epsilon={s: epsilon.get(s) for s in images}, delta=delta,
+            masking_ratio=float(spec.model.get("masking_ratio", 0.75)), **common)
     return {"folder": Path(out_dir).name, "sha256": provenance.sha256, "version": version, "card": provenance.card}

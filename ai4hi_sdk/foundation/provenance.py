@@ -30,7 +30,8 @@ def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, in
                   method: str = "masked autoencoding (MONAI MaskedAutoEncoderViT)",
                   masking_ratio: float | None = None, modality: str | None = None,
                   final_loss: float | None = None, job_id: str | None = None,
-                  images_total: int | None = None) -> dict[str, Any]:
+                  images_total: int | None = None,
+                  client_dp: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The provenance card of a pretrained backbone (a JSON-able dict).
 
     Args:
@@ -41,9 +42,13 @@ def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, in
         sha256: hash of ``backbone.safetensors``.
         epsilon: site name -> epsilon spent by pretraining (``None`` or missing: not private).
         delta: the DP delta the epsilons are stated at.
-        final_loss: the consortium's masked-reconstruction loss in the last round.
+        final_loss: the consortium's training loss in the last round (masked reconstruction, or
+            the contrastive loss of image-report pretraining).
         images_total: the total over sites (default: the sum of ``site_images``; required when a
             count is ``None``).
+        client_dp: client-level DP of the rounds (``clip``, ``noise_multiplier``, optionally the
+            consortium's ``epsilon`` and ``delta``): it bounds one *site's* influence, not one
+            patient's, and is stated apart from the per-site DP-SGD epsilons.
 
     Raises:
         UserError: no sites, a negative image count, or a malformed sha256.
@@ -78,6 +83,7 @@ def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, in
         "differential_privacy": bool(private),
         "epsilon_max": max(private) if private else None,
         "delta": delta if private else None,
+        "client_level_dp": {k: float(v) for k, v in client_dp.items()} if client_dp else None,
         "final_loss": final_loss,
         "sha256": sha256.lower(),
         "job_id": job_id,
@@ -89,7 +95,15 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     title = card["arch"] if isinstance(card["arch"], str) else "custom ViT"
     method = card["method"] + (f", masking ratio {card['masking_ratio']}" if card.get("masking_ratio") else "")
     privacy = (f"DP-SGD, epsilon up to {card['epsilon_max']:.2f} at delta {card['delta']}"
-               if card["differential_privacy"] else "not differentially private")
+               if card["differential_privacy"] else "no patient-level DP")
+    client = card.get("client_level_dp")
+    if client:
+        booked = (f", epsilon {client['epsilon']:.2f}" + (f" at delta {client['delta']}" if "delta" in client else "")
+                  if "epsilon" in client else "")
+        privacy += (f"; client-level DP (each site's update clipped to L2 norm {client.get('clip')}, noise multiplier "
+                    f"{client.get('noise_multiplier')}{booked}): bounds one site's influence, not one patient's")
+    elif not card["differential_privacy"]:
+        privacy = "not differentially private"
     training = (f"{card['rounds']} rounds x {card['local_epochs']} local epochs "
                 f"({card['epochs_total']} epochs in all)")
     lines = [f"# Backbone card: {title} (version {card['version']})", "",

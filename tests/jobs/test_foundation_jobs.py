@@ -181,6 +181,35 @@ def test_under_secure_aggregation_the_card_states_only_the_total(tmp_path):
         export_job_backbone(mae_trainer(), mae_trainer().initial_state(), {"rounds": []}, tmp_path / "x", job_id="j")
 
 
+def test_an_image_report_pretraining_job_writes_its_image_encoder_with_client_level_dp(tmp_path):
+    from ai4hi_sdk.foundation.contrastive import image_backbone_state
+    from ai4hi_sdk.foundation.image_report import ImageReportTrainer
+
+    spec = JobSpec(name="ir", task="pretrain", method="image_report", data={"image_size": 32}, train=TRAIN,
+                   model={"backbone": "vit-micro-2d", "embed_dim": 16, "text_width": 32, "text_layers": 1},
+                   privacy={"client_dp": {"clip": 1.0, "noise_multiplier": 2.0}, "secure_aggregation": {}},
+                   min_sites=3)
+    assert spec.trainer == "ai4hi_sdk.foundation.image_report:ImageReportTrainer"  # this task's default
+    trainer = ImageReportTrainer(spec, device="cpu")
+    generator = torch.Generator().manual_seed(4)
+    state = {n: v + 0.01 * torch.randn(v.shape, generator=generator) for n, v in trainer.initial_state().items()}
+    record = {"rounds": [{"round": 0, "status": "completed", "total_weight": 40,
+                          "sites": {"a": {"dp_epsilon": 3.1, "dp_delta": 1e-5}, "b": {"dp_epsilon": 4.0,
+                                                                                       "dp_delta": 1e-5}}}]}
+    out = export_job_backbone(ImageReportTrainer(spec, device="cpu"), state, record, tmp_path / "bb", job_id="j")
+    weights, prov = load_backbone(tmp_path / "bb", expected_sha256=out["sha256"])
+    # the image tower of the global model: exchanged tensors from the state, frozen ones as seeded
+    reference = ImageReportTrainer(spec, device="cpu")
+    expected = image_backbone_state({**reference.model.state_dict(), **state})
+    assert all(torch.equal(weights[k], expected[k]) for k in expected) and not any(k.startswith("text") for k in weights)
+    card = prov.card
+    assert "image-report contrastive" in card["method"] and card["differential_privacy"] is False
+    assert card["sites"]["b"] == {"images": None, "epsilon": None}  # no patient-level epsilon
+    assert card["client_level_dp"] == {"clip": 1.0, "noise_multiplier": 2.0, "epsilon": 4.0, "delta": 1e-5}
+    page = (tmp_path / "bb" / "BACKBONE_CARD.md").read_text()
+    assert "no patient-level DP; client-level DP" in page and "epsilon 4.00 at delta 1e-05" in page
+
+
 def test_example_jobs_load_and_build(tmp_path):
     from ai4hi_sdk.jobs.spec import load_checked_job_spec
 
