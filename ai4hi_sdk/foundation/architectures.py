@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 from torch import nn
@@ -128,7 +128,7 @@ class BackboneClassifier(nn.Module):
 
     def layout(self) -> BackboneLayout:
         if self.config["family"] == "vit":
-            blocks = tuple(f"encoder.blocks.{i}" for i in range(len(self.encoder.blocks)))
+            blocks = tuple(f"encoder.blocks.{i}" for i in range(len(cast(nn.ModuleList, self.encoder.blocks))))
             return BackboneLayout("encoder", blocks, ("encoder.norm",), ("head",))
         return BackboneLayout("encoder", tuple(f"encoder.layer{i}" for i in range(1, 5)), (), ("head",))
 
@@ -161,7 +161,7 @@ def build_unetr(backbone: str | Mapping[str, Any], out_channels: int, *, feature
 
 def unetr_layout(model: nn.Module) -> BackboneLayout:
     """Layout of a model from :func:`build_unetr`: the decoder and skip encoders are the head."""
-    blocks = tuple(f"vit.blocks.{i}" for i in range(len(model.vit.blocks)))
+    blocks = tuple(f"vit.blocks.{i}" for i in range(len(cast(nn.ModuleList, cast(nn.Module, model.vit).blocks))))
     head = tuple(name for name, _ in model.named_children() if name != "vit")
     return BackboneLayout("vit", blocks, ("vit.norm",), head)
 

@@ -25,6 +25,11 @@ class FrozenBatchNorm(nn.Module):
     ``running_mean``, ``running_var``, ``num_batches_tracked``.
     """
 
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, bn: _BatchNorm):
         super().__init__()
         if bn.running_mean is None or bn.running_var is None:

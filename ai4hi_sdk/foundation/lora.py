@@ -25,11 +25,12 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ai4hi_sdk.errors import UserError
 
@@ -85,8 +86,8 @@ def _kaiming_uniform_(weight: torch.Tensor, generator: torch.Generator) -> None:
 class _LoRAMixin:
     """Adapter parts shared by :class:`LoRALinear` and the ``LoRAConv{1,2,3}d`` layers (set up by ``_init_lora``)."""
 
-    lora_A: nn.Module
-    lora_B: nn.Module
+    lora_A: nn.Linear | _ConvNd
+    lora_B: nn.Linear | _ConvNd
     lora_dropout: nn.Module
     scaling: float
     rank: int
@@ -146,9 +147,9 @@ def _make_lora_conv(conv_cls: type[nn.Module], dims: int) -> type[nn.Module]:
                 if base.bias is not None:
                     self.bias.copy_(base.bias)
             where = {"device": base.weight.device, "dtype": base.weight.dtype}
-            self.lora_A = conv_cls(base.in_channels, config.rank, base.kernel_size, stride=base.stride,
-                                   padding=base.padding, dilation=base.dilation, bias=False, **where)
-            self.lora_B = conv_cls(config.rank, base.out_channels, 1, bias=False, **where)
+            self.lora_A = cast(_ConvNd, conv_cls(base.in_channels, config.rank, base.kernel_size, stride=base.stride,
+                                                 padding=base.padding, dilation=base.dilation, bias=False, **where))
+            self.lora_B = cast(_ConvNd, conv_cls(config.rank, base.out_channels, 1, bias=False, **where))
             self._init_lora(config, name)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,15 +224,16 @@ def merge_lora(root: nn.Module) -> int:
         with torch.no_grad():
             weight = module.weight + module.delta_weight().to(module.weight.dtype)
         if isinstance(module, LoRALinear):
-            plain: nn.Module = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            plain: nn.Linear | _ConvNd = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
         else:
             conv_cls = next(c for c in _CONV_TYPES if isinstance(module, c))
-            plain = conv_cls(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-                             padding=module.padding, dilation=module.dilation, bias=module.bias is not None)
-        plain = plain.to(device=module.weight.device, dtype=module.weight.dtype)
+            plain = cast(_ConvNd, conv_cls(module.in_channels, module.out_channels, module.kernel_size,
+                                           stride=module.stride, padding=module.padding, dilation=module.dilation,
+                                           bias=module.bias is not None))
+        plain.to(device=module.weight.device, dtype=module.weight.dtype)  # in place, as Module.to is
         with torch.no_grad():
             plain.weight.copy_(weight)
-            if module.bias is not None:
+            if module.bias is not None and plain.bias is not None:
                 plain.bias.copy_(module.bias)
         for param in plain.parameters():
             param.requires_grad_(module.weight.requires_grad)

@@ -50,7 +50,7 @@ def build_mae(backbone: str | Mapping[str, Any], *, masking_ratio: float = 0.75,
         decoder_num_layers=decoder_num_layers,
         decoder_num_heads=decoder_num_heads or args["num_heads"],
         proj_type="conv", pos_embed_type="sincos", decoder_pos_embed_type="sincos")
-    model.frozen_parameters = freeze_unused_vit_parts(model)
+    setattr(model, "frozen_parameters", freeze_unused_vit_parts(model))  # names, for trainable_state_names
     return model
 
 

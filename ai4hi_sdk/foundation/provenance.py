@@ -60,7 +60,7 @@ def backbone_card(*, arch: str | Mapping[str, Any], site_images: Mapping[str, in
     if images_total is None:
         if any(n is None for n in site_images.values()):
             raise UserError("a backbone card with unrevealed per-site counts needs images_total")
-        images_total = sum(int(n) for n in site_images.values())  # type: ignore[arg-type]
+        images_total = sum(int(n) for n in site_images.values() if n is not None)  # none is None here
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
         raise UserError(f"not a sha256 hex digest: {sha256!r}")
     eps = {site: (None if epsilon is None else epsilon.get(site)) for site in sorted(site_images)}

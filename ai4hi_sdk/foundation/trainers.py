@@ -27,7 +27,7 @@ needs to exchange.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -96,6 +96,7 @@ class MAEPretrainTrainer(SiteTrainer):
         modalities = self.spec.model.get("modalities") or self.spec.data.modalities or DEFAULT_MODALITIES
         if isinstance(modalities, str):
             modalities = [modalities]
+        assert self.site_dir is not None  # the datasets property checks it first
         return load_pretrain_images(self.site_dir, modalities=modalities, image_size=self.spec.data.image_size,
                                     augment=self.spec.train.augment)
 
@@ -114,7 +115,7 @@ class MAEPretrainTrainer(SiteTrainer):
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         loss_fn = self.build_loss()
-        loss_fn.reduction = "none"
+        setattr(loss_fn, "reduction", "none")  # per-image losses, summed below
         total, count = 0.0, 0
         # fixed masks: the same patches are hidden every round, so the losses compare
         with torch.random.fork_rng(devices=[]):
@@ -165,9 +166,10 @@ class BackboneClassificationTrainer(ClassificationTrainer):
         if provenance.arch_config != config:
             raise UserError(f"{path}: the checkpoint is a {provenance.arch} backbone, the job declares "
                             f"{self.spec.model.get('backbone', DEFAULT_BACKBONE)}")
-        state, _ = conform_state(state, model.encoder.state_dict(), where=str(path))
-        model.encoder.load_state_dict(state, strict=True)
-        freeze_batchnorm(model.encoder)  # keep the checkpoint's statistics (never GroupNorm)
+        encoder = cast(nn.Module, model.encoder)
+        state, _ = conform_state(state, encoder.state_dict(), where=str(path))
+        encoder.load_state_dict(state, strict=True)
+        freeze_batchnorm(encoder)  # keep the checkpoint's statistics (never GroupNorm)
         return provenance
 
     def build_datasets(self) -> Any:
