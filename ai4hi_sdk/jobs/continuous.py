@@ -279,8 +279,10 @@ class ContinuousLoop:
         job = self.job
         note = None
         if job.privacy.secure_aggregation is not None:
+            from ai4hi_sdk.privacy.secagg.settings import protocol_config
+
             try:
-                job.privacy.secure_aggregation.protocol_config().validate_for(len(sites) - 1)
+                protocol_config(job.privacy.secure_aggregation).validate_for(len(sites) - 1)
             except ValueError as err:  # e.g. 2 sites: secure aggregation needs at least 3
                 job = job.model_copy(update={"privacy": job.privacy.model_copy(update={"secure_aggregation": None})})
                 note = (f"trained without secure aggregation ({len(sites) - 1} sites: {err}); DP-SGD on, each site's "

@@ -360,10 +360,12 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
 def check_secure_aggregation(spec: JobSpec, n_sites: int) -> None:
     """Refuse up front a secure-aggregation job that cannot run on ``n_sites`` sites (fewer than 3,
     a threshold above the neighbourhood, an overflowing sum), instead of failing inside NVFlare."""
+    from ai4hi_sdk.privacy.secagg.settings import protocol_config
+
     if spec.privacy.secure_aggregation is None:
         return
     try:
-        spec.privacy.secure_aggregation.protocol_config().validate_for(n_sites)
+        protocol_config(spec.privacy.secure_aggregation).validate_for(n_sites)
     except ValueError as err:
         raise UserError(f"job '{spec.name}' uses secure aggregation, which cannot run on {n_sites} sites: {err}") \
             from None

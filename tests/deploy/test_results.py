@@ -110,10 +110,12 @@ def test_latest_round_metrics_prefer_the_consortium_means():
     from ai4hi_sdk.deploy.results import latest_round_metrics
 
     assert latest_round_metrics({"status": "running", "rounds": [{"round": 0, "status": "abandoned"}]}) is None
-    plain = {"status": "running", "rounds": [{"round": 0, "status": "completed", "global_validation": {"weighted_mean": {"val_auroc": 0.7}}},
+    plain = {"status": "running",
+             "rounds": [{"round": 0, "status": "completed", "global_validation": {"weighted_mean": {"val_auroc": 0.7}}},
                         {"round": 1, "status": "completed", "global_validation": {"weighted_mean": {"val_auroc": 0.8}}},
                         {"round": 2, "status": "abandoned"}]}
     assert latest_round_metrics(plain) == (1, {"val_auroc": 0.8})
-    secure = {"status": "running", "rounds": [{"round": 0, "status": "completed", "consortium_metrics": {"train_loss": 0.5},
+    secure = {"status": "running",
+              "rounds": [{"round": 0, "status": "completed", "consortium_metrics": {"train_loss": 0.5},
                           "global_validation": {"weighted_mean": {"val_auroc": 0.6}}}]}
     assert latest_round_metrics(secure) == (0, {"train_loss": 0.5})

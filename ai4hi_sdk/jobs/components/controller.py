@@ -218,8 +218,12 @@ class Ai4hiFedAvg(FedAvg):
         def log(level: str, message: str) -> None:
             (self.warning if level == "warning" else self.info)(message)
 
-        secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state, self._declared_metrics,
-                              self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
+        try:
+            secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state, self._declared_metrics,
+                                  self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
+        except ValueError as err:  # e.g. a payload that could overflow for this many sites
+            self._finish("failed", f"secure aggregation cannot run on {len(sites)} sites: {err}")
+            return
         self._record.secure_aggregation = SecureAggregationRun(
             clip=float(secure.codec.clip), payload_length=secure.codec.length,
             max_samples_per_site=secure.codec.max_weight,

@@ -30,8 +30,9 @@ from ai4hi_sdk.jobs.run_record import Refusal, Rejection
 from ai4hi_sdk.jobs.site_results import Check, SiteResult, classify_result, metrics_problem, wrong_round
 from ai4hi_sdk.jobs.wire import (ADVERT, CONSISTENCY, CONSISTENCY_TASK, KEYS_TASK, MASKED, MASKED_HEADER, NUM_SITES_KEY,
                                  SECAGG_META, SECAGG_SITES, SHARES, SHARES_TASK, TRAIN_TASK, UNMASK, UNMASK_TASK)
-from ai4hi_sdk.site.secagg_client import codec_for, from_wire
+from ai4hi_sdk.site.secagg_client import from_wire
 from ai4hi_sdk.privacy.secagg.protocol import PayloadCodec, RoundAbandoned, SecAggRound
+from ai4hi_sdk.privacy.secagg.settings import codec_for, protocol_config
 from ai4hi_sdk.privacy.secagg.protocol.identity import ROOT_CA, CertificateVerifier
 
 SendAndWait = Callable[..., list]
@@ -76,10 +77,9 @@ class SecureRounds:
     def __init__(self, spec: Any, job_id: str, sites: list[str], initial_state: dict[str, torch.Tensor],
                  declared_metrics: frozenset[str], send_and_wait: SendAndWait, workspace_root: str | Path | None,
                  log: Callable[[str, str], None]):
-        self.spec = spec.privacy.secure_aggregation
-        self.config = self.spec.protocol_config()
+        self.config = protocol_config(spec.privacy.secure_aggregation)
         self.job_id, self.sites, self.n_sites = job_id, sorted(sites), len(sites)
-        self.codec: PayloadCodec = codec_for(self.spec, initial_state, declared_metrics, self.n_sites)
+        self.codec: PayloadCodec = codec_for(self.config, initial_state, declared_metrics, self.n_sites)
         self.send_and_wait, self.log = send_and_wait, log
         root = Path(workspace_root) / "startup" / ROOT_CA if workspace_root else None
         self.verify = CertificateVerifier(root.read_bytes()).check if root is not None and root.is_file() else None
@@ -101,7 +101,7 @@ class SecureRounds:
                        total_rounds=total_rounds,
                        meta={NUM_SITES_KEY: self.n_sites, SECAGG_META: {SECAGG_SITES: list(self.sites), **meta}})
         return self.send_and_wait(task_name=task, data=data, targets=targets, min_responses=len(targets),
-                                  timeout=int(timeout if timeout is not None else self.config.share_timeout_s))
+                                  timeout=int(timeout if timeout is not None else self.config.key_timeout_s))
 
     def _reject(self, rejection: Rejection) -> None:
         self.rejections.append(rejection)
@@ -204,7 +204,7 @@ class SecureRounds:
                 raise RoundAbandoned(f"round {r}: {len(rnd.inputs)} masked inputs, the job needs {min_inputs}")
             proposal = rnd.consistency_request()  # RoundAbandoned: nothing requested, nothing revealed
             results = self._ask(CONSISTENCY_TASK, sorted(rnd.inputs), {"round": r, "request": proposal},
-                                timeout=self.config.unmask_timeout_s, round_index=r, total_rounds=total_rounds)
+                                timeout=self.config.key_timeout_s, round_index=r, total_rounds=total_rounds)
             request = rnd.collect_consistency(self._answers(results, CONSISTENCY, r, "consistency"))
         finally:
             self._note(rnd)
@@ -217,7 +217,7 @@ class SecureRounds:
             self._note(self._round(r + 1))
         results = self._ask(UNMASK_TASK, rnd.unmask_targets(), {"round": r, "request": request,
                                                                 "adverts_next": relay_next},
-                            timeout=self.config.unmask_timeout_s, round_index=r, total_rounds=total_rounds)
+                            timeout=self.config.key_timeout_s, round_index=r, total_rounds=total_rounds)
         self._inboxes = {}
         try:
             rnd.finish(self._answers(results, UNMASK, r, "unmask"))
