@@ -337,8 +337,9 @@ class ContinuousLoop:
                 runs[held].update(n=cand.get("n"), delta=paired.get("delta"), delta_ci=paired.get("ci"))
                 self.say(f"  {held} (never seen): AUROC {cand['auroc']:.3f} vs {champ['auroc']:.3f} for {model} "
                          f"(trained with it), change {paired.get('delta', float('nan')):+.3f}")
-            for r in [*validated.refused, *validated.rejected]:
-                runs.setdefault(r.site, {})["error"] = f"validation: {r.reason}"
+            for site, reason in [(r.site, r.reason) for r in validated.refused] + \
+                    [(r.site, r.reason) for r in validated.rejected]:
+                runs.setdefault(site, {})["error"] = f"validation: {reason}"
         info["leave_one_site_out"] = scores
         info["leave_one_site_out_runs"] = runs
         self.history["leave_one_site_out"].append({"model": model, "data_version": data_version,
