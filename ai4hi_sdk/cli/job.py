@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -77,80 +78,84 @@ def _simulate(args: argparse.Namespace) -> int:
     with console.status(f"simulating '{spec.name}' ({spec.train.rounds} rounds) ...") as status:
 
         def progress(run_dir: Path) -> None:
-            record = _read_json(run_dir / METRICS_FILE)
-            if record:
-                done = sum(1 for r in record.get("rounds", []) if r.get("status") == "completed")
-                status.update(f"simulating '{spec.name}': round {done}/{spec.train.rounds} done, "
-                              f"{len(record.get('sites', []))} sites")
+            record = _read_record(run_dir / METRICS_FILE)
+            if record is not None:
+                status.update(f"simulating '{spec.name}': round {len(record.completed_rounds())}/{spec.train.rounds} "
+                              f"done, {len(record.sites)} sites")
 
         result = simulate(spec, args.data_root, args.workspace, n_sites=args.sites, timeout_s=args.timeout,
                           site_policy=args.site_policy, on_poll=progress, drops=args.drop,
                           initial_model=args.initial_model)
+    record = result.run_record
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
-        print_summary(console, result.metrics, result.result_dir, result.seconds)
+        print_summary(console, record, result.result_dir, result.seconds)
         print_code_hash(console, spec)
     if not result.ok:
-        console.print(f"[red]job did not complete:[/] {result.metrics.get('reason', 'unknown')} "
+        console.print(f"[red]job did not complete:[/] {record.reason or 'unknown'} "
                       f"(log: {args.workspace / 'simulate.log'})")
-        if result.metrics.get("previous_results_kept"):
-            console.print(f"the previous results are kept in {result.metrics['previous_results_kept']}; "
+        if record.previous_results_kept:
+            console.print(f"the previous results are kept in {record.previous_results_kept}; "
                           f"this run's record: {result.result_dir}")
         return 1
     return 0
 
 
-def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: float) -> None:
-    """Rounds, per-site validation metrics of the final model, the global metric, where results are."""
-    rounds = [r for r in metrics.get("rounds", []) if r.get("status") == "completed"]
-    console.print(f"[bold]{len(rounds)}[/] rounds completed with sites {', '.join(metrics.get('sites', []))} "
-                  f"in {seconds:.1f} s (status: {metrics.get('status')})")
-    final = metrics.get("final_validation") or {}
+def print_summary(console: Console, metrics: Any, result_dir: Path, seconds: float) -> None:
+    """Rounds, per-site validation metrics of the final model, the global metric, where results are.
+    ``metrics``: the run record (:class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`, or its JSON form)."""
+    from ai4hi_sdk.jobs.run_record import ValidationSummary, as_training_record
+
+    record = as_training_record(metrics)
+    rounds = record.completed_rounds()
+    console.print(f"[bold]{len(rounds)}[/] rounds completed with sites {', '.join(record.sites)} "
+                  f"in {seconds:.1f} s (status: {record.status})")
+    final = record.final_validation or ValidationSummary()
     table = Table(title="final global model, validated at each site (validation split)")
     names = ["val_auroc", "val_accuracy", "val_loss", "val_samples"]
-    if any("val_dice" in v for v in (final.get("sites") or {}).values()):  # segmentation job
+    if any("val_dice" in v for v in final.sites.values()):  # segmentation job
         names = ["val_dice", "val_hd95", "val_loss", "val_samples"]
     table.add_column("site")
     for name in names:
         table.add_column(name, justify="right")
-    for site, values in sorted((final.get("sites") or {}).items()):
+    for site, values in sorted(final.sites.items()):
         table.add_row(site, *[_fmt(values.get(n)) for n in names])
-    mean = final.get("weighted_mean") or {}
+    mean = final.weighted_mean
     if mean:
         table.add_row("[bold]all (weighted)[/]", *[_fmt(mean.get(n)) for n in names])
     console.print(table)
     if rounds:
         last = rounds[-1]
-        train = {s: m.get("train_loss") for s, m in last.get("sites", {}).items() if m.get("train_loss") is not None}
+        train = {s: m.get("train_loss") for s, m in last.sites.items() if m.get("train_loss") is not None}
         if train:
             console.print("last round training loss: " + ", ".join(f"{s} {_fmt(v)}" for s, v in sorted(train.items())))
-        if "consortium_metrics" in last:  # secure aggregation: the server only knows sums
-            consortium = last["consortium_metrics"]
+        if last.consortium_metrics is not None:  # secure aggregation: the server only knows sums
+            consortium = last.consortium_metrics
             console.print(f"secure aggregation: last round mean training loss {_fmt(consortium.get('train_loss'))} "
-                          f"over {len(last.get('sites', {}))} sites (no site's own figures left it); "
-                          f"dropped: {', '.join(last.get('dropped') or []) or 'none'}; "
-                          f"quantisation error bound {_fmt(last.get('quantisation_error_bound'))}")
-    exchange = metrics.get("exchange")
+                          f"over {len(last.sites)} sites (no site's own figures left it); "
+                          f"dropped: {', '.join(last.dropped or []) or 'none'}; "
+                          f"quantisation error bound {_fmt(last.quantisation_error_bound)}")
+    exchange = record.exchange
     if exchange:
-        console.print(f"upload per round and site: {int(exchange['tensors'])} tensors, {int(exchange['elements'])} "
-                      f"values ({exchange['percent']:.3g} % of the model's {int(exchange['full_model_elements'])})")
-    backbone = metrics.get("backbone")
+        console.print(f"upload per round and site: {int(exchange.tensors)} tensors, {int(exchange.elements)} "
+                      f"values ({exchange.percent:.3g} % of the model's {int(exchange.full_model_elements)})")
+    backbone = record.backbone
     if backbone:
         console.print(f"pretrained backbone {backbone['version']}: {result_dir / backbone['folder']} "
                       f"(sha256 {backbone['sha256']}, card: BACKBONE_CARD.md)", highlight=False)
-    agreement = metrics.get("label_agreement")
+    agreement = record.label_agreement
     if agreement:  # jobs with labels from reports: aggregates of k or more studies per site
         console.print("weak labels agree with hand labels: " + ", ".join(
             f"{s} {_fmt(a.get('weak_label_agreement'))} ({int(a['weak_label_studies'])} studies)"
-            for s, a in sorted(agreement["sites"].items())) + f"; pooled {_fmt(agreement['pooled_agreement'])}")
-    for site, privacy in sorted((metrics.get("privacy") or {}).items()):
-        for dataset, spent in privacy["datasets"].items():
-            console.print(f"privacy: {site} dataset {dataset}: epsilon {spent['epsilon_spent']:.3g} spent "
-                          f"(delta {spent['delta']}), {spent['rounds']} rounds, {spent['refused']} refused, "
-                          f"ledger chain {'ok' if privacy['chain_ok'] else 'BROKEN'}")
-    for refusal in metrics.get("refused", []):
-        console.print(f"[yellow]{refusal['site']} refused round {refusal['round']}:[/] {refusal['reason']}")
+            for s, a in sorted(agreement.sites.items())) + f"; pooled {_fmt(agreement.pooled_agreement)}")
+    for site, privacy in sorted((record.privacy or {}).items()):
+        for dataset, spent in privacy.datasets.items():
+            console.print(f"privacy: {site} dataset {dataset}: epsilon {spent.epsilon_spent:.3g} spent "
+                          f"(delta {spent.delta}), {spent.rounds} rounds, {spent.refused} refused, "
+                          f"ledger chain {'ok' if privacy.chain_ok else 'BROKEN'}")
+    for refusal in record.refused:
+        console.print(f"[yellow]{refusal.site} refused round {refusal.round}:[/] {refusal.reason}")
     console.print(f"results: {result_dir} (global_model.pt, metrics.json, egress/, privacy/)")
 
 
@@ -250,8 +255,12 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_record(path: Path) -> Any:
+    """The run record the server has written so far (None: none yet, or not readable: progress only)."""
+    from ai4hi_sdk.errors import UserError
+    from ai4hi_sdk.jobs.run_record import TrainingRunRecord
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return TrainingRunRecord.read(path)
+    except UserError:
         return None

@@ -105,7 +105,7 @@ def _progress_line(progress) -> str:
     if progress.sites_active is not None:
         line += f", sites active: {', '.join(progress.sites_active) or 'none'}"
     for refusal in progress.refused or []:
-        line += f"; {refusal['site']} refused round {refusal['round']}: {refusal['reason']}"
+        line += f"; {refusal.site} refused round {refusal.round}: {refusal.reason}"
     return line
 
 
@@ -114,7 +114,7 @@ def _status(args: argparse.Namespace) -> int:
         meta = session.job_meta(args.job_id)
         progress = session.progress(args.job_id)
         running = str(meta.get("status")) == "RUNNING"
-        record = session.run_metrics(args.job_id) if running else session.final_record(args.job_id)
+        record = _live_record(session, args.job_id) if running else session.final_record(args.job_id)
     table = Table(title=f"job {args.job_id}")
     table.add_column("field")
     table.add_column("value", overflow="fold")
@@ -130,7 +130,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_latest_round(console: Console, record: dict) -> None:
+def _live_record(session, job_id: str):
+    """The running job's record as the server has written it so far (None: none readable yet)."""
+    from ai4hi_sdk.deploy.admin import RUN_METRICS_FILE
+    from ai4hi_sdk.jobs.run_record import TrainingRunRecord
+
+    raw = session.run_metrics(job_id)
+    return TrainingRunRecord.load(raw, f"job {job_id}'s {RUN_METRICS_FILE}") if raw else None
+
+
+def _print_latest_round(console: Console, record) -> None:
     """The consortium's metrics of the latest completed round: only what reached the server anyway
     (secure-aggregation consortium means, or the sites' validation of the global model)."""
     from ai4hi_sdk.deploy.results import latest_round_metrics
@@ -162,48 +171,51 @@ def _wait(args: argparse.Namespace) -> int:
         console.print(f"last progress seen: {escape(_progress_line(seen))}")
     if record is None:  # no ai4hi record readable: what the progress showed
         for refusal in (seen.refused if seen else None) or []:
-            console.print(f"[yellow]{refusal['site']} refused round {refusal['round']} for policy reasons:[/] "
-                          f"{escape(refusal['reason'])}")
+            console.print(f"[yellow]{refusal.site} refused round {refusal.round} for policy reasons:[/] "
+                          f"{escape(refusal.reason)}")
         ok = final == "FINISHED:COMPLETED"
     else:
         ok = final == "FINISHED:COMPLETED" and _print_outcome(console, record)
     console.print(f"job {args.job_id} {'[green]' if ok else '[red]'}{final}[/]"
-                  + (f", ai4hi status {escape(str(record.get('status')))}" if record else "")
+                  + (f", ai4hi status {escape(record.status)}" if record else "")
                   + f"; results: 'ai4hi job download {args.job_id} --admin {args.admin} --out DIR'")
     return 0 if ok else 1
 
 
-def _print_outcome(console: Console, record: dict) -> bool:
+def _print_outcome(console: Console, record) -> bool:
     """Each site's refusals/rejections with its real privacy state; a line if no site trained.
-    True if the job's own record says it completed and some site trained."""
+    True if the job's own record (a :class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`) says it
+    completed and some site trained."""
     from ai4hi_sdk.deploy.results import describe_site_privacy, no_site_trained, site_outcomes
 
     for site, outcome in site_outcomes(record).items():
         for refusal in outcome["refused"]:
-            console.print(f"[yellow]{escape(site)} refused round {refusal.get('round')}:[/] "
-                          f"{escape(str(refusal.get('reason')))}; {escape(describe_site_privacy(outcome['privacy']))}",
+            console.print(f"[yellow]{escape(site)} refused round {refusal.round}:[/] "
+                          f"{escape(refusal.reason)}; {escape(describe_site_privacy(outcome['privacy']))}",
                           highlight=False)
         for rejected in outcome["rejected"]:
-            console.print(f"[yellow]{escape(site)}'s update of round {rejected.get('round')} was rejected:[/] "
-                          f"{escape(str(rejected.get('reason')))}", highlight=False)
+            console.print(f"[yellow]{escape(site)}'s update of round {rejected.round} was rejected:[/] "
+                          f"{escape(rejected.reason)}", highlight=False)
         if not outcome["refused"] and outcome["privacy"]["epsilon_spent"] is not None:
             console.print(f"privacy: {escape(site)}: {escape(describe_site_privacy(outcome['privacy']))}",
                           highlight=False)
     nobody = no_site_trained(record)
     if nobody:
         console.print(f"[bold red]no site trained[/]: every site refused, was rejected or dropped out "
-                      f"({escape(str(record.get('reason', '')))})", highlight=False)
-    return record.get("status") == "completed" and not nobody
+                      f"({escape(record.reason or '')})", highlight=False)
+    return record.status == "completed" and not nobody
 
 
 def _download(args: argparse.Namespace) -> int:
     console = Console()
     with _session(args) as session, console.status(f"downloading job {args.job_id} ..."):
         metrics = session.download_result(args.job_id, args.out)
-    rounds = [r for r in metrics.get("rounds", []) if r.get("status") == "completed"]
-    console.print(f"job {args.job_id}: {metrics.get('status')} ({escape(str(metrics.get('reason', '')))}), "
-                  f"{len(rounds)} rounds completed with sites {', '.join(metrics.get('sites', []))}")
-    ok = _print_outcome(console, metrics)
+    from ai4hi_sdk.jobs.run_record import TrainingRunRecord
+
+    record = TrainingRunRecord.load(metrics, str(Path(args.out) / "result" / "metrics.json"))
+    console.print(f"job {args.job_id}: {record.status} ({escape(record.reason or '')}), "
+                  f"{len(record.completed_rounds())} rounds completed with sites {', '.join(record.sites)}")
+    ok = _print_outcome(console, record)
     result = Path(args.out).resolve() / "result"
     console.print(f"results: {result} (global_model.pt, metrics.json, receipts.jsonl); server logs: "
                   f"{Path(args.out).resolve() / 'server'}")

@@ -165,7 +165,8 @@ class SecureAggregationSpec(StrictModel):
     active server with fewer than m/3 colluding sites. The job only *asks* for t: every site refuses
     a round whose t is below its own floor (site policy ``min_secure_aggregation_threshold`` and
     ``secure_aggregation_threshold_rule``), so a lower t (e.g. 2 of 3, to survive one dropout) needs
-    every site's policy to allow it.
+    every site's policy to allow it. The server and every site translate this section into the
+    protocol's one configuration (``ai4hi_sdk.privacy.secagg.settings.protocol_config``).
     """
 
     neighbours: int | None = Field(None, ge=2, description="k of the k-regular masking graph (default: all)")
@@ -181,15 +182,6 @@ class SecureAggregationSpec(StrictModel):
     secure_metrics: bool = Field(True, description="training metrics travel masked too (consortium means only)")
     cipher: Literal["aes-128-ctr", "aes-256-ctr", "chacha20"] = "aes-128-ctr"
     key_timeout_s: float = Field(120, gt=0, le=86_400, description="wait for keys/shares/unmask replies")
-
-    def protocol_config(self) -> Any:
-        """The pure protocol's configuration (raises ValueError for an unusable combination)."""
-        from ai4hi_sdk.privacy.secagg.protocol.config import SecAggConfig
-
-        return SecAggConfig(neighbours=self.neighbours, threshold=self.threshold, clip=self.clip,
-                            cipher=self.cipher, advertise_timeout_s=self.key_timeout_s,
-                            share_timeout_s=self.key_timeout_s, unmask_timeout_s=self.key_timeout_s,
-                            secure_metrics=self.secure_metrics)
 
 
 class PrivacySpec(StrictModel):

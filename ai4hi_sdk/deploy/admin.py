@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.deploy.kit import Kit, load_kit
 from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.jobs.run_record import RecordError, Refusal, TrainingRunRecord
 
 TERMINAL_PREFIX = "FINISHED"
 #: the job's metrics as the server writes them while it runs (see jobs/components/controller.py)
@@ -35,7 +36,7 @@ class Progress:
     rounds_done: int | None = None
     rounds_total: int | None = None
     sites_active: list[str] | None = None
-    refused: list[dict] | None = None
+    refused: list[Refusal] | None = None
 
 
 @contextlib.contextmanager
@@ -184,15 +185,17 @@ class AdminSession:
         except Exception:  # not authorised, not written yet, or the job folder is gone: no progress detail
             return None
 
-    def final_record(self, job_id: str) -> dict[str, Any] | None:
+    def final_record(self, job_id: str) -> TrainingRunRecord | None:
         """The finished job's ai4hi round record: read on the server if its run folder is still
         there, else from a download into the kit's scratch folder (removed after). None if the
-        job wrote none (or this admin may read neither)."""
+        job wrote none (or this admin may read neither); a record that does not match its schema
+        raises RecordError naming the field."""
         from ai4hi_sdk.deploy.results import find_run_dir
         from ai4hi_sdk.jobs.wire import METRICS_FILE
 
-        record = self.run_metrics(job_id)
-        if record and record.get("status") != "running":
+        raw = self.run_metrics(job_id)
+        record = TrainingRunRecord.load(raw, f"job {job_id}'s {RUN_METRICS_FILE}") if raw else None
+        if record is not None and record.status != "running":
             return record
         with tempfile.TemporaryDirectory(prefix="ai4hi-record-", dir=self._scratch()) as tmp:
             try:
@@ -203,20 +206,25 @@ class AdminSession:
             if run_dir is None:
                 return record
             try:
-                return json.loads((run_dir / METRICS_FILE).read_text())
+                downloaded = json.loads((run_dir / METRICS_FILE).read_text())
             except (OSError, ValueError):
                 return record
+            return TrainingRunRecord.load(downloaded, f"job {job_id}'s {METRICS_FILE}")
 
     def progress(self, job_id: str) -> Progress:
         meta = self.job_meta(job_id)
         progress = Progress(status=str(meta.get("status")))
-        record = self.run_metrics(job_id) if progress.status == "RUNNING" else None
-        if record:
-            progress.rounds_done = sum(1 for r in record.get("rounds", []) if r.get("status") == "completed")
-            progress.rounds_total = record.get("num_rounds")
-            refused = {r["site"] for r in record.get("refused", [])}
-            progress.sites_active = [s for s in record.get("sites", []) if s not in refused]
-            progress.refused = record.get("refused", [])
+        raw = self.run_metrics(job_id) if progress.status == "RUNNING" else None
+        try:
+            record = TrainingRunRecord.load(raw, RUN_METRICS_FILE) if raw else None
+        except RecordError:  # not an ai4hi record this SDK reads: no progress detail
+            record = None
+        if record is not None:
+            progress.rounds_done = len(record.completed_rounds())
+            progress.rounds_total = record.num_rounds
+            refused = {r.site for r in record.refused}
+            progress.sites_active = [s for s in record.sites if s not in refused]
+            progress.refused = list(record.refused)
         return progress
 
     def wait(self, job_id: str, timeout_s: float = 3600, poll_s: float = 2.0,

@@ -4,6 +4,7 @@ that ``ai4hi job simulate`` writes, so a lead's tooling reads both the same way:
     OUT/result/global_model.pt   final global model (state dict of float tensors)
     OUT/result/metrics.json      the server's round record, plus job_id, NVFlare status and
                                  per-site privacy as the sites reported it with their updates
+                                 (:class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`)
     OUT/result/receipts.jsonl    what the server received (descriptions only)
     OUT/result/backbone/         a pretraining job's backbone, provenance record and card
     OUT/server/                  NVFlare's download of the job (server logs, job definition)
@@ -15,13 +16,16 @@ which a site admin can check against their own ledger (``ai4hi privacy report``)
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from ai4hi_sdk.jobs.run_record import DatasetPrivacy, SitePrivacy, TrainingRunRecord, as_training_record
 from ai4hi_sdk.jobs.wire import BACKBONE_RESULT_DIR, METRICS_FILE, MODEL_FILE
 from ai4hi_sdk.jobs.wire import RECEIPT_LOG
+
+#: a job record, typed or as parsed from its JSON (validated on use)
+Record = TrainingRunRecord | Mapping[str, Any]
 
 RECEIPTS = "receipts.jsonl"
 
@@ -35,49 +39,47 @@ def find_run_dir(download: Path) -> Path | None:
     return None
 
 
-def trained_sites(record: dict[str, Any]) -> list[str]:
+def trained_sites(record: Record) -> list[str]:
     """Sites whose update went into at least one completed round of the job's record."""
-    return sorted({site for r in record.get("rounds", []) if r.get("status") == "completed"
-                   for site in (r.get("sites") or {})})
+    return sorted({site for r in as_training_record(record).completed_rounds() for site in r.sites})
 
 
-def no_site_trained(record: dict[str, Any]) -> bool:
+def no_site_trained(record: Record) -> bool:
     """True when no site's update was used (every site refused, was rejected or dropped)."""
     return not trained_sites(record)
 
 
-def site_outcomes(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def site_outcomes(record: Record) -> dict[str, dict[str, Any]]:
     """Per site of a job record: ``trained`` (rounds used), ``refused`` / ``rejected`` (the records,
     each with round and reason) and ``privacy``: what the site said about its budget, i.e. the
     ``privacy`` of its latest refusal (``dataset_id``, ``epsilon_spent``, ``epsilon_limit``,
     ``delta``) or else the cumulative ``dp_epsilon`` / ``dp_delta`` it reported with its last update;
     ``epsilon_remaining`` where the limit is known. Absent fields are None: nothing is made up."""
-    sites = set(record.get("sites", []))
-    for key in ("refused", "rejected"):
-        sites |= {r.get("site") for r in record.get(key, []) if r.get("site")}
+    record = as_training_record(record)
+    sites = set(record.sites) | {r.site for r in record.refused} | {r.site for r in record.rejected}
     out: dict[str, dict[str, Any]] = {}
     for site in sorted(sites):
-        rounds = [r for r in record.get("rounds", []) if site in (r.get("sites") or {})]
-        reported = [r["sites"][site] for r in rounds if "dp_epsilon" in (r["sites"][site] or {})]
-        refused = [r for r in record.get("refused", []) if r.get("site") == site]
+        rounds = [r for r in record.rounds if site in r.sites]
+        reports = [r for r in rounds if "dp_epsilon" in r.sites[site]]
+        refused = [r for r in record.refused if r.site == site]
         privacy: dict[str, Any] = {"dataset_id": None, "epsilon_spent": None, "epsilon_limit": None, "delta": None,
                                    "source": None}
-        stated = [r["privacy"] for r in refused if isinstance(r.get("privacy"), dict)]
-        last_refusal_round = max((r.get("round", -1) for r in refused), default=-1)
-        last_report_round = max((r.get("round", -1) for r in rounds if "dp_epsilon" in (r["sites"][site] or {})),
-                                default=-1)
+        stated = [r.privacy for r in refused if r.privacy is not None]
+        last_refusal_round = max((r.round if r.round is not None else -1 for r in refused), default=-1)
+        last_report_round = max((r.round for r in reports), default=-1)
         if stated and last_refusal_round >= last_report_round:
-            privacy.update({k: stated[-1].get(k) for k in ("dataset_id", "epsilon_spent", "epsilon_limit", "delta")})
+            privacy.update(stated[-1].model_dump(include={"dataset_id", "epsilon_spent", "epsilon_limit", "delta"}))
             privacy["source"] = "stated by the site with its refusal"
-        elif reported:
-            privacy.update(epsilon_spent=reported[-1].get("dp_epsilon"), delta=reported[-1].get("dp_delta"),
+        elif reports:
+            last = reports[-1].sites[site]
+            privacy.update(epsilon_spent=last.get("dp_epsilon"), delta=last.get("dp_delta"),
                            source="reported by the site with its last update")
             if stated:
-                privacy.update(epsilon_limit=stated[-1].get("epsilon_limit"), dataset_id=stated[-1].get("dataset_id"))
+                privacy.update(epsilon_limit=stated[-1].epsilon_limit, dataset_id=stated[-1].dataset_id)
         spent, limit = privacy["epsilon_spent"], privacy["epsilon_limit"]
         privacy["epsilon_remaining"] = max(limit - spent, 0.0) if spent is not None and limit is not None else None
-        out[site] = {"trained": sum(1 for r in rounds if r.get("status") == "completed"),
-                     "refused": refused, "rejected": [r for r in record.get("rejected", []) if r.get("site") == site],
+        out[site] = {"trained": sum(1 for r in rounds if r.status == "completed"),
+                     "refused": refused, "rejected": [r for r in record.rejected if r.site == site],
                      "privacy": privacy}
     return out
 
@@ -98,22 +100,23 @@ def describe_site_privacy(privacy: dict[str, Any]) -> str:
     return text
 
 
-def privacy_from_rounds(record: dict[str, Any]) -> dict[str, Any]:
+def privacy_from_rounds(record: Record) -> dict[str, SitePrivacy]:
     """Per-site privacy as reported to the server (:func:`site_outcomes`): epsilon spent on the
     site's dataset (its total over all jobs, from its ledger), rounds with a DP update, refusals.
     A value the site did not report is None, never 0."""
-    out: dict[str, Any] = {}
+    record = as_training_record(record)
+    out: dict[str, SitePrivacy] = {}
     for site, outcome in site_outcomes(record).items():
         privacy = outcome["privacy"]
-        entry: dict[str, Any] = {"source": "reported by the site with its updates or refusals; its ledger stays at the site",
-                 "chain_ok": None, "ledger": None, "datasets": {}}
-        rounds = sum(1 for r in record.get("rounds", []) if "dp_epsilon" in ((r.get("sites") or {}).get(site) or {}))
+        datasets: dict[str, DatasetPrivacy] = {}
+        rounds = sum(1 for r in record.rounds if "dp_epsilon" in r.sites.get(site, {}))
         if rounds or outcome["refused"]:
-            entry["datasets"][privacy.get("dataset_id") or "reported"] = {
-                "epsilon_spent": privacy["epsilon_spent"], "epsilon_limit": privacy["epsilon_limit"],
-                "epsilon_remaining": privacy["epsilon_remaining"], "delta": privacy["delta"], "rounds": rounds,
-                "refused": len(outcome["refused"])}
-        out[site] = entry
+            datasets[privacy.get("dataset_id") or "reported"] = DatasetPrivacy(
+                epsilon_spent=privacy["epsilon_spent"], epsilon_limit=privacy["epsilon_limit"],
+                epsilon_remaining=privacy["epsilon_remaining"], delta=privacy["delta"], rounds=rounds,
+                refused=len(outcome["refused"]))
+        out[site] = SitePrivacy(source="reported by the site with its updates or refusals; its ledger stays at the site",
+                                chain_ok=None, ledger=None, datasets=datasets)
     return out
 
 
@@ -125,40 +128,38 @@ def build_result(download: Path, out: Path, job_id: str, job_meta: dict[str, Any
     run_dir = find_run_dir(download)
     status = str(job_meta.get("status"))
     if run_dir is None:
-        metrics: dict[str, Any] = {"status": "failed",
-                                   "reason": f"the job ended ({status}) before the server wrote results"}
+        record = TrainingRunRecord(status="failed", reason=f"the job ended ({status}) before the server wrote results")
     else:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        record = TrainingRunRecord.read(run_dir / METRICS_FILE)
         if (run_dir / MODEL_FILE).is_file():
             shutil.copy2(run_dir / MODEL_FILE, result / MODEL_FILE)
-            metrics["global_model"] = MODEL_FILE
+            record.global_model = MODEL_FILE
         if (run_dir / RECEIPT_LOG).is_file():
             shutil.copy2(run_dir / RECEIPT_LOG, result / RECEIPTS)
-            metrics["receipt_log"] = RECEIPTS
+            record.receipt_log = RECEIPTS
         if (run_dir / BACKBONE_RESULT_DIR).is_dir():
             shutil.copytree(run_dir / BACKBONE_RESULT_DIR, result / BACKBONE_RESULT_DIR)
-        if status != "FINISHED:COMPLETED" and metrics.get("status") in ("running", "completed"):
-            metrics["status"] = "failed"
-            metrics["reason"] = f"NVFlare ended the job with {status}"
-        metrics["privacy"] = privacy_from_rounds(metrics)
-    metrics["job_id"] = job_id
-    metrics["nvflare_status"] = status
-    metrics["egress_logs"] = {}  # kept at each site: <site kit>/ai4hi/egress_log.jsonl
-    metrics["server_download"] = str(download)
-    (result / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    return metrics
+        if status != "FINISHED:COMPLETED" and record.status in ("running", "completed"):
+            record.status = "failed"
+            record.reason = f"NVFlare ended the job with {status}"
+        record.privacy = privacy_from_rounds(record)
+    record.job_id = job_id
+    record.nvflare_status = status
+    record.egress_logs = {}  # kept at each site: <site kit>/ai4hi/egress_log.jsonl
+    record.server_download = str(download)
+    (result / "metrics.json").write_text(record.to_json())
+    return record.to_json_dict()
 
 
-def latest_round_metrics(record: dict) -> tuple[int, dict[str, float]] | None:
+def latest_round_metrics(record: Record) -> tuple[int, dict[str, float]] | None:
     """``(round, metrics)`` of the latest completed round of a job record: the secure-aggregation
     consortium means if the round has them, else the weighted mean of the sites' validation of the
     global model that round produced (or received); None before a round completed."""
-    completed = [r for r in record.get("rounds", []) if r.get("status") == "completed"]
+    completed = as_training_record(record).completed_rounds()
     if not completed:
         return None
     last = completed[-1]
-    metrics = dict(last.get("consortium_metrics") or {})
-    if not metrics:
-        metrics = dict((last.get("global_validation") or {}).get("weighted_mean") or {})
-    return int(last.get("round", len(completed) - 1)), {k: float(v) for k, v in metrics.items()
-                                                       if isinstance(v, (int, float))}
+    metrics = dict(last.consortium_metrics or {})
+    if not metrics and last.global_validation is not None:
+        metrics = dict(last.global_validation.weighted_mean)
+    return last.round, {k: float(v) for k, v in metrics.items()}

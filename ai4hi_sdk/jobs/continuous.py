@@ -46,6 +46,7 @@ from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
 from ai4hi_sdk.data.synth import synth_consortium
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.lineage import backbone_lineage
+from ai4hi_sdk.jobs.run_record import TrainingRunRecord
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validate import run_validation
 from ai4hi_sdk.privacy.egress import model_sha256
@@ -164,7 +165,8 @@ class ContinuousLoop:
         if not result.ok:
             raise UserError(f"training {label} did not complete: {result.metrics.get('reason')} "
                             f"(log: {self.ws / 'simulate.log'})")
-        round0 = (result.metrics.get("initial_model") or {}).get("sha256")
+        initial = result.run_record.initial_model
+        round0 = initial.sha256 if initial is not None else None
         if round0 != parent_sha:  # the server must have started from exactly the champion's weights
             raise UserError(f"training {label}: round-0 global model sha256 {round0} is not the champion "
                             f"{parent}'s {parent_sha}")
@@ -178,24 +180,25 @@ class ContinuousLoop:
         self.say(f"train {label} on data {data_version} ({self.job.train.rounds} rounds x "
                  f"{self.job.train.local_epochs} local epochs), warm-started from {parent} ...")
         result = self._simulate_training(self.job, label, data_version, parent)
-        round0 = result.metrics["initial_model"]["sha256"]
+        record = result.run_record
+        initial = record.initial_model
+        assert initial is not None  # checked against the champion by _simulate_training
         shutil.copy2(result.result_dir / "metrics.json", self.report / f"train-{label}.json")
         if (result.result_dir / "tensorboard").is_dir():  # what the server streamed during the job
             shutil.copytree(result.result_dir / "tensorboard", self.report / "tensorboard" / label, dirs_exist_ok=True)
-        metrics = result.metrics
-        last_round = metrics["rounds"][-1] if metrics.get("rounds") else {}
-        last = last_round.get("sites", {})
+        last_round = record.rounds[-1] if record.rounds else None
+        last = last_round.sites if last_round is not None else {}
         state = torch.load(self._model_path(label), map_location="cpu", weights_only=True)
         self.history["models"][label] = {"sha256": model_sha256(state), "parent": parent, "training": {
             "job": f"{self.job.name}, warm-started from {parent}",
-            "initial_model": {"model": parent, "sha256": round0, "source": result.metrics["initial_model"]["source"]},
-            "rounds": len(metrics.get("rounds", [])), "sites": metrics.get("sites", []),
+            "initial_model": {"model": parent, "sha256": initial.sha256, "source": initial.source},
+            "rounds": len(record.rounds), "sites": record.sites,
             "local_epochs": self.job.train.local_epochs, "data_version": data_version,
             "data": {s: {"train_samples": m.get("train_samples")} for s, m in last.items()},
             # under secure aggregation only the total is known; per-site sizes never left the sites
-            "total_train_samples": last_round.get("total_weight"),
-            "secure_aggregation": "total_weight" in last_round,
-            "privacy": _site_privacy(metrics, last),
+            "total_train_samples": last_round.total_weight if last_round is not None else None,
+            "secure_aggregation": last_round is not None and last_round.total_weight is not None,
+            "privacy": _site_privacy(record, last),
             "record": f"train-{label}.json"}}
         if self.lineage:
             self.history["models"][label]["lineage"] = dict(self.lineage)
@@ -217,23 +220,24 @@ class ContinuousLoop:
                              candidate=self._model_path(candidate), sites_root=self.ws / "sites",
                              timeout_s=self.spec.timeout_s, champion_operating_point=champ.get("operating_point"),
                              champion_calibration=champ.get("calibration"))
+        record = run.run_record
         if not run.ok:
-            raise UserError(f"validation {i} did not complete: {run.record.get('reason')}")
+            raise UserError(f"validation {i} did not complete: {record.reason}")
         name = f"validation-{i}.json"
         shutil.copy2(run.result_dir / "validation.json", self.report / name)
         for role, model in (("candidate", candidate), ("champion", self.champion)):
-            entry = (run.record.get("operating_points") or {}).get(role) or {}
-            if "operating_point" not in models[model] and entry.get("operating_point"):
+            entry = (record.operating_points or {}).get(role)
+            if "operating_point" not in models[model] and entry is not None and entry.operating_point:
                 # the model version keeps the operating point chosen the first time it was validated
-                models[model]["operating_point"] = entry["operating_point"]
-                models[model]["calibration"] = entry.get("calibration")
-                if entry.get("calibration_error"):
-                    models[model]["calibration_error"] = entry["calibration_error"]
+                models[model]["operating_point"] = entry.operating_point
+                models[model]["calibration"] = entry.calibration
+                if entry.calibration_error:
+                    models[model]["calibration_error"] = entry.calibration_error
                 models[model]["operating_point_record"] = name
-                self.say("  " + _operating_point_line(model, entry["operating_point"], entry.get("calibration")))
+                self.say("  " + _operating_point_line(model, entry.operating_point, entry.calibration))
         self._step(kind="validate", candidate=candidate, champion=self.champion, data_version=data_version,
                    record=name, seconds=round(run.seconds, 1))
-        for site, rep in sorted(run.record.get("validation", {}).items()):
+        for site, rep in sorted((record.validation or {}).items()):
             c, p = rep["candidate"], rep.get("paired", {})
             self.say(f"  {site}: n={c.get('n')} AUROC {c.get('auroc', float('nan')):.3f} "
                      f"(champion {rep['champion'].get('auroc', float('nan')):.3f}, change "
@@ -275,8 +279,10 @@ class ContinuousLoop:
         job = self.job
         note = None
         if job.privacy.secure_aggregation is not None:
+            from ai4hi_sdk.privacy.secagg.settings import protocol_config
+
             try:
-                job.privacy.secure_aggregation.protocol_config().validate_for(len(sites) - 1)
+                protocol_config(job.privacy.secure_aggregation).validate_for(len(sites) - 1)
             except ValueError as err:  # e.g. 2 sites: secure aggregation needs at least 3
                 job = job.model_copy(update={"privacy": job.privacy.model_copy(update={"secure_aggregation": None})})
                 note = (f"trained without secure aggregation ({len(sites) - 1} sites: {err}); DP-SGD on, each site's "
@@ -297,12 +303,12 @@ class ContinuousLoop:
                 continue
             after = self._training_payloads(sites)
             state = torch.load(self._model_path(label), map_location="cpu", weights_only=True)
+            trained = result.run_record
             runs[held] = {"model": label, "sha256": model_sha256(state), "held_out": held,
-                          "trained_at": result.metrics.get("sites", []), "initial_model": INITIAL,
+                          "trained_at": trained.sites, "initial_model": INITIAL,
                           "secure_aggregation": job.privacy.secure_aggregation is not None,
                           "training_payloads": {s: after[s] - before[s] for s in sites},
-                          "privacy": _site_privacy(result.metrics, (result.metrics.get("rounds") or [{}])[-1]
-                                                   .get("sites", {})),
+                          "privacy": _site_privacy(trained, trained.rounds[-1].sites if trained.rounds else {}),
                           "seconds": round(result.seconds, 1)}
             if note:
                 runs[held]["note"] = note
@@ -319,9 +325,10 @@ class ContinuousLoop:
                 timeout_s=self.spec.timeout_s)
             record_name = f"leave-one-site-out-{i}.json"
             shutil.copy2(run.result_dir / "validation.json", self.report / record_name)
+            validated = run.run_record
             if not run.ok:
-                self.say(f"  leave-one-site-out validation did not complete: {run.record.get('reason')}")
-            for held, rep in sorted((run.record.get("validation") or {}).items()):
+                self.say(f"  leave-one-site-out validation did not complete: {validated.reason}")
+            for held, rep in sorted((validated.validation or {}).items()):
                 cand, champ, paired = rep.get("candidate", {}), rep.get("champion", {}), rep.get("paired", {})
                 if "auroc" not in cand or "auroc" not in champ:
                     runs[held]["error"] = "AUROC undefined at the held-out site (one class in its test split)"
@@ -330,8 +337,9 @@ class ContinuousLoop:
                 runs[held].update(n=cand.get("n"), delta=paired.get("delta"), delta_ci=paired.get("ci"))
                 self.say(f"  {held} (never seen): AUROC {cand['auroc']:.3f} vs {champ['auroc']:.3f} for {model} "
                          f"(trained with it), change {paired.get('delta', float('nan')):+.3f}")
-            for r in run.record.get("refused", []) + run.record.get("rejected", []):
-                runs.setdefault(r["site"], {})["error"] = f"validation: {r['reason']}"
+            for site, reason in [(r.site, r.reason) for r in validated.refused] + \
+                    [(r.site, r.reason) for r in validated.rejected]:
+                runs.setdefault(site, {})["error"] = f"validation: {reason}"
         info["leave_one_site_out"] = scores
         info["leave_one_site_out_runs"] = runs
         self.history["leave_one_site_out"].append({"model": model, "data_version": data_version,
@@ -346,13 +354,14 @@ class ContinuousLoop:
         run = run_validation(self.job, self.spec.validation, self.data_root / data_version,
                              self.ws / "runs" / f"monitor-{i}", champion=self._model_path(self.champion),
                              tasks=("monitor",), sites_root=self.ws / "sites", timeout_s=self.spec.timeout_s)
+        record = run.run_record
         if not run.ok:
-            raise UserError(f"monitoring {i} did not complete: {run.record.get('reason')}")
+            raise UserError(f"monitoring {i} did not complete: {record.reason}")
         name = f"monitor-{i}.json"
         shutil.copy2(run.result_dir / "validation.json", self.report / name)
         self._step(kind="monitor", model=self.champion, data_version=data_version, record=name,
                    label=f"monitor {i} ({data_version})", seconds=round(run.seconds, 1))
-        for site, rep in sorted((run.record.get("drift") or {}).items()):
+        for site, rep in sorted((record.drift or {}).items()):
             self.say(f"  {site}: {'ALARM' if rep['alarm'] else 'no alarm'}"
                      + (f" ({', '.join(sorted(rep.get('triggered', {})))})" if rep["alarm"] else ""))
         return run.record
@@ -531,14 +540,13 @@ def _operating_point_line(model: str, op: dict | None, cal: dict | None) -> str:
     return line
 
 
-def _site_privacy(metrics: dict, last_sites: dict) -> dict[str, dict]:
+def _site_privacy(record: TrainingRunRecord, last_sites: dict) -> dict[str, dict]:
     """Epsilon (and delta) per site: what the site reported with its update, else (secure
     aggregation hides per-site metrics) the site's own ledger summary the simulator collected."""
     out = {s: {"epsilon": m.get("dp_epsilon"), "delta": m.get("dp_delta")} for s, m in last_sites.items()
            if m.get("dp_epsilon") is not None}
-    for site, summary in (metrics.get("privacy") or {}).items():
-        if site not in out:
-            spent = list((summary.get("datasets") or {}).values())
-            if spent:
-                out[site] = {"epsilon": max(d["epsilon_spent"] for d in spent), "delta": spent[0].get("delta")}
+    for site, summary in (record.privacy or {}).items():
+        spent = [d.epsilon_spent for d in summary.datasets.values() if d.epsilon_spent is not None]
+        if site not in out and spent:
+            out[site] = {"epsilon": max(spent), "delta": next(iter(summary.datasets.values())).delta}
     return out

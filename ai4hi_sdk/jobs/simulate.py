@@ -19,6 +19,8 @@ Workspace layout::
                               results stay (a failed run in a fresh workspace writes WS/result)
     WS/result/metrics.json    per round: per-site training/validation metrics, global validation;
                               ``initial_model``: source and sha256 of the round-0 global model
+                              (:class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`;
+                              reference: docs/reference/metrics-json.md)
     WS/result/egress/<site>.jsonl   copy of each site's hash-chained egress log
     WS/result/receipts.jsonl  what the server received (descriptions only)
     WS/result/tensorboard/    round metrics the server streamed to TensorBoard during the job
@@ -52,6 +54,7 @@ from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.jobs.builder import base_checkpoint, export_job, install_initial_model
 from ai4hi_sdk.jobs.live_metrics import TENSORBOARD_DIR
+from ai4hi_sdk.jobs.run_record import DatasetPrivacy, SitePrivacy, TrainingRunRecord
 from ai4hi_sdk.jobs.signals import STOP_SIGNALS, Terminated, stop_signals_raise  # noqa: F401 (re-exported)
 from ai4hi_sdk.jobs.wire import BACKBONE_RESULT_DIR, METRICS_FILE, MODEL_FILE, RECEIPT_LOG
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
@@ -65,7 +68,11 @@ SIM_JOB_ID = "simulate_job"  # the run folder name NVFlare's simulator uses
 RUN_MARKER_ENV = "AI4HI_SIMULATOR_RUN"
 @dataclass
 class SimulationResult:
-    """Where a simulation's results are and how it ended."""
+    """Where a simulation's results are and how it ended.
+
+    Attributes:
+        metrics: the run record as written to ``metrics.json`` (JSON form); :attr:`run_record` reads it.
+    """
 
     result_dir: Path
     metrics: dict
@@ -73,8 +80,13 @@ class SimulationResult:
     seconds: float
 
     @property
+    def run_record(self) -> TrainingRunRecord:
+        """The run record, typed (raises RecordError naming the field if it does not match)."""
+        return TrainingRunRecord.load(self.metrics, str(self.result_dir / "metrics.json"))
+
+    @property
     def ok(self) -> bool:
-        return self.return_code == 0 and self.metrics.get("status") == "completed"
+        return self.return_code == 0 and self.run_record.status == "completed"
 
 
 def discover_sites(data_root: Path) -> list[str]:
@@ -264,49 +276,51 @@ def collect_results(workspace: Path, sites: list[str], return_code: int, extra: 
     result.mkdir(parents=True, exist_ok=True)
     run_dir = sim / "server" / SIM_JOB_ID
     metrics_src = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_src.read_text()) if metrics_src.exists() else {
-        "status": "failed", "reason": f"the simulator ended (exit code {return_code}) before the job wrote results"}
-    if return_code not in (0, None) and metrics.get("status") in ("running", "completed"):
-        metrics["status"] = "failed"
-        metrics["reason"] = f"simulator exit code {return_code}" + (" (timed out)" if return_code == 124 else "")
+    record = TrainingRunRecord.read(metrics_src) if metrics_src.exists() else TrainingRunRecord(
+        status="failed", reason=f"the simulator ended (exit code {return_code}) before the job wrote results")
+    if return_code not in (0, None) and record.status in ("running", "completed"):
+        record.status = "failed"
+        record.reason = f"simulator exit code {return_code}" + (" (timed out)" if return_code == 124 else "")
     if (run_dir / MODEL_FILE).exists():
         shutil.copy2(run_dir / MODEL_FILE, result / MODEL_FILE)
-        metrics["global_model"] = MODEL_FILE
+        record.global_model = MODEL_FILE
     if (run_dir / RECEIPT_LOG).exists():
         shutil.copy2(run_dir / RECEIPT_LOG, result / "receipts.jsonl")
-        metrics["receipt_log"] = "receipts.jsonl"
+        record.receipt_log = "receipts.jsonl"
     if (run_dir / TENSORBOARD_DIR).is_dir():  # round metrics the server streamed during the job
         shutil.copytree(run_dir / TENSORBOARD_DIR, result / TENSORBOARD_DIR, dirs_exist_ok=True)
-        metrics["tensorboard"] = TENSORBOARD_DIR
+        record.tensorboard = TENSORBOARD_DIR
     if (run_dir / BACKBONE_RESULT_DIR).is_dir():
         shutil.copytree(run_dir / BACKBONE_RESULT_DIR, result / BACKBONE_RESULT_DIR, dirs_exist_ok=True)
-    metrics["egress_logs"] = {}
+    record.egress_logs = {}
     for site in sites:
         src = workspace / "sites" / site / EGRESS_LOG
         if src.exists():
             (result / "egress").mkdir(exist_ok=True)
             shutil.copy2(src, result / "egress" / f"{site}.jsonl")
-            metrics["egress_logs"][site] = {"copy": f"egress/{site}.jsonl", "site_log": str(src)}
+            record.egress_logs[site] = {"copy": f"egress/{site}.jsonl", "site_log": str(src)}
         ledger = workspace / "sites" / site / PRIVACY_LEDGER
         if ledger.exists():
             (result / "privacy").mkdir(exist_ok=True)
             shutil.copy2(ledger, result / "privacy" / f"{site}.jsonl")
-            metrics.setdefault("privacy", {})[site] = _privacy_summary(ledger)
-    metrics.update(extra or {})
-    (result / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    return metrics
+            if record.privacy is None:
+                record.privacy = {}
+            record.privacy[site] = _privacy_summary(ledger)
+    metrics = {**record.to_json_dict(), **(extra or {})}
+    record = TrainingRunRecord.load(metrics, "the simulation's extra record fields")  # extra: typed too
+    (result / "metrics.json").write_text(record.to_json())
+    return record.to_json_dict()
 
 
-def _privacy_summary(ledger_path: Path) -> dict:
+def _privacy_summary(ledger_path: Path) -> SitePrivacy:
     """Per-site privacy summary for the lead: epsilon spent per dataset (from the site's ledger,
     whose chain is verified), rounds spent and refused."""
     ledger = PrivacyLedger(ledger_path)
     check = ledger.verify()
-    out: dict = {"ledger": f"privacy/{ledger_path.parent.parent.name}.jsonl", "chain_ok": check.ok, "datasets": {}}
-    for name, summary in ledger.summary().items():
-        out["datasets"][name] = {"epsilon_spent": summary.spent, "rounds": summary.rounds,
-                                 "refused": summary.refused, "delta": summary.delta}
-    return out
+    return SitePrivacy(ledger=f"privacy/{ledger_path.parent.parent.name}.jsonl", chain_ok=check.ok, datasets={
+        name: DatasetPrivacy(epsilon_spent=summary.spent, rounds=summary.rounds, refused=summary.refused,
+                             delta=summary.delta)
+        for name, summary in ledger.summary().items()})
 
 
 def write_simulated_local_config(sim_workspace: Path, sites: list[str]) -> None:
@@ -346,10 +360,12 @@ def simulate_job_dir(job_dir: str | Path, workspace: str | Path, sites: list[str
 def check_secure_aggregation(spec: JobSpec, n_sites: int) -> None:
     """Refuse up front a secure-aggregation job that cannot run on ``n_sites`` sites (fewer than 3,
     a threshold above the neighbourhood, an overflowing sum), instead of failing inside NVFlare."""
+    from ai4hi_sdk.privacy.secagg.settings import protocol_config
+
     if spec.privacy.secure_aggregation is None:
         return
     try:
-        spec.privacy.secure_aggregation.protocol_config().validate_for(n_sites)
+        protocol_config(spec.privacy.secure_aggregation).validate_for(n_sites)
     except ValueError as err:
         raise UserError(f"job '{spec.name}' uses secure aggregation, which cannot run on {n_sites} sites: {err}") \
             from None
@@ -428,6 +444,8 @@ def simulate(spec: JobSpec, data_root: str | Path, workspace: str | Path, *, sit
         metrics = collect_results(workspace, chosen, code, extra=extra, result=staging / "result")
         result = SimulationResult(staging / "result", metrics, code, time.monotonic() - started)
         result.result_dir = _publish(workspace, staging / "result", result.ok)
+        if result.result_dir.name == FAILED_RESULT:  # the record there names the results kept
+            result.metrics = TrainingRunRecord.read(result.result_dir / "metrics.json").to_json_dict()
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -444,9 +462,9 @@ def _publish(workspace: Path, new: Path, ok: bool) -> Path:
     if not ok and final.exists():
         target = workspace / FAILED_RESULT
         shutil.rmtree(target, ignore_errors=True)
-        metrics = json.loads((new / "metrics.json").read_text())
-        metrics["previous_results_kept"] = str(final)
-        (new / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        record = TrainingRunRecord.read(new / "metrics.json")
+        record.previous_results_kept = str(final)
+        (new / "metrics.json").write_text(record.to_json())
         os.replace(new, target)
         return target
     old = workspace / f".ai4hi-previous-result-{uuid.uuid4().hex[:12]}"

@@ -6,6 +6,8 @@ Workspace layout::
     WS/simulate/, WS/simulate.log  the simulator's workspace and output
     WS/result/validation.json      the server's record: per-site aggregate reports, drift statistics,
                                    refusals and rejections, model hashes
+                                   (:class:`~ai4hi_sdk.jobs.run_record.ValidationRecord`;
+                                   reference: docs/reference/validation-json.md)
     WS/result/egress/<site>.jsonl  copy of each site's hash-chained egress log
     WS/result/receipts.jsonl       what the server received (descriptions only)
 
@@ -16,7 +18,6 @@ monitoring jobs, as a real site does.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 from ai4hi_sdk.config.job_spec import JobSpec
 from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.jobs.builder import export_validation_job
+from ai4hi_sdk.jobs.run_record import ValidationRecord
 from ai4hi_sdk.jobs.simulate import (DEFAULT_SITE_POLICY, SIM_JOB_ID, discover_sites, install_site_backbones,
                                      simulate_job_dir)
 from ai4hi_sdk.jobs.wire import RECEIPT_LOG
@@ -40,7 +42,11 @@ RESULT_JSON = "validation.json"
 
 @dataclass
 class ValidationRun:
-    """Where a validation job's record is and how it ended."""
+    """Where a validation job's record is and how it ended.
+
+    Attributes:
+        record: the record as written to ``validation.json`` (JSON form); :attr:`run_record` reads it.
+    """
 
     result_dir: Path
     record: dict
@@ -48,8 +54,13 @@ class ValidationRun:
     seconds: float
 
     @property
+    def run_record(self) -> ValidationRecord:
+        """The record, typed (raises RecordError naming the field if it does not match)."""
+        return ValidationRecord.load(self.record, str(self.result_dir / RESULT_JSON))
+
+    @property
     def ok(self) -> bool:
-        return self.return_code == 0 and self.record.get("status") == "completed"
+        return self.return_code == 0 and self.run_record.status == "completed"
 
 
 def run_validation(spec: JobSpec, config: ValidationSpec, data_root: str | Path, workspace: str | Path, *,
@@ -92,21 +103,21 @@ def run_validation(spec: JobSpec, config: ValidationSpec, data_root: str | Path,
     result.mkdir(parents=True, exist_ok=True)
     run_dir = workspace / "simulate" / "server" / SIM_JOB_ID
     src = run_dir / RESULT_FILE
-    record = json.loads(src.read_text()) if src.exists() else {
-        "status": "failed", "reason": f"the simulator ended (exit code {code}) before the job wrote results"}
-    if code != 0 and record.get("status") in ("running", "completed"):
-        record["status"] = "failed"
-        record["reason"] = f"simulator exit code {code}" + (" (timed out)" if code == 124 else "")
+    record = ValidationRecord.read(src) if src.exists() else ValidationRecord(
+        status="failed", reason=f"the simulator ended (exit code {code}) before the job wrote results")
+    if code != 0 and record.status in ("running", "completed"):
+        record.status = "failed"
+        record.reason = f"simulator exit code {code}" + (" (timed out)" if code == 124 else "")
     if (run_dir / RECEIPT_LOG).exists():
         shutil.copy2(run_dir / RECEIPT_LOG, result / "receipts.jsonl")
-        record["receipt_log"] = "receipts.jsonl"
-    record["egress_logs"] = {}
+        record.receipt_log = "receipts.jsonl"
+    record.egress_logs = {}
     for site in chosen:
         log = sites_root / site / EGRESS_LOG
         if log.exists():
             (result / "egress").mkdir(exist_ok=True)
             shutil.copy2(log, result / "egress" / f"{site}.jsonl")
-            record["egress_logs"][site] = {"copy": f"egress/{site}.jsonl", "site_log": str(log)}
-    record["seconds"] = round(seconds, 3)
-    (result / RESULT_JSON).write_text(json.dumps(record, indent=2, sort_keys=True))
-    return ValidationRun(result, record, code, seconds)
+            record.egress_logs[site] = {"copy": f"egress/{site}.jsonl", "site_log": str(log)}
+    record.seconds = round(seconds, 3)
+    (result / RESULT_JSON).write_text(record.to_json())
+    return ValidationRun(result, record.to_json_dict(), code, seconds)

@@ -11,7 +11,9 @@ comes from the site itself, never from the server:
   protocol client also refuses any certificate that is not a site's (server, admins, CA);
 * **the minimum cohort and the threshold floor**: the site policy's
   ``min_secure_aggregation_sites``, ``min_secure_aggregation_threshold`` and
-  ``secure_aggregation_threshold_rule`` (:func:`site_policy_for`);
+  ``secure_aggregation_threshold_rule``
+  (:func:`~ai4hi_sdk.privacy.secagg.settings.site_policy_for`; the job's settings become the
+  protocol's configuration in the same module);
 * **the payload layout**: sized for the pinned site set, not for the server's site count;
 * **client-level DP**: the noise share comes from the participants this site verified
   (:meth:`SecureAggregationSite.verified`), and an optional ``reveal_check`` stops the unmask step
@@ -36,7 +38,9 @@ import numpy as np
 from ai4hi_sdk.errors import RoundRefused
 from ai4hi_sdk.jobs.wire import (ACCOUNTING_METRICS, ADVERT, CONSISTENCY, CONSISTENCY_TASK, KEYS_TASK, MASKED,
                                  MASKED_HEADER, SECAGG_SITES, SHARES, SHARES_TASK, UNMASK, UNMASK_TASK)
-from ai4hi_sdk.privacy.secagg.protocol import PayloadCodec, ProtocolError, SecAggClient, SitePolicy
+from ai4hi_sdk.privacy.secagg.protocol import PayloadCodec, ProtocolError, SecAggClient, SecAggConfig
+from ai4hi_sdk.privacy.secagg.settings import (codec_for, masked_metric_names,  # noqa: F401 (re-exported)
+                                               protocol_config, site_policy_for)
 from ai4hi_sdk.privacy.secagg.protocol.client import RevealCheck
 from ai4hi_sdk.privacy.secagg.protocol.identity import (FED_CLIENT, CertificateVerifier, IdentityError, SiteIdentity,
                                                         server_identities)
@@ -80,23 +84,6 @@ def drop_for(site: str) -> tuple[str, int] | None:
     return parse_drops(os.environ.get(DROP_ENV)).get(site)
 
 
-def masked_metric_names(declared_metrics: frozenset[str], secure_metrics: bool) -> tuple[str, ...]:
-    """Metrics that travel inside the masked vector (consortium means only): every declared metric
-    but the accounting ones, which travel in the clear; none when ``secure_metrics`` is off (then
-    statistics of the local training do not leave at all)."""
-    return tuple(sorted(set(declared_metrics) - set(ACCOUNTING_METRICS))) if secure_metrics else ()
-
-
-def codec_for(secure_aggregation: Any, initial_state: Mapping[str, Any], declared_metrics: frozenset[str],
-              n_sites: int) -> PayloadCodec:
-    """The job's payload layout: same at every site and at the server (built from the spec and the
-    job's site count: the server's own site set, each site's pinned set; equal when the server is honest)."""
-    sa = secure_aggregation
-    tensors = tuple((name, tuple(initial_state[name].shape)) for name in sorted(initial_state))
-    return PayloadCodec(tensors, n_sites=n_sites, clip=sa.clip, max_weight=sa.max_samples_per_site,
-                        metric_names=masked_metric_names(declared_metrics, sa.secure_metrics))
-
-
 @dataclass(frozen=True)
 class ConsortiumList:
     """What a site's kit says about its consortium.
@@ -137,16 +124,6 @@ def load_consortium_list(workspace: str | Path) -> ConsortiumList:
     return ConsortiumList(frozenset(sites), frozenset(names))
 
 
-def site_policy_for(policy: Any) -> SitePolicy:
-    """The protocol's :class:`SitePolicy` from the site's privacy policy
-    (:class:`~ai4hi_sdk.config.site_policy.SitePrivacyPolicy`); the defaults without one."""
-    if policy is None:
-        return SitePolicy()
-    return SitePolicy(min_sites=policy.min_secure_aggregation_sites,
-                      threshold_floor=policy.min_secure_aggregation_threshold,
-                      threshold_rule=policy.secure_aggregation_threshold_rule)
-
-
 def _names(names: Any) -> str:
     names = sorted(names)
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -175,6 +152,7 @@ class SecureAggregationSite:
                  initial_state: Mapping[str, Any], declared_metrics: frozenset[str], *, policy: Any = None,
                  reveal_check: RevealCheck | None = None, log: Callable[[str], None] = print):
         self.spec = secure_aggregation
+        self._config: SecAggConfig | None = None
         self.site, self.job_id, self.workspace = site, job_id, workspace
         self.initial_state, self.declared_metrics = initial_state, declared_metrics
         self.site_policy = site_policy_for(policy)
@@ -223,16 +201,25 @@ class SecureAggregationSite:
         try:
             identity = SiteIdentity.load(Path(self.workspace) / "startup", self.site)
             verifier = CertificateVerifier(identity.root_ca_pem, server_names=consortium.server_names)
-            config = self.spec.protocol_config()
-        except (IdentityError, ValueError) as err:
+        except IdentityError as err:
             raise RoundRefused(f"secure aggregation: {err}") from None
-        self._client = SecAggClient(self.site, self.job_id, config, sign=identity.sign,
+        self._client = SecAggClient(self.site, self.job_id, self.config, sign=identity.sign,
                                     certificate=identity.certificate_pem, verify=verifier.check,
                                     participants=allowed, policy=self.site_policy, reveal_check=self.reveal_check)
         self._claimed, self.allowed = claimed, allowed
         self.log(f"job sites pinned to {_names(allowed)} (policy: at least {self.site_policy.min_sites} sites, "
                  f"threshold floor {self.site_policy.threshold_floor}, rule {self.site_policy.threshold_rule})")
         return self._client
+
+    @property
+    def config(self) -> SecAggConfig:
+        """The protocol's configuration from the job's settings (an unusable combination: refused)."""
+        if self._config is None:
+            try:
+                self._config = protocol_config(self.spec)
+            except ValueError as err:
+                raise RoundRefused(f"secure aggregation: {err}") from None
+        return self._config
 
     @property
     def client(self) -> SecAggClient:
@@ -244,7 +231,7 @@ class SecureAggregationSite:
         """The payload layout for the pinned site set (the server's site count plays no part)."""
         n_sites = len(self.allowed)
         if self._codec is None or self._codec.n_sites != n_sites:
-            self._codec = codec_for(self.spec, self.initial_state, self.declared_metrics, n_sites)
+            self._codec = codec_for(self.config, self.initial_state, self.declared_metrics, n_sites)
         return self._codec
 
     def verified(self, round_index: int) -> tuple[tuple[str, ...], int]:
@@ -321,9 +308,9 @@ class SecureAggregationSite:
         """Before training: the site's weight must fit the job's public bound (else the masked sum
         could not be decoded); refuse now, before anything is spent."""
         self.client_for(meta)
-        if num_samples > self.spec.max_samples_per_site:
+        if num_samples > self.config.max_samples_per_site:
             raise RoundRefused(f"secure aggregation: this site's training split ({num_samples} examples) exceeds "
-                               f"the job's max_samples_per_site ({self.spec.max_samples_per_site})")
+                               f"the job's max_samples_per_site ({self.config.max_samples_per_site})")
         try:
             self.codec()  # the layout must be buildable (overflow guard)
         except ValueError as err:
@@ -342,8 +329,8 @@ class SecureAggregationSite:
         next_round = meta.get("next_round")
 
         def encode(delta: Mapping[str, Any], metrics: Mapping[str, float], num_samples: int):
-            codec = self.codec()
             try:
+                codec = self.codec()
                 arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
                           for k, v in delta.items()}
                 vector = codec.encode(arrays, int(num_samples), {k: v for k, v in metrics.items() if k in codec.metric_names})

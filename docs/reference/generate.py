@@ -1,5 +1,5 @@
-"""Write the configuration reference (docs/reference/*.md) from the SDK's pydantic schemas, so the
-reference cannot drift from what the loaders accept.
+"""Write the configuration and run-record reference (docs/reference/*.md) from the SDK's pydantic
+schemas, so the reference cannot drift from what the loaders accept and the jobs write.
 
     python docs/reference/generate.py          # rewrite the pages
     python docs/reference/generate.py --check  # exit 1 if a page is out of date (tests run this)
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import typing
 from pathlib import Path
@@ -19,7 +20,13 @@ from pydantic_core import PydanticUndefined
 
 HERE = Path(__file__).resolve().parent
 
-#: page -> (title, "module:Model", where the file lives / what it is for)
+#: what a configuration page says about mistakes
+CONFIG_NOTE = "A mistake in the file is reported with the file, the field and the reason."
+#: what a run-record page says about its fields
+RECORD_NOTE = ("A field marked **required** is in every record; any other is absent where it does not apply (e.g.\n"
+               "`secure_aggregation` in a job without it). Keys written by another SDK version are kept as they are.")
+
+#: page -> (title, "module:Model", where the file lives / what it is for[, note])
 PAGES = {
     "job-spec.md": ("Job spec", "ai4hi_sdk.config.job_spec:JobSpec",
                     "`jobs/*.yaml`: what a federated job trains and how; written by the consortium lead."),
@@ -34,6 +41,14 @@ PAGES = {
                       "`jobs/continuous.yaml`: the train -> validate -> decide -> monitor loop."),
     "update-policy.md": ("Update policy", "ai4hi_sdk.validation.update_policy:UpdatePolicy",
                          "`jobs/update_policy.yaml`: when a candidate replaces the deployed model, when to retrain."),
+    "metrics-json.md": ("metrics.json (training run record)", "ai4hi_sdk.jobs.run_record:TrainingRunRecord",
+                        "`WS/result/metrics.json` (`ai4hi job simulate`) and `OUT/result/metrics.json` (`ai4hi job "
+                        "download`): what a training job did, round by round; written by the server as it runs "
+                        "(`ai4hi_metrics.json` in its run folder).", RECORD_NOTE),
+    "validation-json.md": ("validation.json (validation run record)", "ai4hi_sdk.jobs.run_record:ValidationRecord",
+                           "`result/validation.json` of a validation or monitoring job (the continuous loop keeps each "
+                           "one in `WS/report/`): per-site aggregate reports, drift, operating points, refusals.",
+                           RECORD_NOTE),
 }
 
 
@@ -80,12 +95,13 @@ def _models_in(annotation: object) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
-def render(title: str, target: str, about: str) -> str:
+def render(title: str, target: str, about: str, note: str = CONFIG_NOTE) -> str:
     module, _, name = target.partition(":")
     root = getattr(importlib.import_module(module), name)
     lines = [f"# {title}", "", f"{about}", "",
-             f"Generated from `{target}` by `docs/reference/generate.py`; do not edit by hand. A mistake in",
-             "the file is reported with the file, the field and the reason.", ""]
+             f"Generated from `{target}` by `docs/reference/generate.py`; do not edit by hand. "
+             + ("A mistake in\nthe file is reported with the file, the field and the reason." if note == CONFIG_NOTE
+                else note), ""]
     seen: set[type] = set()
     queue: list[tuple[str, type[BaseModel]]] = [("", root)]
     while queue:
@@ -95,7 +111,7 @@ def render(title: str, target: str, about: str) -> str:
         seen.add(model)
         heading = prefix or "(top level)"
         lines += [f"## `{heading}`", ""]
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        doc = inspect.cleandoc(model.__doc__ or "").split("\n\n")[0].replace("\n", " ")
         if doc:
             lines += [doc, ""]
         lines += ["| field | type | default | constraints | description |", "|---|---|---|---|---|"]
@@ -116,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a page differs from the schemas")
     args = parser.parse_args(argv)
     stale = []
-    for page, (title, target, about) in PAGES.items():
-        text = render(title, target, about)
+    for page, (title, target, about, *note) in PAGES.items():
+        text = render(title, target, about, *note)
         path = HERE / page
         if args.check:
             if not path.is_file() or path.read_text() != text:

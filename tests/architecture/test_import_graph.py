@@ -122,3 +122,28 @@ def test_layers_keep_their_direction(layer, forbidden):
     wrong = {m: sorted(d for d in deps if d.startswith(forbidden) and d != "ai4hi_sdk.jobs.wire")
              for m, deps in GRAPH.items() if m.startswith(layer)}
     assert {m: d for m, d in wrong.items() if d} == {}
+
+
+#: what configuration (the bottom layer) may import of the SDK: itself and the error types
+CONFIG_MAY_IMPORT = ("ai4hi_sdk.config", "ai4hi_sdk.errors")
+
+
+def config_violations(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Configuration modules importing another SDK package (function-level imports count: the graph
+    holds every import of a module), with what they import."""
+    wrong = {m: sorted(d for d in deps if not any(d == p or d.startswith(p + ".") for p in CONFIG_MAY_IMPORT))
+             for m, deps in graph.items() if m == "ai4hi_sdk.config" or m.startswith("ai4hi_sdk.config.")}
+    return {m: d for m, d in wrong.items() if d}
+
+
+def test_config_violations_names_a_hidden_import():
+    # e.g. the job spec building the secure-aggregation protocol's config inside a method
+    hidden = {"ai4hi_sdk.config.job_spec": {"ai4hi_sdk.config.loader", "ai4hi_sdk.privacy.secagg.protocol.config"},
+              "ai4hi_sdk.config.loader": {"ai4hi_sdk.errors"}}
+    assert config_violations(hidden) == {"ai4hi_sdk.config.job_spec": ["ai4hi_sdk.privacy.secagg.protocol.config"]}
+
+
+def test_configuration_imports_nothing_else_of_the_sdk():
+    """Every layer reads the schemas, so the schemas import no layer: not at module level, not in a
+    function (a function-level import hides the dependency from a reader, not from this test)."""
+    assert config_violations(GRAPH) == {}

@@ -80,8 +80,17 @@ def test_secure_aggregation_needs_two_surviving_sites():
     with pytest.raises(ValidationError, match="min_sites >= 2"):
         JobSpec(name="x", min_sites=1, privacy={"secure_aggregation": {}})
     spec = JobSpec(name="x", min_sites=2, privacy={"secure_aggregation": {"neighbours": 4, "threshold": 3}})
-    config = spec.privacy.secure_aggregation.protocol_config()
-    assert (config.neighbours, config.threshold, config.cipher) == (4, 3, "aes-128-ctr")
+    assert (spec.privacy.secure_aggregation.neighbours, spec.privacy.secure_aggregation.threshold) == (4, 3)
+    # its translation into the protocol's configuration: tests/privacy/secagg/test_settings.py
+
+
+def test_a_secure_aggregation_key_the_spec_does_not_have_is_named(tmp_path):
+    """The protocol's old internal fields (advertise_timeout_s, ...) were never job spec keys: a YAML
+    that has one is refused with the file, the field and the reason, like any unknown key."""
+    path = _write(tmp_path, "name: x\nprivacy:\n  secure_aggregation:\n    advertise_timeout_s: 30\n")
+    with pytest.raises(ConfigError) as info:
+        load_job_spec(path)
+    assert info.value.problems == [("privacy.secure_aggregation.advertise_timeout_s", "Extra inputs are not permitted")]
 
 
 def test_a_code_symlink_leaving_the_jobs_folder_is_refused(tmp_path):

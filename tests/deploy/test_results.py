@@ -99,21 +99,23 @@ def test_refusals_carry_the_real_spent_and_remaining_epsilon():
     assert describe_site_privacy(outcomes["b"]["privacy"]) == \
         "epsilon 9.5 spent of 10 (0.5 remaining, delta 1e-05) on dataset ds-b"
     privacy = privacy_from_rounds(_all_refused(with_privacy=True))
-    assert privacy["a"]["datasets"]["ds-a"]["epsilon_spent"] == 8.0
+    assert privacy["a"].datasets["ds-a"].epsilon_spent == 8.0
     # without the site's statement nothing is made up (the issue: "epsilon 0 spent ... (delta None)")
     unknown = site_outcomes(_all_refused(with_privacy=False))["a"]["privacy"]
     assert unknown["epsilon_spent"] is None and "not reported" in describe_site_privacy(unknown)
-    assert privacy_from_rounds(_all_refused(with_privacy=False))["a"]["datasets"]["reported"]["epsilon_spent"] is None
+    assert privacy_from_rounds(_all_refused(with_privacy=False))["a"].datasets["reported"].epsilon_spent is None
 
 
 def test_latest_round_metrics_prefer_the_consortium_means():
     from ai4hi_sdk.deploy.results import latest_round_metrics
 
-    assert latest_round_metrics({"rounds": [{"round": 0, "status": "abandoned"}]}) is None
-    plain = {"rounds": [{"round": 0, "status": "completed", "global_validation": {"weighted_mean": {"val_auroc": 0.7}}},
+    assert latest_round_metrics({"status": "running", "rounds": [{"round": 0, "status": "abandoned"}]}) is None
+    plain = {"status": "running",
+             "rounds": [{"round": 0, "status": "completed", "global_validation": {"weighted_mean": {"val_auroc": 0.7}}},
                         {"round": 1, "status": "completed", "global_validation": {"weighted_mean": {"val_auroc": 0.8}}},
                         {"round": 2, "status": "abandoned"}]}
     assert latest_round_metrics(plain) == (1, {"val_auroc": 0.8})
-    secure = {"rounds": [{"round": 0, "status": "completed", "consortium_metrics": {"train_loss": 0.5},
+    secure = {"status": "running",
+              "rounds": [{"round": 0, "status": "completed", "consortium_metrics": {"train_loss": 0.5},
                           "global_validation": {"weighted_mean": {"val_auroc": 0.6}}}]}
     assert latest_round_metrics(secure) == (0, {"train_loss": 0.5})

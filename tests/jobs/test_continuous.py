@@ -35,7 +35,8 @@ class FakeSimulator:
         result = Path(workspace) / "result"
         result.mkdir(parents=True, exist_ok=True)
         torch.save({k: v + 0.01 * len(self.calls) for k, v in start.items()}, result / "global_model.pt")
-        metrics = {"status": "completed", "sites": ["hospital-1"], "rounds": [{"sites": {"hospital-1": {}}}],
+        metrics = {"status": "completed", "sites": ["hospital-1"],
+                   "rounds": [{"round": 0, "status": "completed", "sites": {"hospital-1": {}}}],
                    "initial_model": {"source": "ai4hi_initial_model.pt (shipped with the job)",
                                      "sha256": self.lie or model_sha256(start)}}
         (result / "metrics.json").write_text(json.dumps(metrics))

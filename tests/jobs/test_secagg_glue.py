@@ -29,7 +29,7 @@ def _ledger(fed, site):
 
 
 def _reasons(records, site=None):
-    return " | ".join(r["reason"] for r in records if site is None or r["site"] == site)
+    return " | ".join(r.reason for r in records if site is None or r.site == site)
 
 
 def test_secure_round_equals_plain_fedavg_within_its_bound(tmp_path, capsys):
@@ -80,8 +80,8 @@ def test_server_rejects_what_is_not_a_masked_delta_of_this_round(tmp_path, tampe
     fed.on_result = on_result
     with pytest.raises(RoundAbandoned, match="2 of 3 sites sent masked inputs"):
         fed.run()
-    assert [(r["site"], r["step"], r["round"]) for r in fed.server.rejections] == [("hospital-2", "input", 0)]
-    assert reason in fed.server.rejections[0]["reason"]
+    assert [(r.site, r.step, r.round) for r in fed.server.rejections] == [("hospital-2", "input", 0)]
+    assert reason in fed.server.rejections[0].reason
     assert any(reason in msg for level, msg in fed.logs if level == "warning")
     assert not [t for t, _ in fed.sent if t in (CONSISTENCY_TASK, UNMASK_TASK)]
 
@@ -145,7 +145,7 @@ def test_a_site_refuses_without_its_consortium_list_and_outside_the_claimed_job(
     fed.on_send = on_send
     with pytest.raises(RoundAbandoned):  # 2 sites left: too few to exchange keys
         fed.run()
-    reasons = {r["site"]: r["reason"] for r in fed.server.refused}
+    reasons = {r.site: r.reason for r in fed.server.refused}
     assert "no consortium site list at <site workspace>/ai4hi/consortium.json" in reasons["hospital-1"]
     assert "does not name this site among the job's sites" in reasons["hospital-4"]
 
@@ -167,8 +167,8 @@ def test_the_server_cannot_change_the_site_list_during_a_job(tmp_path):
 def test_a_threshold_below_a_sites_floor_is_refused_with_the_reason(tmp_path):
     fed = Federation(tmp_path, job_spec(secure={"threshold": 2}))
     assert fed.server.setup(list(SITES)) == []  # no site sends shares
-    assert {r["site"] for r in fed.server.refused} == set(SITES)
-    assert all("threshold t=2 is below this site's floor 3 for a neighbourhood of 3" in r["reason"]
+    assert {r.site for r in fed.server.refused} == set(SITES)
+    assert all("threshold t=2 is below this site's floor 3 for a neighbourhood of 3" in r.reason
                for r in fed.server.refused)
 
 
@@ -183,15 +183,15 @@ def test_the_majority_rule_lets_three_sites_survive_one_dropout_and_the_floor_st
     strict = Federation(tmp_path / "b", job_spec(secure={"threshold": 2}), policy=majority,
                         site_policy={"hospital-3": {"min_secure_aggregation_threshold": 3}})
     strict.server.setup(list(SITES))
-    assert [r["site"] for r in strict.server.refused] == ["hospital-3"]
-    assert "below this site's floor 3" in strict.server.refused[0]["reason"]
+    assert [r.site for r in strict.server.refused] == ["hospital-3"]
+    assert "below this site's floor 3" in strict.server.refused[0].reason
 
 
 def test_the_sites_minimum_cohort_comes_from_its_policy(tmp_path):
     fed = Federation(tmp_path, job_spec(), site_policy={"hospital-1": {"min_secure_aggregation_sites": 4}})
     fed.server.setup(list(SITES))
-    assert [r["site"] for r in fed.server.refused] == ["hospital-1"]
-    assert "minimum cohort (min_secure_aggregation_sites) is 4" in fed.server.refused[0]["reason"]
+    assert [r.site for r in fed.server.refused] == ["hospital-1"]
+    assert "minimum cohort (min_secure_aggregation_sites) is 4" in fed.server.refused[0].reason
 
 
 def test_a_site_asked_to_sign_two_survivor_sets_refuses_and_reveals_nothing(tmp_path):

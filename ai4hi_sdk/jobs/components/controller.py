@@ -10,7 +10,9 @@ Differences from NVFlare's stock ``FedAvg`` loop, each for a reason:
 * averaging is weighted by each site's training-set size (classic FedAvg), in float64;
 * after the last round every site validates the final model on its held-out validation split;
 * results are written to the run folder as ``global_model.pt`` (state dict) and
-  ``ai4hi_metrics.json`` (per round: per-site training/validation metrics, global metrics);
+  ``ai4hi_metrics.json`` (per round: per-site training/validation metrics, global metrics), a
+  :class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`; every site result is sorted into refused,
+  dropped, rejected or accepted by :func:`~ai4hi_sdk.jobs.site_results.classify_result`;
 * each round's metrics that reached the server (aggregates only) are streamed to TensorBoard event
   files in the run folder's ``tensorboard/`` as the job runs
   (:class:`~ai4hi_sdk.jobs.live_metrics.RoundMetricsWriter`), for the lead to watch;
@@ -27,7 +29,6 @@ Differences from NVFlare's stock ``FedAvg`` loop, each for a reason:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -38,11 +39,13 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
 from ai4hi_sdk.jobs.aggregation import apply_delta, check_update, weighted_average, weighted_metric_means
-from ai4hi_sdk.jobs.site_results import refusal_record
+from ai4hi_sdk.jobs.run_record import (BaseCheckpoint, Exchange, InitialModel, LabelAgreement, RoundRecord,
+                                       SecureAggregationRun, TrainingRunRecord, TrainingStatus, ValidationSummary)
+from ai4hi_sdk.jobs.site_results import classify_result, duplicate, metrics_problem, site_of, wrong_round
 from ai4hi_sdk.trainers.state import exchange_size
-from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, BACKBONE_RESULT_DIR, BASE_CHECKPOINT_SHA256_KEY, DROPPED_KEY,
-                                 INITIAL_MODEL_FILE, METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY, NUM_SITES_KEY,
-                                 REFUSED_KEY, TRAIN_TASK, VALIDATE_TASK, WEAK_LABEL_COUNT, WEAK_LABEL_METRICS)
+from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, BACKBONE_RESULT_DIR, BASE_CHECKPOINT_SHA256_KEY, INITIAL_MODEL_FILE,
+                                 METRICS_FILE, MODEL_FILE, NUM_SAMPLES_KEY, NUM_SITES_KEY, TRAIN_TASK, VALIDATE_TASK,
+                                 WEAK_LABEL_COUNT, WEAK_LABEL_METRICS)
 
 
 def initial_state_mismatch(state: Any, reference: dict[str, torch.Tensor]) -> str | None:
@@ -92,7 +95,7 @@ class Ai4hiFedAvg(FedAvg):
         self.min_sites = min_sites
         self.train_timeout = train_timeout
         self.validate_timeout = validate_timeout
-        self._record: dict[str, Any] = {}
+        self._record = TrainingRunRecord(status="running")
         self._declared_metrics: frozenset[str] | None = None
         self._spec: Any = None
         self._trainer: Any = None
@@ -134,15 +137,12 @@ class Ai4hiFedAvg(FedAvg):
         return Path(self.engine.get_workspace().get_app_dir(self.fl_ctx.get_job_id())) / APP_DATA_DIR
 
     def _write_record(self) -> None:
-        path = Path(self.get_run_dir()) / METRICS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._record, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        self._record.write(Path(self.get_run_dir()) / METRICS_FILE)
         if self._live is None:
             from ai4hi_sdk.jobs.live_metrics import TENSORBOARD_DIR, RoundMetricsWriter
 
             self._live = RoundMetricsWriter(Path(self.get_run_dir()) / TENSORBOARD_DIR, warn=self.warning)
-        self._live.update(self._record)
+        self._live.update(self._record.to_json_dict())
 
     # ------------------------------------------------------------------ workflow
     def run(self) -> None:
@@ -153,18 +153,17 @@ class Ai4hiFedAvg(FedAvg):
 
         fobs.register(TensorDecomposer)
         sites = sorted(self.sample_clients(None))
-        self._record = {"sites": sites, "num_rounds": self.num_rounds, "min_sites": self.min_sites,
-                        "rounds": [], "status": "running", "rejected": [], "refused": []}
+        self._record = TrainingRunRecord(sites=sites, num_rounds=self.num_rounds, min_sites=self.min_sites,
+                                         rounds=[], status="running", rejected=[], refused=[])
         try:
             state = {k: torch.as_tensor(v).float() for k, v in self.load_model().params.items()}
         except ValueError as err:
             self._finish("failed", f"initial model: {err}")
             return
-        self._record["initial_model"] = {"source": self._initial_source,
-                                         "sha256": describe_payload(state)["sha256"]}
-        self._record["exchange"] = self._exchange
+        self._record.initial_model = InitialModel(source=self._initial_source, sha256=describe_payload(state)["sha256"])
+        self._record.exchange = Exchange.load(self._exchange, "exchange")
         if self._spec.model.get(BASE_CHECKPOINT_SHA256_KEY) is not None:
-            self._record["base_checkpoint"] = {"sha256": self._spec.model[BASE_CHECKPOINT_SHA256_KEY]}
+            self._record.base_checkpoint = BaseCheckpoint(sha256=str(self._spec.model[BASE_CHECKPOINT_SHA256_KEY]))
         if len(sites) < self.min_sites:
             self._finish("failed", f"only {len(sites)} sites connected, job needs {self.min_sites}")
             return
@@ -185,26 +184,25 @@ class Ai4hiFedAvg(FedAvg):
                              total_rounds=self.num_rounds, meta={NUM_SITES_KEY: len(sites)}),
                 targets=sites, min_responses=len(sites), timeout=self.train_timeout)
             accepted = self._accept(results, state, round_index)
-            round_record = {"round": round_index, "sites": {n: r["metrics"] for n, r in accepted.items()},
-                            "seconds": round(time.time() - started, 3)}
-            refused_now = [r["site"] for r in self._record["refused"] if r["round"] == round_index]
+            used = {n: r["metrics"] for n, r in accepted.items()}
+            seconds = round(time.time() - started, 3)
+            refused_now = [r.site for r in self._record.refused_in(round_index)]
             sites = [site for site in sites if site not in refused_now]  # a refusing site is not asked again
             if len(accepted) < self.min_sites:
-                round_record["status"] = "abandoned"
-                self._record["rounds"].append(round_record)
+                self._record.rounds.append(RoundRecord(round=round_index, status="abandoned", sites=used,
+                                                       seconds=seconds))
                 why = f"round {round_index}: {len(accepted)} good site results, {self.min_sites} needed"
                 if refused_now:
                     why += f" ({', '.join(refused_now)} refused for privacy policy or budget)"
-                self._finish("stopped" if refused_now and not self._record["rejected"] else "failed",
+                self._finish("stopped" if refused_now and not self._record.rejected else "failed",
                              why + "; the last good model is kept")
                 return
             names = sorted(accepted)
             delta = weighted_average([accepted[n]["delta"] for n in names], [accepted[n]["weight"] for n in names])
             state = apply_delta(state, delta)
-            round_record["status"] = "completed"
-            round_record["weights"] = {n: accepted[n]["weight"] for n in names}
             self._attach_global_validation(round_index - 1, accepted)
-            self._record["rounds"].append(round_record)
+            self._record.rounds.append(RoundRecord(round=round_index, status="completed", sites=used, seconds=seconds,
+                                                   weights={n: accepted[n]["weight"] for n in names}))
             self.save_model(FLModel(params=state))
             completed += 1
             self._write_record()
@@ -220,14 +218,21 @@ class Ai4hiFedAvg(FedAvg):
         def log(level: str, message: str) -> None:
             (self.warning if level == "warning" else self.info)(message)
 
-        secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state, self._declared_metrics,
-                              self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
-        self._record["secure_aggregation"] = {"clip": secure.codec.clip, "payload_length": secure.codec.length,
-                                              "max_samples_per_site": secure.codec.max_weight,
-                                              "rejected": secure.rejections,
-                                              # the server checks key signatures against its kit's rootCA.pem
-                                              "server_checks_signatures": secure.verify is not None}
-        self._record["refused"] = secure.refused  # every refusal, protocol steps included, as it happens
+        try:
+            secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state, self._declared_metrics,
+                                  self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
+        except ValueError as err:  # e.g. a payload that could overflow for this many sites
+            self._finish("failed", f"secure aggregation cannot run on {len(sites)} sites: {err}")
+            return
+        self._record.secure_aggregation = SecureAggregationRun(
+            clip=float(secure.codec.clip), payload_length=secure.codec.length,
+            max_samples_per_site=secure.codec.max_weight,
+            # the server checks key signatures against its kit's rootCA.pem
+            server_checks_signatures=secure.verify is not None)
+        # the same lists (assigned, not validated into copies): every rejection and refusal, protocol
+        # steps included, is in the record as it happens
+        self._record.secure_aggregation.rejected = secure.rejections
+        self._record.refused = secure.refused
         completed = 0
         self.current_round = 0
         try:
@@ -244,25 +249,25 @@ class Ai4hiFedAvg(FedAvg):
                 outcome = secure.train_round(state, round_index, self.num_rounds, self.train_timeout,
                                              min_inputs=self.min_sites)
                 state = apply_delta(state, outcome.mean_delta)
-                round_record = {
-                    "round": round_index, "status": "completed", "seconds": round(time.time() - started, 3),
-                    "sites": {n: outcome.clear_metrics.get(n, {}) for n in outcome.survivors},
-                    "dropped": outcome.dropped, "total_weight": outcome.total_weight, "threshold": outcome.threshold,
-                    "consortium_metrics": outcome.metric_means, "quantisation_error_bound": outcome.error_bound}
-                if outcome.metric_means and self._record["rounds"]:
-                    self._record["rounds"][-1]["global_validation"] = {"sites": {}, "weighted_mean": {
-                        k[len("global_"):]: v for k, v in outcome.metric_means.items() if k.startswith("global_val_")}}
+                round_record = RoundRecord(
+                    round=round_index, status="completed", seconds=round(time.time() - started, 3),
+                    sites={n: outcome.clear_metrics.get(n, {}) for n in outcome.survivors},
+                    dropped=outcome.dropped, total_weight=outcome.total_weight, threshold=outcome.threshold,
+                    consortium_metrics=outcome.metric_means, quantisation_error_bound=outcome.error_bound)
+                if outcome.metric_means and self._record.rounds:
+                    self._record.rounds[-1].global_validation = ValidationSummary(sites={}, weighted_mean={
+                        k[len("global_"):]: v for k, v in outcome.metric_means.items() if k.startswith("global_val_")})
                 else:
                     self._attach_global_validation(round_index - 1, {n: {"metrics": m} for n, m in
                                                                      outcome.clear_metrics.items()})
-                self._record["rounds"].append(round_record)
+                self._record.rounds.append(round_record)
                 self.save_model(FLModel(params=state))
                 completed += 1
                 self._write_record()
                 live = secure.next_participants
         except RoundAbandoned as err:
-            self._record["rounds"].append({"round": self.current_round, "status": "abandoned", "reason": str(err)})
-            refused = [r for r in secure.refused if r["round"] == self.current_round]
+            self._record.rounds.append(RoundRecord(round=self.current_round, status="abandoned", reason=str(err)))
+            refused = self._record.refused_in(self.current_round)
             self._finish("stopped" if refused else "failed",
                          f"{err}; nothing individual was revealed and the last good model is kept")
             return
@@ -273,53 +278,66 @@ class Ai4hiFedAvg(FedAvg):
     def _accept(self, results: list[FLModel], state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
         accepted: dict[str, dict] = {}
         for result in results:
-            site = (result.meta or {}).get("client_name", "unknown")
-            weight = (result.meta or {}).get(NUM_SAMPLES_KEY)
-            refusal = (result.meta or {}).get(REFUSED_KEY)
-            if refusal:
-                self.warning(f"{site} refused round {round_index}: {refusal}")
-                self._record["refused"].append(refusal_record(site, result.meta, round_index))
-                continue
-            reason = None
-            if result.params_type != ParamsType.DIFF:
-                reason = f"expected a model delta (DIFF), got {result.params_type}"
-            elif result.current_round is not None and int(result.current_round) != round_index:
-                reason = f"result is for round {result.current_round}, current round is {round_index}"
-            elif site in accepted:
-                reason = "second result from the same site in one round"
-            else:
-                delta = {k: torch.as_tensor(v) for k, v in (result.params or {}).items()}
-                reason = check_update(delta, state, weight, result.metrics, self._declared_metrics)
-            if reason:
-                self.warning(f"rejected update from {site} in round {round_index}: {reason}")
-                self._record["rejected"].append({"round": round_index, "site": site, "reason": reason})
-                continue
-            accepted[site] = {"delta": delta, "weight": int(weight), "metrics": dict(result.metrics or {})}
+            delta: dict[str, torch.Tensor] = {}
+            sorted_ = classify_result(result.meta, self._update_checks(result, state, round_index, accepted, delta),
+                                      round_index=round_index)
+            site = sorted_.site
+            if sorted_.refusal is not None:
+                self.warning(f"{site} refused round {round_index}: {sorted_.reason}")
+                self._record.refused.append(sorted_.refusal)
+            elif sorted_.rejection is not None:
+                self.warning(f"rejected update from {site} in round {round_index}: {sorted_.reason}")
+                self._record.rejected.append(sorted_.rejection)
+            elif sorted_.outcome == "accepted":
+                weight = int((result.meta or {})[NUM_SAMPLES_KEY])  # checked: a positive integer
+                accepted[site] = {"delta": delta, "weight": weight, "metrics": dict(result.metrics or {})}
         return accepted
+
+    def _update_checks(self, result: FLModel, state: dict[str, torch.Tensor], round_index: int,
+                       accepted: dict[str, dict], delta: dict[str, torch.Tensor]) -> list:
+        """A plain FedAvg result's checks, in order (the update's tensors land in ``delta``)."""
+        def is_delta() -> str | None:
+            return None if result.params_type == ParamsType.DIFF else \
+                f"expected a model delta (DIFF), got {result.params_type}"
+
+        def update() -> str | None:
+            delta.update({k: torch.as_tensor(v) for k, v in (result.params or {}).items()})
+            return check_update(delta, state, (result.meta or {}).get(NUM_SAMPLES_KEY), result.metrics,
+                                self._declared_metrics)
+
+        return [is_delta, wrong_round(result.current_round, round_index),
+                duplicate(site_of(result.meta), accepted, "second result from the same site in one round"), update]
 
     def _attach_global_validation(self, round_index: int, accepted: dict[str, dict]) -> None:
         """Sites report ``global_val_*`` of the model they received, i.e. the output of the
         previous round: attach those to that round's record."""
-        if round_index < 0 or not self._record["rounds"]:
+        if round_index < 0 or not self._record.rounds:
             return
         per_site = {n: {k[len("global_"):]: v for k, v in r["metrics"].items() if k.startswith("global_val_")}
                     for n, r in accepted.items()}
-        self._record["rounds"][round_index]["global_validation"] = {
-            "sites": per_site, "weighted_mean": weighted_metric_means(per_site, "val_samples")}
+        self._record.rounds[round_index].global_validation = ValidationSummary(
+            sites=per_site, weighted_mean=weighted_metric_means(per_site, "val_samples"))
 
     def _final_validation(self, state: dict[str, torch.Tensor], sites: list[str]) -> None:
         results = self.send_model_and_wait(task_name=VALIDATE_TASK, data=FLModel(params=state), targets=sites,
                                            min_responses=len(sites), timeout=self.validate_timeout)
-        per_site = {(r.meta or {}).get("client_name", "unknown"): dict(r.metrics or {}) for r in results
-                    if not (r.meta or {}).get(REFUSED_KEY) and not (r.meta or {}).get(DROPPED_KEY)}
+        per_site: dict[str, dict] = {}
+        for result in results:  # refusals and drops are left out (not recorded: the training is done)
+            metrics = dict(result.metrics or {})
+            sorted_ = classify_result(result.meta, [metrics_problem(metrics)], task=VALIDATE_TASK)
+            if sorted_.rejection is not None:
+                self.warning(f"rejected the final validation of {sorted_.site}: {sorted_.reason}")
+                self._record.rejected.append(sorted_.rejection)
+            elif sorted_.outcome == "accepted":
+                per_site[sorted_.site] = metrics
         evaluation = {n: {k: v for k, v in m.items() if k not in WEAK_LABEL_METRICS} for n, m in per_site.items()}
-        record = {"sites": per_site, "weighted_mean": weighted_metric_means(evaluation, "val_samples")}
-        self._record["final_validation"] = record
+        record = ValidationSummary(sites=per_site, weighted_mean=weighted_metric_means(evaluation, "val_samples"))
+        self._record.final_validation = record
         agreement = label_agreement_record(per_site)
-        if agreement:
-            self._record["label_agreement"] = agreement
-        if self._record["rounds"]:
-            self._record["rounds"][-1]["global_validation"] = record
+        if agreement is not None:
+            self._record.label_agreement = agreement
+        if self._record.rounds:
+            self._record.rounds[-1].global_validation = record
 
     def _export_backbone(self, state: dict[str, torch.Tensor]) -> bool:
         """A pretraining job's output: the backbone and its card in the run folder (False: the job
@@ -329,33 +347,33 @@ class Ai4hiFedAvg(FedAvg):
         from ai4hi_sdk.foundation.job_backbone import export_job_backbone
 
         try:
-            self._record["backbone"] = export_job_backbone(
-                self._trainer, state, self._record, Path(self.get_run_dir()) / BACKBONE_RESULT_DIR,
+            self._record.backbone = export_job_backbone(
+                self._trainer, state, self._record.to_json_dict(), Path(self.get_run_dir()) / BACKBONE_RESULT_DIR,
                 job_id=str(self.fl_ctx.get_job_id()))
         except Exception as err:  # noqa: BLE001 - the job's output is missing: the job failed, with the reason
             self._finish("failed", f"the pretrained backbone could not be written: {type(err).__name__}: {err}")
             return False
         return True
 
-    def _finish(self, status: str, reason: str) -> None:
-        self._record["status"] = status
-        self._record["reason"] = reason
+    def _finish(self, status: TrainingStatus, reason: str) -> None:
+        self._record.status = status
+        self._record.reason = reason
         self._write_record()
         self._live.close()
         (self.info if status == "completed" else self.error)(f"ai4hi job {status}: {reason}")
 
 
-def label_agreement_record(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:
+def label_agreement_record(per_site: dict[str, dict[str, float]]) -> LabelAgreement | None:
     """``label_agreement`` of metrics.json: each site's weak-label agreement with its hand labels (only
     sites that sent it: at least k studies with both labels) and the agreement pooled over them,
-    weighted by their studies. Empty when no site sent it."""
+    weighted by their studies. None when no site sent it."""
     sites = {n: {k: v for k, v in m.items() if k in WEAK_LABEL_METRICS} for n, m in per_site.items()}
     sites = {n: a for n, a in sites.items() if a.get(WEAK_LABEL_COUNT, 0) > 0 and "weak_label_agreement" in a}
     if not sites:
-        return {}
+        return None
     studies = sum(a[WEAK_LABEL_COUNT] for a in sites.values())
     pooled = sum(a["weak_label_agreement"] * a[WEAK_LABEL_COUNT] for a in sites.values()) / studies
-    return {"sites": sites, "studies": studies, "pooled_agreement": pooled}
+    return LabelAgreement(sites=sites, studies=studies, pooled_agreement=float(pooled))
 
 
 def server_trainer(spec: Any, code: dict, run_dir: Path) -> Any:

@@ -13,7 +13,8 @@ goes out when too few sites survive or sign, in ``finish`` when shares do not re
 owners signed, and after unmasking when the sum is impossible for in-range inputs (``decode``). The
 controller then keeps its last good model. Every rejected message (not a delta, wrong round,
 duplicate, bad signature, ...) is kept in :attr:`SecureRounds.rejections` with its reason and logged;
-every refusal of a site in :attr:`SecureRounds.refused` (:func:`~ai4hi_sdk.jobs.site_results.refusal_record`).
+every refusal of a site in :attr:`SecureRounds.refused`. Every answer is sorted into refused, dropped,
+rejected or accepted by :func:`~ai4hi_sdk.jobs.site_results.classify_result`.
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ import numpy as np
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from ai4hi_sdk.jobs.wire import (ADVERT, CONSISTENCY, CONSISTENCY_TASK, DROPPED_KEY, KEYS_TASK, MASKED, MASKED_HEADER,
-                                 NUM_SITES_KEY, REFUSED_KEY, SECAGG_META, SECAGG_SITES, SHARES, SHARES_TASK,
-                                 TRAIN_TASK, UNMASK, UNMASK_TASK)
-from ai4hi_sdk.jobs.site_results import refusal_record
-from ai4hi_sdk.site.secagg_client import codec_for, from_wire
+from ai4hi_sdk.jobs.run_record import Refusal, Rejection
+from ai4hi_sdk.jobs.site_results import Check, SiteResult, classify_result, metrics_problem, wrong_round
+from ai4hi_sdk.jobs.wire import (ADVERT, CONSISTENCY, CONSISTENCY_TASK, KEYS_TASK, MASKED, MASKED_HEADER, NUM_SITES_KEY,
+                                 SECAGG_META, SECAGG_SITES, SHARES, SHARES_TASK, TRAIN_TASK, UNMASK, UNMASK_TASK)
+from ai4hi_sdk.site.secagg_client import from_wire
 from ai4hi_sdk.privacy.secagg.protocol import PayloadCodec, RoundAbandoned, SecAggRound
+from ai4hi_sdk.privacy.secagg.settings import codec_for, protocol_config
 from ai4hi_sdk.privacy.secagg.protocol.identity import ROOT_CA, CertificateVerifier
 
 SendAndWait = Callable[..., list]
@@ -50,11 +52,7 @@ class RoundOutcome:
     clear_metrics: dict[str, dict[str, float]]  # per site, only when secure_metrics is off
     error_bound: float
     threshold: int = 0
-    refused: list[dict] = field(default_factory=list)
-
-
-def site_of(result: FLModel) -> str:
-    return (result.meta or {}).get("client_name", "unknown")
+    refused: list[Refusal] = field(default_factory=list)
 
 
 def _array(value: Any) -> np.ndarray:
@@ -79,15 +77,14 @@ class SecureRounds:
     def __init__(self, spec: Any, job_id: str, sites: list[str], initial_state: dict[str, torch.Tensor],
                  declared_metrics: frozenset[str], send_and_wait: SendAndWait, workspace_root: str | Path | None,
                  log: Callable[[str, str], None]):
-        self.spec = spec.privacy.secure_aggregation
-        self.config = self.spec.protocol_config()
+        self.config = protocol_config(spec.privacy.secure_aggregation)
         self.job_id, self.sites, self.n_sites = job_id, sorted(sites), len(sites)
-        self.codec: PayloadCodec = codec_for(self.spec, initial_state, declared_metrics, self.n_sites)
+        self.codec: PayloadCodec = codec_for(self.config, initial_state, declared_metrics, self.n_sites)
         self.send_and_wait, self.log = send_and_wait, log
         root = Path(workspace_root) / "startup" / ROOT_CA if workspace_root else None
         self.verify = CertificateVerifier(root.read_bytes()).check if root is not None and root.is_file() else None
-        self.rejections: list[dict] = []
-        self.refused: list[dict] = []
+        self.rejections: list[Rejection] = []
+        self.refused: list[Refusal] = []
         self._rounds: dict[int, SecAggRound] = {}
         self._inboxes: dict[str, dict[str, bytes]] = {}
 
@@ -104,15 +101,24 @@ class SecureRounds:
                        total_rounds=total_rounds,
                        meta={NUM_SITES_KEY: self.n_sites, SECAGG_META: {SECAGG_SITES: list(self.sites), **meta}})
         return self.send_and_wait(task_name=task, data=data, targets=targets, min_responses=len(targets),
-                                  timeout=int(timeout if timeout is not None else self.config.share_timeout_s))
+                                  timeout=int(timeout if timeout is not None else self.config.key_timeout_s))
 
-    def _reject(self, round_index: int, site: str, step: str, reason: str) -> None:
-        self.rejections.append({"round": round_index, "site": site, "step": step, "reason": reason})
-        self.log("warning", f"secure aggregation rejected {site} at {step} in round {round_index}: {reason}")
+    def _reject(self, rejection: Rejection) -> None:
+        self.rejections.append(rejection)
+        self.log("warning", f"secure aggregation rejected {rejection.site} at {rejection.step} in round "
+                            f"{rejection.round}: {rejection.reason}")
 
-    def _refusal(self, site: str, meta: dict, round_index: int, step: str) -> None:
-        self.refused.append(refusal_record(site, meta, round_index))
-        self.log("warning", f"{site} refused secure-aggregation step {step} of round {round_index}: {meta[REFUSED_KEY]}")
+    def _refusal(self, refusal: Refusal, step: str) -> None:
+        self.refused.append(refusal)
+        self.log("warning", f"{refusal.site} refused secure-aggregation step {step} of round {refusal.round}: "
+                            f"{refusal.reason}")
+
+    def _classify(self, result: FLModel, checks: list[Check], round_index: int, step: str) -> SiteResult:
+        """Sort one answer (:func:`classify_result`); a rejection is kept and logged here."""
+        sorted_ = classify_result(result.meta, checks, round_index=round_index, step=step)
+        if sorted_.rejection is not None:
+            self._reject(sorted_.rejection)
+        return sorted_
 
     def _answers(self, results: list[FLModel], key: str, round_index: int, step: str,
                  task_round: int | None = None) -> Pairs:
@@ -123,30 +129,23 @@ class SecureRounds:
         task_round = round_index if task_round is None else task_round
         out: Pairs = []
         for result in results:
-            site, meta = site_of(result), result.meta or {}
-            if meta.get(REFUSED_KEY):
-                if task_round == round_index:  # a refusal of the task is recorded once, for its round
-                    self._refusal(site, meta, round_index, step)
-                continue
-            if meta.get(DROPPED_KEY):
-                continue
-            if result.current_round is not None and int(result.current_round) != task_round:
-                self._reject(round_index, site, step, f"result is for round {result.current_round}, "
-                                                      f"the task was for round {task_round}")
-                continue
-            value = (result.params or {}).get(key)
-            if value is None:
-                continue
-            try:
-                out.append((site, from_wire(value)))
-            except ValueError as err:
-                self._reject(round_index, site, step, str(err))
+            value = (result.params or {}).get(key)  # None: the answer has nothing for this step
+            message: list[bytes] = []
+            sorted_ = self._classify(result, [wrong_round(result.current_round, task_round,
+                                                          wording="the task was for round"),
+                                              _protocol_bytes(value, message)], round_index, step)
+            if sorted_.refusal is not None and task_round == round_index:
+                self._refusal(sorted_.refusal, step)  # a refusal of the task is recorded once, for its round
+            if sorted_.outcome == "accepted" and message:
+                out.append((sorted_.site, message[0]))
         return out
 
     def _note(self, rnd: SecAggRound) -> None:
-        for rejection in rnd.rejections:
+        for found in rnd.rejections:  # what the protocol's own checks rejected
+            rejection = Rejection(round=int(found["round"]), site=str(found["site"]), step=str(found["step"]),
+                                  reason=str(found["reason"]))
             if rejection not in self.rejections:
-                self._reject(rejection["round"], rejection["site"], rejection["step"], rejection["reason"])
+                self._reject(rejection)
 
     @property
     def next_participants(self) -> list[str]:
@@ -176,30 +175,16 @@ class SecureRounds:
         adverts_next: Pairs = []
         clear: dict[str, dict[str, float]] = {}
         for result in results:
-            site, meta, params = site_of(result), result.meta or {}, result.params or {}
-            if meta.get(REFUSED_KEY):
-                self._refusal(site, meta, r, "train")
+            parsed: dict[str, Any] = {}
+            sorted_ = self._classify(result, _masked_input_checks(result, r, parsed), r, "input")
+            if sorted_.refusal is not None:
+                self._refusal(sorted_.refusal, "train")
+            if sorted_.outcome != "accepted":
                 continue
-            if meta.get(DROPPED_KEY):
-                continue
-            reason = None
-            if result.params_type != ParamsType.DIFF:
-                reason = f"expected a masked model delta (DIFF), got {result.params_type}"
-            elif result.current_round is None or int(result.current_round) != r:
-                reason = f"result is for round {result.current_round}, current round is {r}"
-            elif MASKED not in params or MASKED_HEADER not in params:
-                reason = "no masked vector with its header"
-            if reason:
-                self._reject(r, site, "input", reason)
-                continue
-            try:
-                inputs.append((site, (from_wire(params[MASKED_HEADER]), np.ascontiguousarray(_array(params[MASKED])))))
-                if ADVERT in params:
-                    adverts_next.append((site, from_wire(params[ADVERT])))
-            except ValueError as err:
-                self._reject(r, site, "input", f"bad protocol entry: {err}")
-                continue
-            clear[site] = dict(result.metrics or {})
+            inputs.append((sorted_.site, parsed["input"]))
+            if "advert" in parsed:
+                adverts_next.append((sorted_.site, parsed["advert"]))
+            clear[sorted_.site] = dict(result.metrics or {})
         return inputs, adverts_next, clear
 
     def train_round(self, state: dict[str, torch.Tensor], r: int, total_rounds: int,
@@ -219,7 +204,7 @@ class SecureRounds:
                 raise RoundAbandoned(f"round {r}: {len(rnd.inputs)} masked inputs, the job needs {min_inputs}")
             proposal = rnd.consistency_request()  # RoundAbandoned: nothing requested, nothing revealed
             results = self._ask(CONSISTENCY_TASK, sorted(rnd.inputs), {"round": r, "request": proposal},
-                                timeout=self.config.unmask_timeout_s, round_index=r, total_rounds=total_rounds)
+                                timeout=self.config.key_timeout_s, round_index=r, total_rounds=total_rounds)
             request = rnd.collect_consistency(self._answers(results, CONSISTENCY, r, "consistency"))
         finally:
             self._note(rnd)
@@ -232,7 +217,7 @@ class SecureRounds:
             self._note(self._round(r + 1))
         results = self._ask(UNMASK_TASK, rnd.unmask_targets(), {"round": r, "request": request,
                                                                 "adverts_next": relay_next},
-                            timeout=self.config.unmask_timeout_s, round_index=r, total_rounds=total_rounds)
+                            timeout=self.config.key_timeout_s, round_index=r, total_rounds=total_rounds)
         self._inboxes = {}
         try:
             rnd.finish(self._answers(results, UNMASK, r, "unmask"))
@@ -249,5 +234,45 @@ class SecureRounds:
             mean_delta={k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in decoded.mean_delta.items()},
             total_weight=decoded.total_weight, survivors=survivors, dropped=list(rnd.request.dropped),
             metric_means=decoded.metric_means, clear_metrics={s: clear[s] for s in survivors if clear.get(s)},
-            error_bound=self.codec.error_bound(len(survivors), decoded.total_weight), threshold=rnd.threshold,
-            refused=[x for x in self.refused if x["round"] == r])
+            error_bound=self.codec.error_bound(len(survivors), decoded.total_weight), threshold=int(rnd.threshold),
+            refused=[x for x in self.refused if x.round == r])
+
+
+def _protocol_bytes(value: Any, out: list[bytes]) -> Check:
+    """A protocol answer's bytes must be a 1-D uint8 array (an absent value passes: nothing to read);
+    the bytes land in ``out``."""
+    def check() -> str | None:
+        if value is None:
+            return None
+        try:
+            out.append(from_wire(value))
+        except ValueError as err:
+            return str(err)
+        return None
+    return check
+
+
+def _masked_input_checks(result: FLModel, round_index: int, parsed: dict[str, Any]) -> list[Check]:
+    """A secure training result's checks, in order: a masked delta of this round with its header,
+    well-formed protocol entries (``parsed``: input, advert) and numeric clear metrics."""
+    params = result.params or {}
+
+    def masked_delta() -> str | None:
+        if result.params_type != ParamsType.DIFF:
+            return f"expected a masked model delta (DIFF), got {result.params_type}"
+        return None
+
+    def has_masked() -> str | None:
+        return None if MASKED in params and MASKED_HEADER in params else "no masked vector with its header"
+
+    def entries() -> str | None:
+        try:
+            parsed["input"] = (from_wire(params[MASKED_HEADER]), np.ascontiguousarray(_array(params[MASKED])))
+            if ADVERT in params:
+                parsed["advert"] = from_wire(params[ADVERT])
+        except ValueError as err:
+            return f"bad protocol entry: {err}"
+        return None
+
+    return [masked_delta, wrong_round(result.current_round, round_index, required=True), has_masked, entries,
+            metrics_problem(result.metrics)]

@@ -18,7 +18,10 @@
 Every site result is checked before it is kept: no tensors, only finite numbers under the
 validation schema's names, a bounded number of entries
 (:func:`~ai4hi_sdk.validation.site_report.check_aggregate_payload`); a refusal is recorded with the
-site's reason. The record is written to the run folder as ``ai4hi_validation.json``; its
+site's reason; the sorting into refused, dropped, rejected and accepted is
+:func:`~ai4hi_sdk.jobs.site_results.classify_result`'s. The record
+(:class:`~ai4hi_sdk.jobs.run_record.ValidationRecord`) is written to the run folder as
+``ai4hi_validation.json``; its
 ``operating_points`` hold, per model, the chosen operating point, the recalibration and where they
 came from. If the candidate's operating point cannot be chosen (no site sent histograms, one class
 only), the job fails without validating: a model without an operating point is never judged.
@@ -26,7 +29,6 @@ only), the job fails without validating: a model without an operating point is n
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -36,9 +38,10 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from ai4hi_sdk.jobs.site_results import refusal_record
+from ai4hi_sdk.jobs.run_record import OperatingPointChoice, Rejection, ValidationRecord
+from ai4hi_sdk.jobs.site_results import classify_result, duplicate, site_of
 from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, CROSS_VALIDATE_TASK, MONITOR_TASK, OPERATING_POINT_TASK,
-                                 OPERATING_POINTS_META, REFUSED_KEY, VALIDATION_RESULT_FILE, join_models)
+                                 OPERATING_POINTS_META, VALIDATION_RESULT_FILE, join_models)
 from ai4hi_sdk.privacy.egress import model_sha256
 from ai4hi_sdk.validation.site_report import DRIFT_ROOTS, REPORT_ROOTS, check_aggregate_payload, unflatten_metrics
 
@@ -75,7 +78,7 @@ class Ai4hiValidationController(ModelController):
         self.champion_operating_point = champion_operating_point
         self.champion_calibration = champion_calibration
         self.site_candidates = site_candidates
-        self._record: dict[str, Any] = {}
+        self._record = ValidationRecord(status="running")
 
     def _load(self, name: str) -> dict[str, torch.Tensor]:
         folder = os.path.join(self.engine.get_workspace().get_app_dir(self.fl_ctx.get_job_id()), APP_DATA_DIR)
@@ -83,10 +86,7 @@ class Ai4hiValidationController(ModelController):
         return {k: torch.as_tensor(v).float() for k, v in state.items()}
 
     def _write(self) -> None:
-        path = Path(self.get_run_dir()) / RESULT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._record, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        self._record.write(Path(self.get_run_dir()) / RESULT_FILE)
 
     def run(self) -> None:
         from nvflare.app_opt.pt.decomposers import TensorDecomposer
@@ -95,50 +95,51 @@ class Ai4hiValidationController(ModelController):
         fobs.register(TensorDecomposer)
         sites = sorted(self.sample_clients(None))
         champion = self._load(self.champion_file)
-        self._record = {"sites": sites, "tasks": self.tasks, "status": "running", "rejected": [], "refused": [],
-                        "champion_sha256": model_sha256(champion)}
+        record = self._record = ValidationRecord(sites=sites, tasks=self.tasks, status="running", rejected=[],
+                                                 refused=[], champion_sha256=model_sha256(champion))
         if "validate" in self.tasks and self.site_candidates:
             started = time.time()
-            self._record["validation"], self._record["candidate_sha256_by_site"] = {}, {}
+            reports: dict[str, dict] = {}
+            record.validation, record.candidate_sha256_by_site = reports, {}
             for site in sites:
                 if site not in self.site_candidates:
                     continue
                 candidate = self._load(self.site_candidates[site])
-                self._record["candidate_sha256_by_site"][site] = model_sha256(candidate)
+                record.candidate_sha256_by_site[site] = model_sha256(candidate)
                 data = FLModel(params=join_models({"candidate": candidate, "champion": champion}),
                                params_type=ParamsType.FULL)
-                self._record["validation"].update(self._collect(CROSS_VALIDATE_TASK, data, [site], REPORT_ROOTS))
-            self._record["validation_seconds"] = round(time.time() - started, 3)
+                reports.update(self._collect(CROSS_VALIDATE_TASK, data, [site], REPORT_ROOTS))
+            record.validation_seconds = round(time.time() - started, 3)
             self._write()
         elif "validate" in self.tasks:
             candidate = self._load(self.candidate_file)
-            self._record["candidate_sha256"] = model_sha256(candidate)
+            record.candidate_sha256 = model_sha256(candidate)
             started = time.time()
             meta: dict[str, Any] = {}
             if self.operating_point:
                 chosen = self._operating_points({"candidate": candidate, "champion": champion}, sites)
                 if "candidate" not in chosen:
-                    self._record["status"] = "failed"
-                    self._record["reason"] = ("no operating point for the candidate: "
-                                              + self._record["operating_points"]["candidate"].get("error", "?"))
+                    record.status = "failed"
+                    record.reason = ("no operating point for the candidate: "
+                                     + ((record.operating_points or {})["candidate"].error or "?"))
                     self._write()
-                    self.error(f"ai4hi validation job failed: {self._record['reason']}")
+                    self.error(f"ai4hi validation job failed: {record.reason}")
                     return
                 meta[OPERATING_POINTS_META] = chosen
-                self._record["operating_point_seconds"] = round(time.time() - started, 3)
+                record.operating_point_seconds = round(time.time() - started, 3)
                 self._write()
             data = FLModel(params=join_models({"candidate": candidate, "champion": champion}),
                            params_type=ParamsType.FULL, meta=meta)
-            self._record["validation"] = self._collect(CROSS_VALIDATE_TASK, data, sites, REPORT_ROOTS)
-            self._record["validation_seconds"] = round(time.time() - started, 3)
+            record.validation = self._collect(CROSS_VALIDATE_TASK, data, sites, REPORT_ROOTS)
+            record.validation_seconds = round(time.time() - started, 3)
             self._write()
         if "monitor" in self.tasks:
             started = time.time()
             data = FLModel(params=join_models({"model": champion}), params_type=ParamsType.FULL)
             collected = self._collect(MONITOR_TASK, data, sites, DRIFT_ROOTS)
-            self._record["drift"] = {site: r["drift"] for site, r in collected.items()}
-            self._record["monitor_seconds"] = round(time.time() - started, 3)
-        self._record["status"] = "completed"
+            record.drift = {site: r["drift"] for site, r in collected.items()}
+            record.monitor_seconds = round(time.time() - started, 3)
+        record.status = "completed"
         self._write()
         self.info(f"ai4hi validation job completed: {self.tasks} at {sites}")
 
@@ -156,35 +157,37 @@ class Ai4hiValidationController(ModelController):
         known = {"champion": (self.champion_operating_point, self.champion_calibration)} \
             if self.champion_operating_point else {}
         wanted = [role for role in ("candidate", "champion") if role not in known]
-        record: dict[str, dict] = {}
-        self._record["operating_points"] = record
+        record: dict[str, OperatingPointChoice] = {}
+        self._record.operating_points = record
         for role, (op, cal) in known.items():
-            record[role] = {"operating_point": op, "calibration": cal, "source": "the model version's record"}
+            record[role] = OperatingPointChoice(operating_point=dict(op) if op is not None else None,
+                                                calibration=dict(cal) if cal is not None else None,
+                                                source="the model version's record")
         collected = self._collect(OPERATING_POINT_TASK, FLModel(params=join_models({r: models[r] for r in wanted}),
                                                                 params_type=ParamsType.FULL), sites, ("candidate", "champion"))
         for role in wanted:
             payloads = {site: rep[role] for site, rep in collected.items() if role in rep}
-            entry: dict[str, Any] = {"source": f"chosen from the validation histograms of {len(payloads)} site(s)",
-                                     "operating_point": None, "calibration": None}
+            entry = OperatingPointChoice(source=f"chosen from the validation histograms of {len(payloads)} site(s)",
+                                         operating_point=None, calibration=None)
             record[role] = entry
             if not payloads:
-                entry["error"] = "no site sent validation histograms"
+                entry.error = "no site sent validation histograms"
                 continue
             try:
-                entry["operating_point"] = operating_point_from_payloads(payloads, target, value)
+                entry.operating_point = operating_point_from_payloads(payloads, target, value)
             except ValueError as err:  # e.g. one class only in every validation split
-                entry["error"] = str(err)
+                entry.error = str(err)
                 continue
             if method != "none":
                 try:
-                    entry["calibration"] = recalibrate_from_payloads(sum_histograms(payloads), method)
+                    entry.calibration = recalibrate_from_payloads(sum_histograms(payloads), method)
                 except ValueError as err:  # e.g. scores that rank positives below negatives
-                    entry["calibration_error"] = str(err)
+                    entry.calibration_error = str(err)
         sent = {}
         for role, entry in record.items():
-            if entry.get("operating_point"):
-                cal = entry.get("calibration")
-                sent[role] = {"threshold": float(entry["operating_point"]["threshold"]),
+            if entry.operating_point:
+                cal = entry.calibration
+                sent[role] = {"threshold": float(entry.operating_point["threshold"]),
                               "calibration": {"a": float(cal["a"]), "b": float(cal["b"])} if cal else None}
         return sent
 
@@ -193,26 +196,27 @@ class Ai4hiValidationController(ModelController):
                                            timeout=self.timeout)
         kept: dict[str, dict] = {}
         for result in results:
-            meta = result.meta or {}
-            site = meta.get("client_name", "unknown")
-            if meta.get(REFUSED_KEY):
-                self.warning(f"{site} refused {task}: {meta[REFUSED_KEY]}")
-                self._record["refused"].append({"task": task, **refusal_record(site, meta)})
-                continue
-            reason = None
-            if result.params:
-                reason = f"{len(result.params)} tensors in a metrics-only task"
-            else:
-                reason = check_aggregate_payload(result.metrics or {}, roots)
-            if reason is None and site in kept:
-                reason = "second result from the same site"
-            if reason:
-                self.warning(f"rejected {task} result from {site}: {reason}")
-                self._record["rejected"].append({"task": task, "site": site, "reason": reason})
-                continue
-            kept[site] = unflatten_metrics(result.metrics or {})
-        missing = sorted(set(sites) - set(kept) - {r["site"] for r in self._record["refused"] if r["task"] == task}
-                         - {r["site"] for r in self._record["rejected"] if r["task"] == task})
-        for site in missing:
-            self._record["rejected"].append({"task": task, "site": site, "reason": "no result before the timeout"})
+            sorted_ = classify_result(result.meta, _report_checks(result, roots, kept), task=task)
+            site = sorted_.site
+            if sorted_.refusal is not None:
+                self.warning(f"{site} refused {task}: {sorted_.reason}")
+                self._record.refused.append(sorted_.refusal)
+            elif sorted_.rejection is not None:
+                self.warning(f"rejected {task} result from {site}: {sorted_.reason}")
+                self._record.rejected.append(sorted_.rejection)
+            elif sorted_.outcome == "accepted":
+                kept[site] = unflatten_metrics(result.metrics or {})
+        missing = sorted(set(sites) - set(kept) - {r.site for r in self._record.refused if r.task == task}
+                         - {r.site for r in self._record.rejected if r.task == task})
+        for site in missing:  # a dropped site, or none answered in time
+            self._record.rejected.append(Rejection(task=task, site=site, reason="no result before the timeout"))
         return kept
+
+
+def _report_checks(result: FLModel, roots: tuple[str, ...], kept: dict[str, dict]) -> list:
+    """A metrics-only task's checks, in order: no tensors, the aggregate report's schema, one result per site."""
+    def no_tensors() -> str | None:
+        return f"{len(result.params)} tensors in a metrics-only task" if result.params else None
+
+    return [no_tensors, lambda: check_aggregate_payload(result.metrics or {}, roots),
+            duplicate(site_of(result.meta), kept, "second result from the same site")]

@@ -1,6 +1,8 @@
 """SecAgg+ protocol layer against an active server: pure state machines (no NVFlare).
 
-* :mod:`.config` -- :class:`SecAggConfig` (k, requested t, timeouts, overflow guard).
+* :mod:`.config` -- :class:`SecAggConfig`, the one configuration of a job's secure aggregation (k,
+  requested t, clip, weight bound, masked metrics, cipher, timeout, overflow guard); translated from
+  the job spec by :func:`ai4hi_sdk.privacy.secagg.settings.protocol_config`.
 * :mod:`.policy` -- :class:`SitePolicy`: the site's minimum cohort and threshold floor.
 * :mod:`.graph` -- the deterministic k-regular neighbour graph.
 * :mod:`.messages` -- typed, canonical wire messages with replay/tamper checks.

@@ -20,12 +20,23 @@ from functools import cached_property
 
 import numpy as np
 
-from ..primitives.quantize import (QuantizationConfig, VectorLayout, decode_count_sums, dequantize_sum,
-                                   dequantize_weighted_mean, encode_counts, error_bound, quantize,
+from ..primitives.quantize import (QuantizationConfig, VectorLayout, check_counts_no_overflow, decode_count_sums,
+                                   dequantize_sum, dequantize_weighted_mean, encode_counts, error_bound, quantize,
                                    weight_multiplier, weighted_error_bound)
 
 #: metric values are clipped to +- this before quantisation (losses, AUROC, seconds, epsilon fit)
 METRIC_CLIP = 1.0e4
+
+
+def delta_quantization(clip: float, n_sites: int, max_weight: int) -> QuantizationConfig:
+    """The fixed-point format of a job's delta coordinates for ``n_sites`` sites: clip ``clip`` and
+    the largest power-of-two scale whose sum over ``n_sites`` cannot overflow. The one scale of
+    secure aggregation: the codec quantises with it and the up-front check
+    (:meth:`~.config.SecAggConfig.validate_for`) asks for it. Raises
+    :class:`~..primitives.quantize.OverflowRiskError` when no scale fits, or when ``n_sites``
+    weights of at most ``max_weight`` could overflow their coordinate."""
+    check_counts_no_overflow(n_sites, max_weight)
+    return QuantizationConfig(clip=clip, n_sites=n_sites)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,12 @@ class PayloadCodec:
     max_weight: int
     metric_names: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # fail at construction, not at the first encode: a layout that could overflow is never built
+        self.delta_config
+        if self.metric_names:
+            self.metric_config
+
     @cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(int(np.prod(shape, dtype=np.int64)) for _, shape in self.tensors)
@@ -76,7 +93,7 @@ class PayloadCodec:
 
     @cached_property
     def delta_config(self) -> QuantizationConfig:
-        return QuantizationConfig(clip=self.clip, n_sites=self.n_sites)
+        return delta_quantization(self.clip, self.n_sites, self.max_weight)
 
     @cached_property
     def metric_config(self) -> QuantizationConfig:

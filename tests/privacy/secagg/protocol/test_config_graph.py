@@ -26,8 +26,15 @@ def test_config_validation():
     assert SecAggConfig(neighbours=4).effective_threshold(16) == 4  # m = k + 1 = 5
     assert SecAggConfig(threshold=2).effective_threshold(5) == 2  # asked for (each site checks its floor)
     with pytest.raises(ValueError, match="timeout"):
-        SecAggConfig(share_timeout_s=float("inf"))
+        SecAggConfig(key_timeout_s=float("inf"))
+    with pytest.raises(ValueError, match="max_samples_per_site"):
+        SecAggConfig(max_samples_per_site=0)
     with pytest.raises(ValueError, match="threshold"):
         SecAggConfig(threshold=9).validate_for(4)
-    with pytest.raises(OverflowRiskError):
-        SecAggConfig(clip=1e6, scale=2.0**16).validate_for(100)
+    # the overflow guard is the codec's own (tests/privacy/secagg/test_settings.py): it refuses a site
+    # count no scale can sum, and weights whose sum could wrap their coordinate
+    with pytest.raises(OverflowRiskError, match="cannot be summed"):
+        SecAggConfig(max_samples_per_site=1).validate_for(2**30 + 1)
+    with pytest.raises(OverflowRiskError, match="max count"):
+        SecAggConfig(max_samples_per_site=10_000_000).validate_for(430)
+    SecAggConfig(max_samples_per_site=10_000_000).validate_for(429)
