@@ -89,7 +89,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
-        print_summary(console, result.metrics, result.result_dir, result.seconds)
+        print_summary(console, result.metrics, result.result_dir, result.seconds, task=spec.task)
         print_code_hash(console, spec)
     if not result.ok:
         console.print(f"[red]job did not complete:[/] {result.metrics.get('reason', 'unknown')} "
@@ -101,16 +101,18 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: float) -> None:
-    """Rounds, per-site validation metrics of the final model, the global metric, where results are."""
+def print_summary(console: Console, metrics: dict, result_dir: Path, seconds: float, *,
+                  task: str = "classification") -> None:
+    """Rounds, per-site validation metrics of the final model (the columns of the job's ``task``
+    kind), the global metric, where results are."""
+    from ai4hi_sdk.tasks.registry import task_strategy
+
     rounds = [r for r in metrics.get("rounds", []) if r.get("status") == "completed"]
     console.print(f"[bold]{len(rounds)}[/] rounds completed with sites {', '.join(metrics.get('sites', []))} "
                   f"in {seconds:.1f} s (status: {metrics.get('status')})")
     final = metrics.get("final_validation") or {}
     table = Table(title="final global model, validated at each site (validation split)")
-    names = ["val_auroc", "val_accuracy", "val_loss", "val_samples"]
-    if any("val_dice" in v for v in (final.get("sites") or {}).values()):  # segmentation job
-        names = ["val_dice", "val_hd95", "val_loss", "val_samples"]
+    names = list(task_strategy(task).summary_columns)
     table.add_column("site")
     for name in names:
         table.add_column(name, justify="right")
