@@ -52,7 +52,7 @@ import torch
 from ai4hi_sdk.config.validation_spec import ValidationSpec
 from ai4hi_sdk.errors import ConfigError, RoundRefused
 from ai4hi_sdk.privacy.egress import model_sha256
-from ai4hi_sdk.tasks.base import ROLES, ReportSettings, TaskStrategy, TestPredictions
+from ai4hi_sdk.tasks.base import ROLES, ReportSettings, TaskStrategy, SitePredictions
 from ai4hi_sdk.validation.monitoring import (
     DriftFeatures,
     compare_features,
@@ -201,7 +201,7 @@ class ValidationSite:
         self._check_support(len(truth))
         attributes = {a: attrs.get(a, ["unknown"] * len(truth)) for a in cfg.attributes}
         report = strategy.site_report(
-            TestPredictions(truth, pred_cand, pred_champ, attributes, strategy.test_context(self.trainer)),
+            SitePredictions(truth, pred_cand, pred_champ, attributes, strategy.test_context(self.trainer)),
             ReportSettings(cfg, self.min_count, ops))
         scorer = strategy.robustness_scorer()
         if scorer is not None:

@@ -8,7 +8,7 @@ strings:
   geometry) and ``site_files`` (what a site holds besides ``dicom/``);
 * **training summary**: ``summary_columns``, the per-site metrics ``ai4hi job simulate`` shows;
 * **site report**: :meth:`TaskStrategy.site_report` turns both models' test-split predictions
-  (:class:`TestPredictions`, in memory at the site) into aggregates only, roots ``candidate``,
+  (:class:`SitePredictions`, in memory at the site) into aggregates only, roots ``candidate``,
   ``champion``, ``paired``, ``meta``; :meth:`~TaskStrategy.test_context` reads what else the
   trainer knows about the test split (voxel spacing...); ``robustness_scorer`` scores the
   robustness panel;
@@ -46,7 +46,7 @@ DataKind = Literal["image", "volume"]
 
 
 @dataclass
-class TestPredictions:
+class SitePredictions:
     """Both models' predictions on one site's fixed test split (in memory at the site, never sent).
 
     Attributes:
@@ -133,7 +133,7 @@ class TaskStrategy(ABC):
         return None
 
     @abstractmethod
-    def site_report(self, test: TestPredictions, settings: ReportSettings) -> dict:
+    def site_report(self, test: SitePredictions, settings: ReportSettings) -> dict:
         """Nested aggregate report of the candidate vs the champion on one site's test split:
         ``{"candidate": {...}, "champion": {...}, "paired": {"n", "delta", "ci", "variance"} |
         {"undefined": 1.0}, "meta": {"k", "ci", ...}}``; numbers only, nothing per case, every

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ai4hi_sdk.tasks.base import ROLES, DataKind, ReportSettings, TaskStrategy, TestPredictions, card_subgroups
+from ai4hi_sdk.tasks.base import ROLES, DataKind, ReportSettings, TaskStrategy, SitePredictions, card_subgroups
 from ai4hi_sdk.validation.scores import AUROC, ScoreMetric
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class ClassificationTask(TaskStrategy):
 
         return AUROC_SCORER
 
-    def site_report(self, test: TestPredictions, settings: ReportSettings) -> dict:
+    def site_report(self, test: SitePredictions, settings: ReportSettings) -> dict:
         """Each model at its own operating point (the server's, else the job's fixed threshold)."""
         from ai4hi_sdk.validation.site_report import site_validation_report
 

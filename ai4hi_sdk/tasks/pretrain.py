@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ai4hi_sdk.errors import ConfigError
-from ai4hi_sdk.tasks.base import DataKind, ReportSettings, TaskStrategy, TestPredictions
+from ai4hi_sdk.tasks.base import DataKind, ReportSettings, TaskStrategy, SitePredictions
 
 
 class PretrainTask(TaskStrategy):
@@ -20,6 +20,6 @@ class PretrainTask(TaskStrategy):
     site_files = ("labels.csv (optional: pretraining uses no labels)",)
     summary_columns = ("val_loss", "val_samples")
 
-    def site_report(self, test: TestPredictions, settings: ReportSettings) -> dict:
+    def site_report(self, test: SitePredictions, settings: ReportSettings) -> dict:
         raise ConfigError("task", [("task", "a pretraining job trains a backbone and is not validated against a "
                                             "champion: validate the job that adapts it")])

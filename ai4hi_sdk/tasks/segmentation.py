@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping
 
-from ai4hi_sdk.tasks.base import ROLES, DataKind, ReportSettings, TaskStrategy, TestPredictions, card_subgroups
+from ai4hi_sdk.tasks.base import ROLES, DataKind, ReportSettings, TaskStrategy, SitePredictions, card_subgroups
 from ai4hi_sdk.validation.scores import DICE, ScoreMetric
 
 
@@ -41,7 +41,7 @@ class SegmentationTask(TaskStrategy):
 
         return is_segmentation_report(report)
 
-    def site_report(self, test: TestPredictions, settings: ReportSettings) -> dict:
+    def site_report(self, test: SitePredictions, settings: ReportSettings) -> dict:
         from ai4hi_sdk.validation.segmentation_site import site_segmentation_report
 
         cfg = settings.config
