@@ -23,7 +23,7 @@ validation report (``candidate|robustness|...``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence, Sized, cast
 
 import numpy as np
 import torch
@@ -112,6 +112,10 @@ class RobustnessScorer:
     support: Callable[[Dataset], int]
 
 
+def _length(dataset: Dataset) -> int:
+    return len(cast(Sized, dataset))  # a map-style dataset (torch types Dataset without __len__)
+
+
 def _probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, 1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
 
@@ -123,7 +127,7 @@ def _auroc(outs: list[np.ndarray], targets: list[np.ndarray]) -> float:
 
 
 def _smallest_class(dataset: Dataset) -> int:
-    labels = np.array([int(_split(dataset[i])[1]) for i in range(len(dataset))])
+    labels = np.array([int(_split(dataset[i])[1]) for i in range(_length(dataset))])
     return int(min((labels == 1).sum(), (labels == 0).sum()))
 
 
@@ -143,7 +147,7 @@ def _mean_dice(outs: list[np.ndarray], targets: list[np.ndarray]) -> float:
 
 
 def _lesion_cases(dataset: Dataset) -> int:
-    return int(sum(bool(torch.as_tensor(_split(dataset[i])[1]).any()) for i in range(len(dataset))))
+    return int(sum(bool(torch.as_tensor(_split(dataset[i])[1]).any()) for i in range(_length(dataset))))
 
 
 #: binary classification: AUROC of P(positive); k applies to the smaller class
@@ -208,7 +212,7 @@ def robustness_panel(model: nn.Module, dataset: Dataset, *, task: str | Robustne
     if len(set(labels)) != len(labels):
         raise ValueError("each perturbation may appear once")
     metric = scorer.metric
-    n = len(dataset)
+    n = _length(dataset)
     if scorer.support(dataset) < min_count:
         return {"n": n, "suppressed": True}
     clean = scorer.score(*_outputs(model, dataset, None, scorer, batch_size, device))

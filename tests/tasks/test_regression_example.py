@@ -207,7 +207,8 @@ class _Sizes(Dataset):
     def __init__(self, n: int, seed: int):
         rng = np.random.default_rng(seed)
         self.x = torch.tensor(rng.normal(size=(n, 4)), dtype=torch.float32)
-        self.y = 10.0 + self.x @ torch.tensor([1.0, 2.0, -1.0, 0.5]) + 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(seed))
+        noise = 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(seed))
+        self.y = 10.0 + self.x @ torch.tensor([1.0, 2.0, -1.0, 0.5]) + noise
 
     def __len__(self) -> int:
         return len(self.y)
