@@ -152,10 +152,14 @@ def _apply_job(report: Any, job_path: Path, root: Path) -> Any:
     returns the job spec."""
     from ai4hi_sdk.config.job_spec import load_job_spec
     from ai4hi_sdk.data.selection import ImageSelection, select
+    from ai4hi_sdk.tasks.registry import UnknownTaskKind, task_strategy
 
     spec = load_job_spec(job_path)
     selection = ImageSelection.from_spec(spec.data)
-    purpose = "volume" if spec.task == "segmentation" else "image"
+    try:
+        purpose = task_strategy(spec.task).data_kind  # one item per image, or volumes assembled by geometry
+    except UnknownTaskKind as err:
+        raise UserError(f"{job_path}: {err}") from None
     kept, excluded = select(report.instances, selection, purpose)
     report.excluded.extend(excluded)
     if purpose == "volume":
@@ -272,6 +276,7 @@ def _print_scan(console: Console, report: Any, join: Any, reports: Any = None, w
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from ai4hi_sdk.data.synth import synth_consortium
+    from ai4hi_sdk.tasks.registry import task_strategy
 
     if args.sites < 1:
         raise UserError(f"--sites must be >= 1, got {args.sites}")
@@ -314,8 +319,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     console.print(table)
     if args.labelled_fraction < 1.0:
         console.print("Labelled studies: " + ", ".join(f"{s.name} {s.labelled}/{s.studies}" for s in sites))
-    console.print("Each site: dicom/ (Part 10 files), labels.csv"
-                  + (", masks/<SeriesInstanceUID>.npy|.npz" if args.task == "segmentation" else "")
+    console.print("Each site: dicom/ (Part 10 files), " + ", ".join(task_strategy(args.task).site_files)
                   + (", reports.csv and dicom/study-*/report-0001.dcm (SR), synthetic_report_truth.json"
                      if args.reports else ""))
     return 0

@@ -90,7 +90,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
-        print_summary(console, record, result.result_dir, result.seconds)
+        print_summary(console, record, result.result_dir, result.seconds, task=spec.task)
         print_code_hash(console, spec)
     if not result.ok:
         console.print(f"[red]job did not complete:[/] {record.reason or 'unknown'} "
@@ -102,10 +102,13 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(console: Console, metrics: Any, result_dir: Path, seconds: float) -> None:
-    """Rounds, per-site validation metrics of the final model, the global metric, where results are.
-    ``metrics``: the run record (:class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`, or its JSON form)."""
+def print_summary(console: Console, metrics: Any, result_dir: Path, seconds: float, *,
+                  task: str = "classification") -> None:
+    """Rounds, per-site validation metrics of the final model (the columns of the job's ``task``
+    kind), the global metric, where results are. ``metrics``: the run record
+    (:class:`~ai4hi_sdk.jobs.run_record.TrainingRunRecord`, or its JSON form)."""
     from ai4hi_sdk.jobs.run_record import ValidationSummary, as_training_record
+    from ai4hi_sdk.tasks.registry import task_strategy
 
     record = as_training_record(metrics)
     rounds = record.completed_rounds()
@@ -113,9 +116,7 @@ def print_summary(console: Console, metrics: Any, result_dir: Path, seconds: flo
                   f"in {seconds:.1f} s (status: {record.status})")
     final = record.final_validation or ValidationSummary()
     table = Table(title="final global model, validated at each site (validation split)")
-    names = ["val_auroc", "val_accuracy", "val_loss", "val_samples"]
-    if any("val_dice" in v for v in final.sites.values()):  # segmentation job
-        names = ["val_dice", "val_hd95", "val_loss", "val_samples"]
+    names = list(task_strategy(task).summary_columns)
     table.add_column("site")
     for name in names:
         table.add_column(name, justify="right")

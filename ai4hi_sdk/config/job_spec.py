@@ -205,11 +205,14 @@ class JobSpec(StrictModel):
     """A federated job: what to train, on which task, for how long."""
 
     name: str
-    task: Literal["classification", "segmentation", "pretrain"] = Field(
-        "classification", description="classification, segmentation, or pretrain (output: a backbone with its "
-                                      "card; a site's policy must allow the job kind 'pretrain'): masked "
-                                      "autoencoding on every train-split image of the declared modalities, labelled "
-                                      "or not, or with method: image_report image-report contrastive pretraining")
+    # a name, not a closed list: task kinds are registered in ai4hi_sdk.tasks.registry (config/ imports
+    # nothing else of the SDK; load_checked_job_spec checks the name against the registry)
+    task: str = Field(
+        "classification", pattern=r"^[a-z][a-z0-9_]*$",
+        description="the task kind (registered in ai4hi_sdk.tasks.registry): classification, segmentation, or "
+                    "pretrain (output: a backbone with its card; a site's policy must allow the job kind "
+                    "'pretrain'): masked autoencoding on every train-split image of the declared modalities, "
+                    "labelled or not, or with method: image_report image-report contrastive pretraining")
     method: Literal["supervised", "image_report"] = Field(
         "supervised", description="supervised (per-example loss) or image_report (image-report contrastive "
                                   "pretraining: client-level DP and secure aggregation, never DP-SGD)")

@@ -42,6 +42,7 @@ from ai4hi_sdk.jobs.wire import (APP_DATA_DIR, BASE_CHECKPOINT_KEY, BASE_CHECKPO
 from ai4hi_sdk.site.code_bundle import bundle_sha256, pack_code
 from ai4hi_sdk.site.egress_guard import Ai4hiEgressGuard
 from ai4hi_sdk.site.executor import Ai4hiSiteExecutor
+from ai4hi_sdk.tasks.registry import task_strategy
 
 TASK_REQUEST_INTERVAL_S = 0.5
 VALIDATION_KINDS = ("validate", "monitor")
@@ -188,9 +189,11 @@ class Ai4hiValidationRecipe(Ai4hiRecipe):
         if "validate" in kinds and candidate is None and not site_candidates:
             raise ValueError("a validation task needs a candidate model")
         site_files = {site: f"candidate_{site}.pt" for site in site_candidates or {}}
-        # an operating point is a threshold on scores: classification only
+        # an operating point is a threshold on scores: only a task kind that has scores takes one
+        strategy = task_strategy(spec.task)
+        strategy.validated_metric()  # a kind whose jobs are not validated (pretrain): ConfigError
         operating_point = config.operating_point.model_dump(mode="json") \
-            if config.operating_point is not None and spec.task == "classification" else None
+            if config.operating_point is not None and strategy.supports_operating_point else None
         controller = Ai4hiValidationController(
             candidate_file=CANDIDATE_FILE if candidate is not None else "", champion_file=CHAMPION_FILE, tasks=kinds,
             timeout=config.timeout_s, operating_point=operating_point,

@@ -50,6 +50,8 @@ from ai4hi_sdk.jobs.run_record import TrainingRunRecord
 from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.jobs.validate import run_validation
 from ai4hi_sdk.privacy.egress import model_sha256
+from ai4hi_sdk.tasks.base import TaskStrategy
+from ai4hi_sdk.tasks.registry import task_strategy
 from ai4hi_sdk.trainers.loading import trainer_class_for
 from ai4hi_sdk.validation.decision import Evidence
 from ai4hi_sdk.validation.engine import (
@@ -85,6 +87,8 @@ class ContinuousLoop:
         self.ws = Path(workspace).resolve()
         self.say = say
         self.job: JobSpec = load_job_spec(spec.resolve(spec.job)).with_overrides(**spec.train.model_dump())
+        #: what the loop's job validates and how (its task kind)
+        self.task: TaskStrategy = task_strategy(self.job.task)
         self.policy = load_update_policy(spec.resolve(spec.policy))
         # the policy decides how a model version's operating point is chosen and what the sites report
         op = self.policy.operating_point
@@ -236,16 +240,9 @@ class ContinuousLoop:
                 models[model]["operating_point_record"] = name
                 self.say("  " + _operating_point_line(model, entry.operating_point, entry.calibration))
         self._step(kind="validate", candidate=candidate, champion=self.champion, data_version=data_version,
-                   record=name, seconds=round(run.seconds, 1))
+                   task=self.job.task, record=name, seconds=round(run.seconds, 1))
         for site, rep in sorted((record.validation or {}).items()):
-            c, p = rep["candidate"], rep.get("paired", {})
-            self.say(f"  {site}: n={c.get('n')} AUROC {c.get('auroc', float('nan')):.3f} "
-                     f"(champion {rep['champion'].get('auroc', float('nan')):.3f}, change "
-                     f"{p.get('delta', float('nan')):+.3f} [{(p.get('ci') or [float('nan')] * 2)[0]:+.3f}, "
-                     f"{(p.get('ci') or [float('nan')] * 2)[1]:+.3f}]); at its operating point sensitivity "
-                     f"{_num(c.get('sensitivity'))}, specificity {_num(c.get('specificity'))}, ECE "
-                     f"{_num((c.get('calibration_summary') or {}).get('before', {}).get('ece'))} -> "
-                     f"{_num(c.get('ece'))} recalibrated")
+            self.say(f"  {site}: {self.task.site_line(rep)}")
         return run.record
 
     # ------------------------------------------------------------------ leave-one-site-out
@@ -328,15 +325,16 @@ class ContinuousLoop:
             validated = run.run_record
             if not run.ok:
                 self.say(f"  leave-one-site-out validation did not complete: {validated.reason}")
+            metric = self.task.validated_metric()
             for held, rep in sorted((validated.validation or {}).items()):
                 cand, champ, paired = rep.get("candidate", {}), rep.get("champion", {}), rep.get("paired", {})
-                if "auroc" not in cand or "auroc" not in champ:
-                    runs[held]["error"] = "AUROC undefined at the held-out site (one class in its test split)"
+                if metric.name not in cand or metric.name not in champ:
+                    runs[held]["error"] = f"at the held-out site: {self.task.undefined_note}"
                     continue
-                scores[held] = {"score": cand["auroc"], "full_score": champ["auroc"]}
+                scores[held] = {"score": cand[metric.name], "full_score": champ[metric.name]}
                 runs[held].update(n=cand.get("n"), delta=paired.get("delta"), delta_ci=paired.get("ci"))
-                self.say(f"  {held} (never seen): AUROC {cand['auroc']:.3f} vs {champ['auroc']:.3f} for {model} "
-                         f"(trained with it), change {paired.get('delta', float('nan')):+.3f}")
+                self.say(f"  {held} (never seen): {metric.label} {cand[metric.name]:.3f} vs {champ[metric.name]:.3f} "
+                         f"for {model} (trained with it), change {paired.get('delta', float('nan')):+.3f}")
             for site, reason in [(r.site, r.reason) for r in validated.refused] + \
                     [(r.site, r.reason) for r in validated.rejected]:
                 runs.setdefault(site, {})["error"] = f"validation: {reason}"
@@ -372,7 +370,7 @@ class ContinuousLoop:
         champion_deployed = validation is not None and self.deployed is not None and self.deployed == self.champion
         if validation is not None:
             evidence, notes = evidence_from_validation(
-                validation, drift, candidate_operating_point=models[candidate].get("operating_point"),
+                validation, drift, task=self.job.task, candidate_operating_point=models[candidate].get("operating_point"),
                 champion_operating_point=models[self.champion].get("operating_point"))
             self.last_evidence, self._last_candidate = evidence, candidate
         else:

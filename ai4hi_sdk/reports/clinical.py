@@ -23,7 +23,7 @@ from typing import Any
 from ai4hi_sdk.reports import plots
 from ai4hi_sdk.validation.future_ai import ModelVersionEvidence, future_ai_table, principle_status
 from ai4hi_sdk.validation.net_benefit import net_benefit_curve, pool_counts
-from ai4hi_sdk.validation.robustness import robustness_summary
+from ai4hi_sdk.validation.robustness import panel_metric, robustness_summary
 
 FLOOR_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity",
                "max_subgroup_sensitivity_gap": "largest subgroup sensitivity gap", "max_ece": "ECE"}
@@ -74,7 +74,7 @@ def _floor_table(rules: list[dict[str, Any]], model: str) -> str:
         rows.append(f"<tr><td title='{html.escape(r['rule'])}'>{html.escape(FLOOR_NAMES.get(name, name))}</td>"
                     f"<td>{html.escape(model)}</td><td class='{overall}'>{'PASS' if r['passed'] else 'FAIL'}</td>"
                     + "".join(cells) + "</tr>")
-        if not r.get("values"):  # not applicable (segmentation) or no evidence at all: say why
+        if not r.get("values"):  # not applicable (no operating point) or no evidence at all: say why
             rows.append(f"<tr><td colspan='{3 + len(cols)}' class='na'>{html.escape(r.get('detail', ''))}</td></tr>")
     return f"<table class='floors'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -196,7 +196,7 @@ def validation_clinical_html(val: dict[str, dict]) -> list[str]:
                 if p.get("suppressed"):
                     rrows.append([site, role, "suppressed (fewer than k per class)", "", "", ""])
                     continue
-                metric = "auroc" if "auroc" in p else "dice"
+                metric = panel_metric(p) or "score"
                 worst = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"], default=(None, {}))
                 rrows.append([site, role, metric.upper(), _f(p.get(metric)), worst[0] or "–",
                               _f(worst[1].get("delta"))])
@@ -333,7 +333,7 @@ def card_clinical_markdown(card: dict[str, Any]) -> list[str]:
             if p.get("suppressed"):
                 lines.append(f"| {site} | suppressed | – | – |")
                 continue
-            metric = "auroc" if "auroc" in p else "dice"
+            metric = panel_metric(p) or "score"
             worst = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"], default=("–", {}))
             lines.append(f"| {site} | {metric.upper()} {_f(p.get(metric))} | {worst[0]} | "
                          f"{_f(worst[1].get('delta'))} |")

@@ -44,8 +44,7 @@ def forest_plot(validation: dict[str, dict], pooled: dict | None, title: str, me
 
 def subgroup_gap_plot(validation: dict[str, dict], title: str, metric: str = "auroc") -> str:
     """Largest subgroup gap of ``metric`` per site and attribute, champion vs candidate, base64 PNG."""
-    from ai4hi_sdk.validation.engine import audit_cells
-    from ai4hi_sdk.validation.subgroups import subgroup_gaps
+    from ai4hi_sdk.validation.subgroups import audit_cells, subgroup_gaps
 
     labels, champ, cand = [], [], []
     for site, rep in sorted(validation.items()):

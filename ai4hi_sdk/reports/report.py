@@ -19,29 +19,19 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.reports import clinical, plots
 from ai4hi_sdk.reports.lineage import card_lineage, lineage_markdown
-from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
+from ai4hi_sdk.reports.render import fmt as _fmt
+from ai4hi_sdk.reports.render import html_figure as _img
+from ai4hi_sdk.reports.render import html_table as _table
+from ai4hi_sdk.tasks.base import TaskStrategy
+from ai4hi_sdk.tasks.registry import strategy_for_report, strategy_for_reports, task_strategy
 
 HISTORY = "history.json"
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _ci(rep: dict) -> str:
-    ci = rep.get("auroc_ci")
-    return f"{_fmt(rep.get('auroc'))} ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else _fmt(rep.get("auroc"))
 
 
 def load_history(result_dir: str | Path) -> tuple[dict, dict[str, dict]]:
@@ -96,22 +86,15 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
             per_site = {}
             for site, rep in sorted((rec.get("validation") or {}).items()):
                 cand = rep["candidate"]
-                per_site[site] = _segmentation_card_site(rep) if is_segmentation_report(rep) else {
-                    "n": cand.get("n"), "auroc": cand.get("auroc"), "auroc_ci": cand.get("auroc_ci"),
-                    "sensitivity": cand.get("sensitivity"), "specificity": cand.get("specificity"),
-                    "threshold": cand.get("threshold"), "ece": cand.get("ece"), "brier": cand.get("brier"),
-                    "auroc_change_vs_champion": rep.get("paired", {}).get("delta"),
-                    "auroc_change_ci": rep.get("paired", {}).get("ci"),
-                    "subgroups": {a: d.get("cells", {}) for a, d in cand.get("subgroups", {}).items()},
-                    "suppressed_subgroup_cells": {a: d.get("suppressed_cells", 0)
-                                                  for a, d in cand.get("subgroups", {}).items()},
-                }
+                per_site[site] = (task_strategy(step["task"]) if step.get("task")
+                                  else strategy_for_report(rep)).card_site(rep)
                 if (cand.get("n") or 0) < 50:
                     card["limitations"].append(f"{site}: only {cand.get('n')} test studies in {step['record']}; "
                                                "its intervals are wide")
             for r in rec.get("refused", []) + rec.get("rejected", []):
                 card["limitations"].append(f"{r['site']}: no validation result ({r['reason']})")
-            card["validations"].append({"record": step["record"], "champion": step.get("champion"),
+            card["validations"].append({"record": step["record"], "task": _validation_strategy(step, rec).name,
+                                        "champion": step.get("champion"),
                                         "data_version": step.get("data_version"), "sites": per_site,
                                         "k": next(iter(rec.get("validation", {}).values()), {}).get("meta", {}).get("k")})
         if step["kind"] == "decision" and step.get("candidate") == model:
@@ -123,44 +106,26 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
     return card
 
 
-def _segmentation_card_site(rep: dict) -> dict:
-    cand, paired = rep["candidate"], rep.get("paired", {})
-    return {"n": cand.get("n"), "dice": cand.get("dice"), "hd95": cand.get("hd95"),
-            "dice_undefined": cand.get("dice_undefined"), "hd95_undefined": cand.get("hd95_undefined"),
-            "hd95_in_mm": bool(rep.get("meta", {}).get("hd95_in_mm")),
-            "dice_change_vs_champion": paired.get("delta"), "dice_change_ci": paired.get("ci"),
-            "subgroups": {a: d.get("cells", {}) for a, d in cand.get("subgroups", {}).items()},
-            "suppressed_subgroup_cells": {a: d.get("suppressed_cells", 0)
-                                          for a, d in cand.get("subgroups", {}).items()}}
+def _validation_strategy(step: dict, record: dict) -> TaskStrategy:
+    """The task kind of a validation step: the one the step names (the loop records its job's), else
+    that of its site reports (history files of older SDK versions name none)."""
+    if step.get("task"):
+        return task_strategy(step["task"])
+    return strategy_for_reports((record.get("validation") or {}).values())
 
 
-def _subgroup_card_rows(v: dict, metrics: tuple[str, ...]) -> list[str]:
-    """Markdown rows ``| site | attribute | group | n | <metrics> |`` of one validation's subgroup
-    cells, plus one row per attribute saying how many cells were suppressed (not named)."""
-    lines = []
-    for site, s in v["sites"].items():
-        for attr, cells in s["subgroups"].items():
-            for group, c in cells.items():
-                lines.append(f"| {site} | {attr} | {group} | {c.get('n')} | "
-                             + " | ".join(_fmt(c.get(m)) for m in metrics) + " |")
-            hidden = s["suppressed_subgroup_cells"].get(attr, 0)
-            if hidden:
-                lines.append(f"| {site} | {attr} | ({hidden} suppressed) | " + " | ".join(["–"] * (len(metrics) + 1))
-                             + " |")
-    return lines
+def _card_validation_strategy(validation: dict) -> TaskStrategy:
+    """The task kind of a model card's validation entry (cards of older SDK versions name none: the
+    kind whose score their sites show)."""
+    if validation.get("task"):
+        return task_strategy(validation["task"])
+    from ai4hi_sdk.tasks.registry import DEFAULT_TASK, known_tasks
 
-
-def _segmentation_card_lines(v: dict) -> list[str]:
-    """Markdown of one segmentation validation (replaces the AUROC tables' body)."""
-    lines = ["| site | n | mean Dice | mean HD95 | change in Dice vs champion (95 % CI) |", "|---|---|---|---|---|"]
-    for site, s in v["sites"].items():
-        ci = s.get("dice_change_ci") or [None, None]
-        unit = " mm" if s.get("hd95_in_mm") else " voxels"
-        lines.append(f"| {site} | {s['n']} | {_fmt(s['dice'])} | {_fmt(s['hd95'])}{unit} | "
-                     f"{_fmt(s['dice_change_vs_champion'])} ({_fmt(ci[0])}–{_fmt(ci[1])}) |")
-    lines += ["", f"Subgroups (cells with fewer than k={v['k']} cases are suppressed and not named):", "",
-              "| site | attribute | group | n | Dice | HD95 |", "|---|---|---|---|---|---|"]
-    return lines + _subgroup_card_rows(v, ("dice", "hd95"))
+    for name in known_tasks():
+        metric = task_strategy(name).metric
+        if name != DEFAULT_TASK and metric and any(metric.name in s for s in validation["sites"].values()):
+            return task_strategy(name)
+    return task_strategy(DEFAULT_TASK)
 
 
 def model_card_markdown(card: dict) -> str:
@@ -184,19 +149,7 @@ def model_card_markdown(card: dict) -> str:
     for v in card["validations"]:
         lines += ["", f"## Performance on each site's fixed test split ({v['record']}, vs champion "
                       f"`{v['champion']}`, data `{v['data_version']}`)", ""]
-        if any("dice" in s for s in v["sites"].values()):
-            lines += _segmentation_card_lines(v)
-            continue
-        lines += ["| site | n | AUROC (95 % CI) | change vs champion (95 % CI) | sensitivity | specificity | ECE | Brier |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for site, s in v["sites"].items():
-            ci = s.get("auroc_change_ci") or [None, None]
-            lines.append(f"| {site} | {s['n']} | {_ci(s)} | {_fmt(s['auroc_change_vs_champion'])} "
-                         f"({_fmt(ci[0])}–{_fmt(ci[1])}) | {_fmt(s['sensitivity'])} | {_fmt(s['specificity'])} | "
-                         f"{_fmt(s['ece'])} | {_fmt(s['brier'])} |")
-        lines += ["", f"Subgroups (cells with fewer than k={v['k']} studies are suppressed and not named):", "",
-                  "| site | attribute | group | n | AUROC | sensitivity | specificity |", "|---|---|---|---|---|---|---|"]
-        lines += _subgroup_card_rows(v, ("auroc", "sensitivity", "specificity"))
+        lines += _card_validation_strategy(v).card_markdown(v)
     lines += clinical.card_clinical_markdown(card)
     lines += ["", "## Update decisions", ""]
     for d in card["decisions"]:
@@ -212,17 +165,6 @@ def model_card_markdown(card: dict) -> str:
 
 
 # ------------------------------------------------------------------ HTML
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(b64: str, alt: str) -> str:
-    caption = html.escape(alt)
-    return f'<figure><img alt="{caption}" src="data:image/png;base64,{b64}"><figcaption>{caption}</figcaption></figure>'
 
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -276,24 +218,7 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
             val = rec.get("validation") or {}
             title = f"{step['candidate']} vs {step['champion']} ({step['record']})"
             parts.append(f"<h2>Validation: {html.escape(title)}</h2>")
-            if val and all(is_segmentation_report(rep) for rep in val.values()):
-                parts += _segmentation_html(val, pooled_by_validation.get(step["record"]))
-                continue
-            trows = []
-            for site, rep in sorted(val.items()):
-                for role in ("candidate", "champion"):
-                    r = rep[role]
-                    trows.append([site, role, _fmt(r.get("n")), _ci(r), _fmt(r.get("sensitivity")),
-                                  _fmt(r.get("specificity")), _fmt(r.get("ece")), _fmt(r.get("brier"))])
-            parts.append(_table(["site", "model", "n", "AUROC (95 % CI)", "sensitivity", "specificity", "ECE", "Brier"],
-                                trows))
-            if any("delta" in rep.get("paired", {}) for rep in val.values()):
-                parts.append(_img(plots.forest_plot(val, pooled_by_validation.get(step["record"]),
-                                                    "per-site AUROC change"), "forest plot: per-site AUROC change"))
-            if val:
-                parts.append(_img(plots.subgroup_gap_plot(val, "subgroup AUROC gaps"), "subgroup gaps"))
-                parts.append(_img(plots.calibration_plot(val, "calibration"), "calibration curves"))
-            parts += clinical.validation_clinical_html(val)
+            parts += _validation_strategy(step, rec).report_html(val, pooled_by_validation.get(step["record"]))
         if step["kind"] == "monitor":
             drift = records[step["record"]].get("drift") or {}
             monitors.append((step.get("label", step["record"]), drift))
@@ -315,22 +240,6 @@ def html_report(history: dict, records: dict[str, dict], verification: dict | No
         f"(<a href='model_cards/{html.escape(m)}.json'>JSON</a>)</li>" for m in history.get("models", {})) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _segmentation_html(val: dict[str, dict], pooled: dict | None) -> list[str]:
-    """Dice / HD95 table and plots of a segmentation validation (no calibration: no probabilities)."""
-    rows = []
-    for site, rep in sorted(val.items()):
-        for role in ("candidate", "champion"):
-            r = rep[role]
-            rows.append([site, role, _fmt(r.get("n")), _fmt(r.get("dice")), _fmt(r.get("hd95")),
-                         _fmt(r.get("dice_undefined")), _fmt(r.get("hd95_undefined"))])
-    parts = [_table(["site", "model", "n", "mean Dice", "mean HD95", "Dice undefined", "HD95 undefined"], rows)]
-    if any("delta" in rep.get("paired", {}) for rep in val.values()):
-        parts.append(_img(plots.forest_plot(val, pooled, "per-site Dice change", metric_label="mean Dice"),
-                          "forest plot: per-site Dice change"))
-    parts.append(_img(plots.subgroup_gap_plot(val, "subgroup Dice gaps", metric="dice"), "subgroup gaps"))
-    return parts
 
 
 def verify_decision_log(log: Path, public_key: Any = None) -> dict[str, Any] | None:

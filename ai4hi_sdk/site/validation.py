@@ -5,10 +5,11 @@ The site runtime builds the job's trainer class (the same one that trains) and c
 
 * ``ai4hi_cross_validate``: the task carries the candidate's and the champion's weights (tensor
   names prefixed ``candidate/`` and ``champion/``). The site predicts its fixed test split with both
-  (:meth:`SiteTrainer.predict_test`), reduces the predictions to aggregates
-  (:func:`~ai4hi_sdk.validation.site_report.site_validation_report`) and sends them as a flat
-  METRICS payload. It also saves, locally, the drift reference of each model (features of its
-  current images and the model's outputs on them).
+  (:meth:`SiteTrainer.predict_test`), reduces the predictions to aggregates with the job's task
+  kind (:meth:`~ai4hi_sdk.tasks.base.TaskStrategy.site_report`: for classification
+  :func:`~ai4hi_sdk.validation.site_report.site_validation_report`) and sends them as a flat
+  METRICS payload. For a kind that supports drift monitoring it also saves, locally, the drift
+  reference of each model (features of its current images and the model's outputs on them).
 * ``ai4hi_monitor``: the task carries the deployed model (``model/``). The site recomputes the
   drift features on its current data and sends only the tests' statistics and p-values.
 * ``ai4hi_operating_point``: the task carries the models whose operating point the server is
@@ -45,11 +46,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from ai4hi_sdk.config.validation_spec import ValidationSpec
-from ai4hi_sdk.errors import RoundRefused
+from ai4hi_sdk.errors import ConfigError, RoundRefused
 from ai4hi_sdk.privacy.egress import model_sha256
+from ai4hi_sdk.tasks.base import ROLES, ReportSettings, TaskStrategy, SitePredictions
 from ai4hi_sdk.validation.monitoring import (
     DriftFeatures,
     compare_features,
@@ -58,12 +61,10 @@ from ai4hi_sdk.validation.monitoring import (
     model_output_features,
     reference_path,
 )
-from ai4hi_sdk.validation.site_report import site_validation_report
 
 VALIDATION_FILE = "ai4hi_validation.json"
 #: folder of the site-local explanation pages, relative to the site workspace (never sent anywhere)
 EXPLANATIONS_DIR = Path("ai4hi") / "explanations"
-ROLES = ("candidate", "champion")
 
 
 def checked_operating_points(given: Any) -> dict[str, dict[str, Any]]:
@@ -153,12 +154,22 @@ class ValidationSite:
         return self.trainer.site_workspace
 
     # ------------------------------------------------------------------ tasks
+    def strategy(self) -> TaskStrategy:
+        """The job's task kind as this site's SDK knows it (an unknown kind is a refusal: the site
+        computes what leaves with its own code, never with the job's)."""
+        from ai4hi_sdk.tasks.registry import task_strategy
+
+        try:
+            return task_strategy(self.trainer.spec.task)
+        except ConfigError as err:
+            raise RoundRefused(f"this site cannot validate the job: {err}") from None
+
     def operating_point(self, models: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
         """Per model (``candidate`` / ``champion``): k-merged per-class score histograms of its
         predictions on this site's validation split (the server sums them and chooses the threshold)."""
         from ai4hi_sdk.validation.operating_point import operating_point_payload
 
-        if self.trainer.spec.task != "classification":
+        if not self.strategy().supports_operating_point:
             raise RoundRefused(f"an operating point is a threshold on classification scores; this is a "
                                f"{self.trainer.spec.task} job")
         if not models or not set(models) <= set(ROLES):
@@ -179,30 +190,25 @@ class ValidationSite:
         a model is validated at the job's fixed threshold); adds the robustness panels, writes the
         site-local explanation page and saves the drift references."""
         cfg = self.config
+        strategy = self.strategy()
         ops = checked_operating_points(operating_points)
-        if self.trainer.spec.task == "segmentation":
-            if ops:
-                raise RoundRefused("operating points apply to classification scores, not to segmentation masks")
-            report = self._cross_validate_segmentation(candidate, champion)
-            self._add_robustness(report, candidate, champion, "segmentation")
-            return report
-        p_cand, labels, attrs = self.trainer.predict_test(candidate)
-        p_champ, labels_again, _ = self.trainer.predict_test(champion)
-        assert (labels == labels_again).all()
-        self._check_support(len(labels))
-        attributes = {a: attrs.get(a, ["unknown"] * len(labels)) for a in cfg.attributes}
-        cand_op, champ_op = ops.get("candidate", {}), ops.get("champion", {})
-        report = site_validation_report(
-            labels, p_cand, p_champ, attributes, threshold=cand_op.get("threshold", cfg.threshold),
-            champion_threshold=champ_op.get("threshold", cfg.threshold),
-            candidate_calibration=cand_op.get("calibration"), champion_calibration=champ_op.get("calibration"),
-            net_benefit_thresholds=cfg.net_benefit_thresholds, min_count=self.min_count, ci=cfg.ci,
-            calibration_bins=cfg.calibration_bins, dp_count_epsilon=cfg.dp_count_epsilon, seed=cfg.seed)
-        report["meta"]["calibration_bins"] = cfg.calibration_bins
-        report["meta"]["operating_points_from_server"] = {role: int(role in ops) for role in ROLES}
-        self._add_robustness(report, candidate, champion, "classification")
-        self._add_explanations(report, candidate, champion)
-        if self.trainer.site_workspace is not None and self._dicom_items():
+        if ops and not strategy.supports_operating_point:
+            raise RoundRefused(f"operating points apply to classification scores, not to the outputs of a "
+                               f"{strategy.name} model")
+        pred_cand, truth, attrs = self.trainer.predict_test(candidate)
+        pred_champ, truth_again, _ = self.trainer.predict_test(champion)
+        assert _same(truth, truth_again), "the test split changed between the two models' predictions"
+        self._check_support(len(truth))
+        attributes = {a: attrs.get(a, ["unknown"] * len(truth)) for a in cfg.attributes}
+        report = strategy.site_report(
+            SitePredictions(truth, pred_cand, pred_champ, attributes, strategy.test_context(self.trainer)),
+            ReportSettings(cfg, self.min_count, ops))
+        scorer = strategy.robustness_scorer()
+        if scorer is not None:
+            self._add_robustness(report, candidate, champion, scorer)
+        if strategy.supports_explanations:
+            self._add_explanations(report, candidate, champion)
+        if strategy.supports_drift_monitoring and self.trainer.site_workspace is not None and self._dicom_items():
             for state in (candidate, champion):
                 self.current_features(state).save(reference_path(self._workspace(), model_sha256(state)))
         return report
@@ -219,7 +225,7 @@ class ValidationSite:
         return out
 
     def _add_robustness(self, report: dict, candidate: Mapping[str, torch.Tensor],
-                        champion: Mapping[str, torch.Tensor], task: str) -> None:
+                        champion: Mapping[str, torch.Tensor], scorer: Any) -> None:
         """``report[role]["robustness"]``: each model's score under the default perturbations (k-suppressed)."""
         from ai4hi_sdk.validation.robustness import robustness_panel
 
@@ -228,7 +234,7 @@ class ValidationSite:
         models = self._models({"candidate": candidate, "champion": champion})
         for role, model in models.items():
             try:
-                panel = robustness_panel(model, self.trainer.datasets.test, task=task, min_count=self.min_count,
+                panel = robustness_panel(model, self.trainer.datasets.test, task=scorer, min_count=self.min_count,
                                          batch_size=self.trainer.spec.train.batch_size, device=self.trainer.device,
                                          seed=self.config.seed)
             except Exception:  # noqa: BLE001 - extra evidence: its absence is reported as missing, not as a pass
@@ -257,25 +263,14 @@ class ValidationSite:
         for role in ROLES:
             report[role]["explanations"] = summary[role]
 
-    def _cross_validate_segmentation(self, candidate: Mapping[str, torch.Tensor],
-                                     champion: Mapping[str, torch.Tensor]) -> dict:
-        """Segmentation: Dice / HD95 aggregates of both models' test-split masks (no drift reference:
-        monitoring is classification-only)."""
-        from ai4hi_sdk.validation.segmentation_site import site_segmentation_report
-
-        cfg = self.config
-        pred_cand, true, attrs = self.trainer.predict_test(candidate)
-        pred_champ, _, _ = self.trainer.predict_test(champion)
-        self._check_support(len(true))
-        attributes = {a: attrs.get(a, ["unknown"] * len(true)) for a in cfg.attributes}
-        spacing = self.trainer.test_spacing() if hasattr(self.trainer, "test_spacing") else None
-        return site_segmentation_report(true, pred_cand, pred_champ, attributes, min_count=self.min_count, ci=cfg.ci,
-                                        spacing=spacing, dp_count_epsilon=cfg.dp_count_epsilon, seed=cfg.seed)
-
     def monitor(self, deployed: Mapping[str, torch.Tensor]) -> dict:
         """Drift tests of the current data against the reference saved when ``deployed`` was validated."""
-        if self.trainer.spec.task == "segmentation":
-            raise ValueError("drift monitoring is classification-only in this SDK version (segmentation job)")
+        strategy = self.strategy()
+        if not strategy.supports_drift_monitoring:
+            from ai4hi_sdk.tasks.registry import known_tasks, task_strategy
+
+            able = "/".join(t for t in known_tasks() if task_strategy(t).supports_drift_monitoring)
+            raise ValueError(f"drift monitoring is {able}-only in this SDK version ({strategy.name} job)")
         sha = model_sha256(deployed)
         ref_file = reference_path(self._workspace(), sha)
         if not ref_file.exists():
@@ -285,6 +280,13 @@ class ValidationSite:
         alarm = compare_features(reference, current, alpha=self.config.drift_alpha,
                                  n_permutations=self.config.drift_permutations, seed=self.config.seed)
         return {"drift": drift_report(alarm, reference.n, current.n)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two test-split references are equal (arrays, or lists of arrays such as masks)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def read_validation_file(folder: str | Path) -> ValidationSpec:

@@ -10,7 +10,9 @@ Evidence and decisions carry ``format_version`` (:data:`FORMAT_VERSION`). Versio
 ``candidate_auroc``, ``champion_auroc``, ``auroc_delta...``, no operating-point counts) is still
 read: its names are mapped to the neutral ones (``candidate_score``, ``champion_score``,
 ``score_delta...``, with ``metric`` saying what the score is) and, lacking counts, it fails the
-safety floors (fail closed).
+safety floors (fail closed). ``metric`` names a registered
+:class:`~ai4hi_sdk.validation.scores.ScoreMetric`, which says which way the score is better; evidence
+with an unknown metric is refused (ValueError), never decided on.
 
 The signed decision log (``DecisionLog``, ``verify_log``, ``public_key_hex``) lives in
 :mod:`ai4hi_sdk.validation.decision_log`.
@@ -23,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ai4hi_sdk.validation.meta_analysis import random_effects
+from ai4hi_sdk.validation.scores import ScoreMetric, score_metric
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
 #: version of the evidence and decision records (1: AUROC-named fields, no operating point)
@@ -51,15 +54,17 @@ class OperatingCounts(BaseModel):
 class SiteEvidence(BaseModel):
     """One site's aggregates for the candidate and champion on its fixed test split.
 
-    ``metric`` names the score: ``"auroc"`` (classification: DeLong paired interval of the AUROC
-    change) or ``"dice"`` (segmentation: mean Dice, paired t interval of the mean Dice change); the
-    policy's ``auroc_*`` rules apply to whichever it is.
+    ``metric`` names the score, a registered :class:`~ai4hi_sdk.validation.scores.ScoreMetric`:
+    ``"auroc"`` (classification: DeLong paired interval of the AUROC change), ``"dice"``
+    (segmentation: mean Dice, paired t interval of the mean Dice change) or a task kind's own; the
+    policy's ``auroc_*`` rules apply to whichever it is, in its direction (for a lower-is-better
+    score the candidate must lower it). ``score_delta`` is always candidate minus champion.
     """
 
     model_config = ConfigDict(extra="forbid")
     site: str
     n: int = Field(ge=0)
-    metric: Literal["auroc", "dice"] = "auroc"
+    metric: str = "auroc"
     candidate_score: float
     champion_score: float
     score_delta: float
@@ -162,6 +167,25 @@ def _floor_models(sites: list[SiteEvidence], role: str, used: set[str]) -> list:
     return out
 
 
+def _gain_bound(metric: ScoreMetric, ci: tuple[float, float] | list[float]) -> tuple[str, float, float]:
+    """``(side, bound, gain)`` of a candidate-minus-champion interval: the bound that must clear the
+    policy's threshold (the lower one; the upper one for a lower-is-better score) and it as a gain."""
+    lo, hi = ci
+    return ("lower", lo, lo) if metric.higher_is_better else ("upper", hi, -hi)
+
+
+def _must_exceed(metrics: list[ScoreMetric], threshold: float) -> str:
+    """`` (must be > t)`` for higher-is-better scores, `` (must be < -t)`` for lower-is-better ones."""
+    parts = []
+    if any(m.higher_is_better for m in metrics):
+        parts.append(f"must be > {threshold}")
+    lower = sorted({m.label for m in metrics if not m.higher_is_better})
+    if lower:
+        prefix = f"{'/'.join(lower)}: " if parts else ""
+        parts.append(f"{prefix}must be < {0.0 - threshold}")
+    return f" ({'; '.join(parts)})"
+
+
 def decide(evidence: Evidence | dict, policy: UpdatePolicy, *, champion_deployed: bool = True) -> Decision:
     """Apply ``policy`` to ``evidence``; see the module doc for precedence.
 
@@ -184,15 +208,21 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy, *, champion_deployed
 
     ok = rule("replace_if.min_site_support", bool(used),
               f"{len(used)} of {len(ev.sites)} sites have n >= {rp.min_site_support}")
-    label = {"auroc": "AUROC", "dice": "Dice"}
-    metrics = sorted({label[s.metric] for s in ev.sites})
-    if metrics and metrics != ["AUROC"]:
-        reasons.append(f"performance metric: {'/'.join(metrics)} (the policy's AUROC thresholds apply to it)")
+    # what each site's score is and which way is better (an unknown metric: ValueError, no decision)
+    info = {s.metric: score_metric(s.metric) for s in ev.sites}
+    labels = sorted({m.label for m in info.values()})
+    if labels and labels != ["AUROC"]:
+        lower = sorted(m.label for m in info.values() if not m.higher_is_better)
+        reasons.append(f"performance metric: {'/'.join(labels)} (the policy's AUROC thresholds apply to it"
+                       + (f"; {'/'.join(lower)}: lower is better, so the candidate must lower it" if lower else "")
+                       + ")")
     if used:
-        bad = [s for s in used if not s.score_delta_ci[0] > rp.auroc_delta_lower_bound_gt]
+        threshold = rp.auroc_delta_lower_bound_gt
+        bad = [s for s in used if not _gain_bound(info[s.metric], s.score_delta_ci)[2] > threshold]
         ok &= rule("replace_if.auroc_delta_lower_bound_gt", not bad,
-                   "; ".join(f"{s.site}: lower bound {s.score_delta_ci[0]:.4f}" for s in used)
-                   + f" (must be > {rp.auroc_delta_lower_bound_gt})")
+                   "; ".join("{}: {} bound {:.4f}".format(s.site, *_gain_bound(info[s.metric], s.score_delta_ci)[:2])
+                             for s in used)
+                   + _must_exceed([info[s.metric] for s in used], threshold))
         if rp.max_subgroup_gap_widening is not None:
             parts, widened = [], []
             for s in used:
@@ -211,11 +241,19 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy, *, champion_deployed
         pooled = random_effects([s.score_delta for s in with_var], [s.score_delta_variance for s in with_var])
         pooled = {k: v for k, v in pooled.items() if k != "fixed"} | {"sites": [s.site for s in with_var]}
     if rp.pooled_delta_lower_bound_gt is not None:
-        ok &= rule("replace_if.pooled_delta_lower_bound_gt",
-                   pooled is not None and pooled["ci"][0] > rp.pooled_delta_lower_bound_gt,
-                   "no site reported a variance" if pooled is None else
-                   f"random-effects pooled delta {pooled['estimate']:.4f}, lower bound {pooled['ci'][0]:.4f}"
-                   f" (must be > {rp.pooled_delta_lower_bound_gt})")
+        threshold = rp.pooled_delta_lower_bound_gt
+        directions = {info[s.metric].higher_is_better for s in with_var}
+        if pooled is None:
+            ok &= rule("replace_if.pooled_delta_lower_bound_gt", False, "no site reported a variance")
+        elif len(directions) > 1:
+            ok &= rule("replace_if.pooled_delta_lower_bound_gt", False,
+                       "the sites' scores improve in opposite directions: their changes are not pooled")
+        else:
+            metric = info[with_var[0].metric]
+            side, bound, gain = _gain_bound(metric, pooled["ci"])
+            ok &= rule("replace_if.pooled_delta_lower_bound_gt", gain > threshold,
+                       f"random-effects pooled delta {pooled['estimate']:.4f}, {side} bound {bound:.4f}"
+                       + _must_exceed([metric], threshold))
     # safety floors at the candidate's operating point: any failure keeps it out
     used_names = {s.site for s in used}
     for check in evaluate_floors(_floor_models(ev.sites, "candidate", used_names), policy.safety_floors):
@@ -230,11 +268,12 @@ def decide(evidence: Evidence | dict, policy: UpdatePolicy, *, champion_deployed
         retrain |= fired
     if rt.auroc_below is not None and used:
         which = "candidate" if replace_ok else "champion"
-        low = [s for s in used if getattr(s, f"{which}_score") < rt.auroc_below]
+        low = [s for s in used if info[s.metric].worse_than(getattr(s, f"{which}_score"), rt.auroc_below)]
+        limits = sorted({"floor" if info[s.metric].higher_is_better else "ceiling" for s in used})
         fired = rule("retrain_if.auroc_below", bool(low),
-                     f"{which} (the model to deploy) {'/'.join(sorted({label[s.metric] for s in used}))} "
+                     f"{which} (the model to deploy) {'/'.join(sorted({info[s.metric].label for s in used}))} "
                      + "; ".join(f"{s.site}: {getattr(s, f'{which}_score'):.4f}" for s in used)
-                     + f" (floor {rt.auroc_below})")
+                     + f" ({'/'.join(limits)} {rt.auroc_below})")
         retrain |= fired
     if not replace_ok and not champion_deployed:
         rule("no_deployed_model", True,

@@ -1,8 +1,8 @@
 """Update decisions from what sites sent: evidence, policy, signed record (pure core + files).
 
 * :func:`evidence_from_validation` turns a validation job's record (per-site aggregate reports, as
-  the server received them) and, optionally, a monitoring job's drift statistics into the
-  decision engine's :class:`~ai4hi_sdk.validation.decision.Evidence`;
+  the server received them, each read by its task kind's strategy) and, optionally, a monitoring
+  job's drift statistics into the decision engine's :class:`~ai4hi_sdk.validation.decision.Evidence`;
 * :func:`make_decision` applies the update policy (per-site rules and the random-effects pooled
   delta, :func:`~ai4hi_sdk.validation.decision.decide`) and appends the signed record — decision,
   evidence, lineage — to the hash-chained decision log;
@@ -21,29 +21,28 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ai4hi_sdk.tasks.registry import strategy_for_report, task_strategy
 from ai4hi_sdk.validation.decision import Decision, Evidence, SiteEvidence, decide
 from ai4hi_sdk.validation.decision_log import DecisionLog, public_key_hex
-from ai4hi_sdk.validation.segmentation_site import is_segmentation_report
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
 
-def audit_cells(subgroups: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """Egress form ``{attr: {"cells": {...}, "suppressed_cells": k}}`` -> ``subgroup_audit`` form."""
-    return {attr: dict(d.get("cells", {})) for attr, d in (subgroups or {}).items()}
-
-
-def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None, *,
-                             gap_metric: str = "auroc", candidate_operating_point: dict | None = None,
+def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None, *, task: str | None = None,
+                             gap_metric: str | None = None, candidate_operating_point: dict | None = None,
                              champion_operating_point: dict | None = None) -> tuple[Evidence, list[str]]:
     """Evidence for :func:`decide` from a validation record (``record["validation"][site]``) and
     per-site drift reports (``{site: {"alarm": bool, ...}}``).
 
-    Each site's confusion counts, ECE and threshold come from its report (the threshold the site
-    used); ``*_operating_point`` (the model versions' records, e.g. from
+    Each site's report becomes evidence through its task kind's strategy
+    (:meth:`~ai4hi_sdk.tasks.base.TaskStrategy.site_evidence`): ``task`` names it (the job spec's),
+    or, without it, each report's own kind (:func:`~ai4hi_sdk.tasks.registry.strategy_for_report`).
+    ``gap_metric``: the subgroup metric whose largest gap is compared (default: the kind's score).
+    For classification each site's confusion counts, ECE and threshold come from its report (the
+    threshold the site used); ``*_operating_point`` (the model versions' records, e.g. from
     :func:`~ai4hi_sdk.validation.operating_point.operating_point_from_payloads`) go into the signed
     evidence as they are.
 
-    Returns ``(evidence, notes)``; a site whose paired AUROC test is undefined (one class in its
+    Returns ``(evidence, notes)``; a site whose paired change is undefined (e.g. one class in its
     test split) or that refused is left out and named in ``notes``.
     """
     drift = drift or {}
@@ -53,76 +52,16 @@ def evidence_from_validation(record: dict, drift: dict[str, dict] | None = None,
     for rejected in record.get("rejected", []):
         notes.append(f"result of site {rejected['site']} rejected: {rejected['reason']}")
     for site, rep in sorted((record.get("validation") or {}).items()):
-        paired = rep.get("paired", {})
-        if is_segmentation_report(rep):
-            evidence = _segmentation_evidence(site, rep, bool((drift.get(site) or {}).get("alarm", False)), notes)
-            if evidence is not None:
-                sites.append(evidence)
-            continue
-        if "delta" not in paired or "auroc" not in rep.get("candidate", {}) or "auroc" not in rep.get("champion", {}):
-            notes.append(f"site {site} left out: AUROC undefined (one class in its test split)")
-            continue
-        sites.append(SiteEvidence.from_results(
-            site,
-            {"n": paired["n"], "auroc_candidate": rep["candidate"]["auroc"], "auroc_champion": rep["champion"]["auroc"],
-             "delta": paired["delta"], "ci": paired["ci"], "variance": paired["variance"]},
-            candidate_audit=audit_cells(rep["candidate"].get("subgroups", {})) or None,
-            champion_audit=audit_cells(rep["champion"].get("subgroups", {})) or None,
-            gap_metric=gap_metric, drift_alarm=bool((drift.get(site) or {}).get("alarm", False)),
-            **_operating_point_fields(rep)))
+        strategy = task_strategy(task) if task is not None else strategy_for_report(rep)
+        evidence = strategy.site_evidence(site, rep, notes=notes, gap_metric=gap_metric,
+                                          drift_alarm=bool((drift.get(site) or {}).get("alarm", False)))
+        if evidence is not None:
+            sites.append(evidence)
     for site in sorted(set(drift) - {s.site for s in sites}):
         if drift[site].get("alarm"):
             notes.append(f"drift alarm at {site}, which has no validation evidence in this decision")
     return Evidence(sites=sites, candidate_operating_point=candidate_operating_point,
                     champion_operating_point=champion_operating_point), notes
-
-
-def operating_counts(model_report: dict) -> dict[str, int] | None:
-    """``{"tp", "positives", "tn", "negatives"}`` of a model's site report at its threshold: the sent
-    counts, or (reports of SDKs that sent only rates) rates times class counts; None if absent."""
-    n, pos = model_report.get("n"), model_report.get("positives")
-    if n is None or pos is None:
-        return None
-    neg = int(n) - int(pos)
-    tp, tn = model_report.get("tp"), model_report.get("tn")
-    if tp is None:
-        sens = model_report.get("sensitivity")
-        tp = 0 if pos == 0 else (None if sens is None else round(float(sens) * int(pos)))
-    if tn is None:
-        spec = model_report.get("specificity")
-        tn = 0 if neg == 0 else (None if spec is None else round(float(spec) * neg))
-    if tp is None or tn is None:
-        return None
-    return {"tp": int(tp), "positives": int(pos), "tn": int(tn), "negatives": neg}
-
-
-def _operating_point_fields(rep: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for role in ("candidate", "champion"):
-        r = rep.get(role, {})
-        out[f"{role}_counts"] = operating_counts(r)
-        out[f"{role}_ece"] = r.get("ece")
-        out[f"{role}_threshold"] = r.get("threshold")
-    return out
-
-
-def _segmentation_evidence(site: str, rep: dict, drift_alarm: bool, notes: list[str]) -> SiteEvidence | None:
-    """Segmentation site report -> evidence on mean Dice (the policy's AUROC rules apply to Dice;
-    the subgroup gap is the largest Dice gap between shown subgroups)."""
-    from ai4hi_sdk.validation.subgroups import max_gap
-
-    paired, cand, champ = rep.get("paired", {}), rep.get("candidate", {}), rep.get("champion", {})
-    if "delta" not in paired or "dice" not in cand or "dice" not in champ:
-        notes.append(f"site {site} left out: mean Dice change undefined (fewer than 2 test cases with a lesion)")
-        return None
-    cand_audit = audit_cells(cand.get("subgroups", {}))
-    champ_audit = audit_cells(champ.get("subgroups", {}))
-    return SiteEvidence(site=site, n=int(paired["n"]), candidate_score=cand["dice"], champion_score=champ["dice"],
-                        score_delta=paired["delta"], score_delta_ci=tuple(paired["ci"]),
-                        score_delta_variance=paired.get("variance"),
-                        candidate_subgroup_gap=max_gap(cand_audit, "dice") if cand_audit else None,
-                        champion_subgroup_gap=max_gap(champ_audit, "dice") if champ_audit else None,
-                        drift_alarm=drift_alarm, metric="dice")
 
 
 def swap_roles(evidence: Evidence) -> Evidence:

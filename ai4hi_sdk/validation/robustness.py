@@ -23,7 +23,7 @@ validation report (``candidate|robustness|...``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence, Sized, cast
 
 import numpy as np
 import torch
@@ -95,35 +95,47 @@ def _split(item: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(image), torch.as_tensor(target)
 
 
-def _outputs(model: nn.Module, dataset: Dataset, transform: Callable | None, task: str, batch_size: int,
-             device: str | torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per-batch model outputs (P(positive) or binary masks) and targets, in memory only."""
-    outs, targets = [], []
-    model.eval()
-    with torch.no_grad():
-        for images, target in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate):
-            if transform is not None:
-                images = transform(images)
-            logits = model(images.to(device)).float()
-            if task == "classification":
-                out = torch.softmax(logits, 1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
-            else:
-                out = (logits.argmax(1, keepdim=True) > 0) if logits.shape[1] > 1 else (torch.sigmoid(logits) > 0.5)
-            outs.append(out.cpu().numpy())
-            targets.append(target.numpy())
-    return outs, targets
+@dataclass(frozen=True)
+class RobustnessScorer:
+    """How a panel scores one task kind's model (the task strategy names its scorer).
+
+    Attributes:
+        metric: the score's name in the panel (``"auroc"``, ``"dice"``).
+        output: logits of a batch -> what is scored (P(positive) ``(B,)``, binary masks...).
+        score: per-batch outputs and targets (in memory only) -> the score.
+        support: the test split -> the count ``k`` applies to (smallest class, cases with a lesion).
+    """
+
+    metric: str
+    output: Callable[[torch.Tensor], torch.Tensor]
+    score: Callable[[list[np.ndarray], list[np.ndarray]], float]
+    support: Callable[[Dataset], int]
 
 
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    pairs = [_split(item) for item in items]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+def _length(dataset: Dataset) -> int:
+    return len(cast(Sized, dataset))  # a map-style dataset (torch types Dataset without __len__)
 
 
-def _score(outs: list[np.ndarray], targets: list[np.ndarray], task: str) -> float:
-    if task == "classification":
-        from sklearn.metrics import roc_auc_score
+def _probability(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, 1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
 
-        return float(roc_auc_score(np.concatenate(targets).astype(int).ravel(), np.concatenate(outs).ravel()))
+
+def _auroc(outs: list[np.ndarray], targets: list[np.ndarray]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.concatenate(targets).astype(int).ravel(), np.concatenate(outs).ravel()))
+
+
+def _smallest_class(dataset: Dataset) -> int:
+    labels = np.array([int(_split(dataset[i])[1]) for i in range(_length(dataset))])
+    return int(min((labels == 1).sum(), (labels == 0).sum()))
+
+
+def _foreground(logits: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(1, keepdim=True) > 0) if logits.shape[1] > 1 else (torch.sigmoid(logits) > 0.5)
+
+
+def _mean_dice(outs: list[np.ndarray], targets: list[np.ndarray]) -> float:
     from monai.metrics import DiceMetric
 
     pred = torch.as_tensor(np.concatenate(outs)).float()
@@ -134,19 +146,42 @@ def _score(outs: list[np.ndarray], targets: list[np.ndarray], task: str) -> floa
     return float(np.nanmean(dice))
 
 
-def _support(dataset: Dataset, task: str) -> tuple[int, int]:
-    """(n, smallest class count) for classification; (n, cases with a lesion) for segmentation."""
-    n, small = len(dataset), 0
-    if task == "classification":
-        labels = np.array([int(_split(dataset[i])[1]) for i in range(n)])
-        small = int(min((labels == 1).sum(), (labels == 0).sum()))
-    else:
-        small = int(sum(bool(torch.as_tensor(_split(dataset[i])[1]).any()) for i in range(n)))
-    return n, small
+def _lesion_cases(dataset: Dataset) -> int:
+    return int(sum(bool(torch.as_tensor(_split(dataset[i])[1]).any()) for i in range(_length(dataset))))
 
 
-def robustness_panel(model: nn.Module, dataset: Dataset, *, task: Literal["classification", "segmentation"] =
-                     "classification", perturbations: Iterable[Perturbation] = DEFAULT_PERTURBATIONS,
+#: binary classification: AUROC of P(positive); k applies to the smaller class
+AUROC_SCORER = RobustnessScorer("auroc", _probability, _auroc, _smallest_class)
+#: binary segmentation: mean Dice of the foreground masks; k applies to the cases with a lesion
+DICE_SCORER = RobustnessScorer("dice", _foreground, _mean_dice, _lesion_cases)
+#: the built-in task kinds' scorers by name (``robustness_panel(task=...)``)
+SCORERS: dict[str, RobustnessScorer] = {"classification": AUROC_SCORER, "segmentation": DICE_SCORER}
+#: the entries of a panel that are not its score
+_PANEL_KEYS = frozenset({"n", "suppressed", "perturbations", "worst_delta"})
+
+
+def _outputs(model: nn.Module, dataset: Dataset, transform: Callable | None, scorer: RobustnessScorer,
+             batch_size: int, device: str | torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-batch model outputs (what ``scorer`` scores) and targets, in memory only."""
+    outs, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for images, target in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate):
+            if transform is not None:
+                images = transform(images)
+            out = scorer.output(model(images.to(device)).float())
+            outs.append(out.cpu().numpy())
+            targets.append(target.numpy())
+    return outs, targets
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [_split(item) for item in items]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def robustness_panel(model: nn.Module, dataset: Dataset, *, task: str | RobustnessScorer = "classification",
+                     perturbations: Iterable[Perturbation] = DEFAULT_PERTURBATIONS,
                      min_count: int = 10, batch_size: int = 16, device: str | torch.device = "cpu",
                      seed: int = 0) -> dict[str, Any]:
     """Score of ``model`` on ``dataset`` clean and under each perturbation.
@@ -156,32 +191,42 @@ def robustness_panel(model: nn.Module, dataset: Dataset, *, task: Literal["class
             ``(B, C, *spatial)`` (segmentation: foreground is argmax > 0, or sigmoid > 0.5 for C=1).
         dataset: items ``(image (C, *spatial), label)`` or dicts with ``image``/``label`` (a mask
             for segmentation); the site's fixed test split.
+        task: a built-in kind's name (``"classification"``, ``"segmentation"``) or a task
+            strategy's :class:`RobustnessScorer`.
         min_count: ``k``; below it per class (or lesion cases) only ``n`` and ``suppressed`` return.
         device: where the batches go; ``model`` must already be there (the perturbations run on CPU).
 
     Returns:
-        ``{"n", M, "perturbations": {label: {M, "delta"}}, "worst_delta"}`` where ``M`` is
-        ``"auroc"`` or ``"dice"`` (the clean score at the top, the perturbed one per label) and
-        ``delta`` = perturbed - clean. Numbers only, a fixed set of names: it flattens into a
-        METRICS payload.
+        ``{"n", M, "perturbations": {label: {M, "delta"}}, "worst_delta"}`` where ``M`` is the
+        scorer's metric (``"auroc"``, ``"dice"``: the clean score at the top, the perturbed one per
+        label) and ``delta`` = perturbed - clean. Numbers only, a fixed set of names: it flattens
+        into a METRICS payload.
     """
-    if task not in ("classification", "segmentation"):
-        raise ValueError(f"task must be classification or segmentation, got {task!r}")
+    if isinstance(task, str):
+        if task not in SCORERS:
+            raise ValueError(f"task must be one of {', '.join(SCORERS)} or a RobustnessScorer, got {task!r}")
+        task = SCORERS[task]
+    scorer = task
     perturbations = list(perturbations)
     labels = [p.label for p in perturbations]
     if len(set(labels)) != len(labels):
         raise ValueError("each perturbation may appear once")
-    metric = "auroc" if task == "classification" else "dice"
-    n, support = _support(dataset, task)
-    if support < min_count:
+    metric = scorer.metric
+    n = _length(dataset)
+    if scorer.support(dataset) < min_count:
         return {"n": n, "suppressed": True}
-    clean = _score(*_outputs(model, dataset, None, task, batch_size, device), task)
+    clean = scorer.score(*_outputs(model, dataset, None, scorer, batch_size, device))
     panel: dict[str, dict[str, float]] = {}
     for i, p in enumerate(perturbations):
-        score = _score(*_outputs(model, dataset, p.transform(seed + i), task, batch_size, device), task)
+        score = scorer.score(*_outputs(model, dataset, p.transform(seed + i), scorer, batch_size, device))
         panel[p.label] = {metric: score, "delta": score - clean}
     return {"n": n, metric: clean, "perturbations": panel,
             "worst_delta": min((v["delta"] for v in panel.values()), default=0.0)}
+
+
+def panel_metric(panel: dict[str, Any]) -> str | None:
+    """The score's name in a (not suppressed) panel: its one entry besides n and the perturbations."""
+    return next((k for k in panel if k not in _PANEL_KEYS), None)
 
 
 def robustness_summary(candidate: dict[str, Any], champion: dict[str, Any] | None = None) -> dict[str, float | None]:

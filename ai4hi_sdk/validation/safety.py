@@ -27,6 +27,7 @@ from typing import Any
 
 from scipy.stats import binomtest
 
+from ai4hi_sdk.validation.scores import score_metric
 from ai4hi_sdk.validation.update_policy import RateFloor, SafetyFloors
 
 FLOORS = ("sensitivity", "specificity", "max_subgroup_sensitivity_gap", "max_ece")
@@ -50,7 +51,7 @@ class ModelAtSite:
 
     site: str
     used: bool  # enough support for the per-site rules
-    metric: str = "auroc"  # "dice": segmentation, no operating point
+    metric: str = "auroc"  # a registered score metric (validation.scores); floors need one at an operating point
     tp: int | None = None
     positives: int | None = None
     tn: int | None = None
@@ -169,14 +170,19 @@ def _ece_check(models: list[ModelAtSite], limit: float) -> FloorCheck:
 
 
 def evaluate_floors(models: list[ModelAtSite], floors: SafetyFloors) -> list[FloorCheck]:
-    """Every enabled floor for one model over its sites (see the module doc); classification sites only."""
-    dice = [m.site for m in models if m.metric != "auroc"]
-    models = [m for m in models if m.metric == "auroc"]
+    """Every enabled floor for one model over its sites (see the module doc); only sites whose score
+    comes at an operating point (classification) are checked."""
+    without: dict[str, list[str]] = {}  # "segmentation evidence (Dice)" -> its sites
+    for m in models:
+        metric = score_metric(m.metric)
+        if not metric.operating_point:
+            without.setdefault(f"{metric.task} evidence ({metric.label})", []).append(m.site)
+    models = [m for m in models if score_metric(m.metric).operating_point]
     checks: list[FloorCheck] = []
     if not models:
-        note = f"not applicable: segmentation evidence (Dice) at {', '.join(dice)} has no operating point" \
-            if dice else "no site evidence"
-        return [FloorCheck(f, bool(dice), note) for f in FLOORS if _enabled(f, floors)]
+        note = "not applicable: " + "; ".join(f"{kind} at {', '.join(sites)}" for kind, sites in without.items()) \
+            + " has no operating point" if without else "no site evidence"
+        return [FloorCheck(f, bool(without), note) for f in FLOORS if _enabled(f, floors)]
     for name in ("sensitivity", "specificity"):
         floor: RateFloor = getattr(floors, name)
         if _enabled(name, floors):

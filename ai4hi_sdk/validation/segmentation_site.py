@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from ai4hi_sdk.validation.subgroups import hidden_levels
+
 # ai4hi_sdk.validation.segmentation (MONAI, torch) is imported where used: the decision engine and the
 # reports only need is_segmentation_report and stay light
 
@@ -41,16 +43,6 @@ def case_dice(pred_masks, true_masks) -> np.ndarray:
 
     pred, true = _as_batch(pred_masks), _as_batch(true_masks)
     return DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true).ravel().numpy()
-
-
-def _hidden_levels(vals: np.ndarray, min_count: int) -> set[str]:
-    levels = sorted(set(vals.tolist()))
-    counts = {v: int((vals == v).sum()) for v in levels}
-    hidden = {v for v in levels if counts[v] < min_count}
-    if len(hidden) == 1 and len(levels) > 1:  # complementary suppression
-        shown = sorted((c, v) for v, c in counts.items() if v not in hidden)
-        hidden.add(shown[0][1])
-    return hidden
 
 
 def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Sequence[np.ndarray],
@@ -72,7 +64,7 @@ def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Se
         vals = np.array(["unknown" if v is None else str(v) for v in values])
         if vals.size != n:
             raise ValueError(f"attribute {attr!r} has {vals.size} values for {n} cases")
-        hidden = _hidden_levels(vals, min_count)
+        hidden = hidden_levels(vals, min_count)
         cells: dict[str, dict] = {}
         for value in sorted(set(vals.tolist()) - hidden):
             idx = np.flatnonzero(vals == value)

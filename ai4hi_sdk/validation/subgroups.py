@@ -58,11 +58,7 @@ def subgroup_audit(
         if vals.shape != y.shape:
             raise ValueError(f"attribute {attr!r} has {vals.size} values for {y.size} examples")
         levels = sorted(set(vals.tolist()))
-        counts = {v: int((vals == v).sum()) for v in levels}
-        hidden = {v for v in levels if counts[v] < min_count}
-        if len(hidden) == 1 and len(levels) > 1:
-            shown = sorted((c, v) for v, c in counts.items() if v not in hidden)
-            hidden.add(shown[0][1])
+        hidden = hidden_levels(vals, min_count)
         cells: dict[str, dict] = {}
         for v in levels:
             if v in hidden:
@@ -76,6 +72,26 @@ def subgroup_audit(
             cells[v] = cell
         out[attr] = cells
     return out
+
+
+def hidden_levels(values: np.ndarray, min_count: int) -> set[str]:
+    """The levels of one attribute (``values``: one string per example) to suppress: every level
+    with fewer than ``min_count`` examples and, when that is exactly one, the smallest other level
+    too (complementary suppression: the hidden count is not total minus the shown ones)."""
+    vals = np.asarray(values)
+    levels = sorted(set(vals.tolist()))
+    counts = {v: int((vals == v).sum()) for v in levels}
+    hidden = {v for v in levels if counts[v] < min_count}
+    if len(hidden) == 1 and len(levels) > 1:
+        shown = sorted((c, v) for v, c in counts.items() if v not in hidden)
+        hidden.add(shown[0][1])
+    return hidden
+
+
+def audit_cells(subgroups: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Egress form ``{attr: {"cells": {...}, "suppressed_cells": k}}`` -> :func:`subgroup_audit` form
+    ``{attr: {value: cell}}`` (the suppressed cells are not in it: they were never named)."""
+    return {attr: dict(d.get("cells", {})) for attr, d in (subgroups or {}).items()}
 
 
 def subgroup_gaps(audit: dict[str, dict[str, dict]], metric: str) -> dict[str, float | None]:
