@@ -205,8 +205,8 @@ class Ai4hiValidationRecipe(Ai4hiRecipe):
         self.data_files[CHAMPION_FILE] = champion
         if candidate is not None:
             self.data_files[CANDIDATE_FILE] = candidate
-        for site, file in site_files.items():
-            self.data_files[file] = site_candidates[site]
+        for site, state in (site_candidates or {}).items():
+            self.data_files[site_files[site]] = state
 
 
 def _json(value: Mapping[str, Any] | None) -> dict | None:
@@ -219,10 +219,10 @@ def _json(value: Mapping[str, Any] | None) -> dict | None:
 def _write_state(state: Mapping[str, Any] | str | Path, path: Path) -> Path:
     import torch
 
-    if isinstance(state, (str, Path)):
-        state = torch.load(state, map_location="cpu", weights_only=True)
+    tensors: Mapping[str, Any] = (torch.load(state, map_location="cpu", weights_only=True)
+                                  if isinstance(state, (str, Path)) else state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: torch.as_tensor(v).float().contiguous() for k, v in state.items()}, path)
+    torch.save({k: torch.as_tensor(v).float().contiguous() for k, v in tensors.items()}, path)
     return path
 
 

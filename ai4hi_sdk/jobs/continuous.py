@@ -122,6 +122,13 @@ class ContinuousLoop:
         self.history["steps"].append(step)
         self._save_history()
 
+    @property
+    def champion_model(self) -> str:
+        """The current champion's label (set by :meth:`setup`, which makes the initial model)."""
+        if self.champion is None:
+            raise RuntimeError("the loop has no champion yet: setup() makes the initial model first")
+        return self.champion
+
     def _model_path(self, label: str) -> Path:
         return self.ws / "models" / f"{label}.pt"
 
@@ -180,7 +187,7 @@ class ContinuousLoop:
     def train(self, data_version: str) -> str:
         """Train a new candidate on ``data_version``, warm-started from the champion."""
         label = f"c{self._next('train')}"
-        parent = self.champion
+        parent = self.champion_model
         self.say(f"train {label} on data {data_version} ({self.job.train.rounds} rounds x "
                  f"{self.job.train.local_epochs} local epochs), warm-started from {parent} ...")
         result = self._simulate_training(self.job, label, data_version, parent)
@@ -220,7 +227,7 @@ class ContinuousLoop:
         self.say(f"validate {candidate} vs champion {self.champion} at every site (data {data_version}): operating "
                  "points on the validation splits, then the test splits ...")
         run = run_validation(self.job, self.validation_config, self.data_root / data_version,
-                             self.ws / "runs" / f"validate-{i}", champion=self._model_path(self.champion),
+                             self.ws / "runs" / f"validate-{i}", champion=self._model_path(self.champion_model),
                              candidate=self._model_path(candidate), sites_root=self.ws / "sites",
                              timeout_s=self.spec.timeout_s, champion_operating_point=champ.get("operating_point"),
                              champion_calibration=champ.get("calibration"))
@@ -229,7 +236,7 @@ class ContinuousLoop:
             raise UserError(f"validation {i} did not complete: {record.reason}")
         name = f"validation-{i}.json"
         shutil.copy2(run.result_dir / "validation.json", self.report / name)
-        for role, model in (("candidate", candidate), ("champion", self.champion)):
+        for role, model in (("candidate", candidate), ("champion", self.champion_model)):
             entry = (record.operating_points or {}).get(role)
             if "operating_point" not in models[model] and entry is not None and entry.operating_point:
                 # the model version keeps the operating point chosen the first time it was validated
@@ -350,7 +357,7 @@ class ContinuousLoop:
         i = self._next("monitor")
         self.say(f"monitor drift of data {data_version} at every site (deployed model {self.champion}) ...")
         run = run_validation(self.job, self.spec.validation, self.data_root / data_version,
-                             self.ws / "runs" / f"monitor-{i}", champion=self._model_path(self.champion),
+                             self.ws / "runs" / f"monitor-{i}", champion=self._model_path(self.champion_model),
                              tasks=("monitor",), sites_root=self.ws / "sites", timeout_s=self.spec.timeout_s)
         record = run.run_record
         if not run.ok:
@@ -485,7 +492,7 @@ class ContinuousLoop:
                    manufacturers={drift.site: drift.manufacturer} if drift.manufacturer else None)
         self._step(kind="inject_drift", description=description, record=None)
         monitored = self.monitor("v2")
-        outcome = self.decide("after monitoring", self.champion, drift=monitored.get("drift"))
+        outcome = self.decide("after monitoring", self.champion_model, drift=monitored.get("drift"))
         if outcome in ("retrain", "rollback"):
             c2 = self.train("v2")
             self.decide("after retraining", c2, self.validate(c2, "v2"))

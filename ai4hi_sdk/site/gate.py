@@ -127,9 +127,12 @@ class SiteGate:
                     self.policy = load_site_policy(policy_path)
                 except ConfigError as err:
                     self.policy_error = str(err)
-        self.ledger = PrivacyLedger(self.workspace / PRIVACY_LEDGER) if self.workspace is not None else None
-        self.budget = (PrivacyBudget(self.workspace / PRIVACY_STATE_DIR, self.policy, self.ledger)
-                       if self.policy is not None else None)
+        self.ledger: PrivacyLedger | None = None
+        self.budget: PrivacyBudget | None = None  # a budget exists only with a ledger (both in the workspace)
+        if self.workspace is not None:
+            self.ledger = PrivacyLedger(self.workspace / PRIVACY_LEDGER)
+            if self.policy is not None:
+                self.budget = PrivacyBudget(self.workspace / PRIVACY_STATE_DIR, self.policy, self.ledger)
         self.accountant_name = self.policy.accountant if self.policy is not None else (dp_accountant or "rdp")
         self._local_accountant = create_accountant(self.accountant_name)  # used when there is no budget
         self._noise_multiplier: float | None = None
@@ -205,6 +208,9 @@ class SiteGate:
         if self._noise_multiplier is None:
             if dp.noise_multiplier is not None:
                 self._noise_multiplier = dp.noise_multiplier
+            elif dp.target_epsilon is None:  # the spec's validator requires one of the two
+                raise RoundRefused("the job's DP-SGD spec gives neither a noise multiplier nor a target epsilon; "
+                                   "nothing is trained or sent", self.position())
             else:  # calibrated once per job: the job's target epsilon over all of its rounds
                 self._noise_multiplier = noise_multiplier_for_target(
                     dp.target_epsilon, self.delta, sample_rate, steps * max(total_rounds, 1),
@@ -227,6 +233,8 @@ class SiteGate:
             raise RoundRefused(f"privacy budget: {decision.reason}", self.position())
 
     def _record_refusal(self, decision: BudgetDecision, round_index: int) -> None:
+        if self.ledger is None:  # no workspace: no budget either, so nothing to record
+            return
         try:
             self.ledger.record_decision(decision, job_id=self.job_id, round_index=round_index)
         except (ChainDamaged, OSError):
@@ -280,18 +288,21 @@ class SiteGate:
             metrics = dp_metrics(self._local_accountant.get_epsilon(self.delta))
             build(metrics)
             return metrics
+        budget, ledger = self.budget, self.ledger
+        if ledger is None:  # not reached: a budget is only built with its ledger; fail closed regardless
+            raise RoundRefused("no privacy ledger to book this round in; nothing is sent", self.position())
         out: dict[str, float] = {}
 
         def write_ahead(decision: BudgetDecision) -> None:
             out.update(dp_metrics(decision.epsilon_after))
-            self.ledger.record_round(
+            ledger.record_round(
                 job_id=self.job_id, dataset_id=self.dataset_id, round_index=round_index, sample_rate=q,
                 noise_multiplier=sigma, steps=steps, epsilon_before=decision.epsilon_before,
                 epsilon_after=decision.epsilon_after, delta=decision.delta, accountant=decision.accountant,
                 egress=build(dict(out)), limit=decision.limit, mechanism=mechanism, client_dp=client_record)
 
         try:
-            self.budget.commit_round(self.dataset_id, sigma, q, steps, self.related, write_ahead)
+            budget.commit_round(self.dataset_id, sigma, q, steps, self.related, write_ahead)
         except BudgetExceeded as err:
             self._record_refusal(err.decision, round_index)
             raise RoundRefused(f"privacy budget: {err.decision.reason}", self.position()) from None

@@ -304,11 +304,12 @@ class SiteRuntime:
         trainer, privacy = self.trainer, self.spec.privacy
         self._check_received(global_state)
         secure = self.secure
-        if secure is not None and not isinstance(secagg_meta, Mapping):
-            raise RoundRefused("secure aggregation: the task carries no protocol data")
-        if secure is not None and secagg_meta.get("round") != round_index:
-            raise RoundRefused(f"secure aggregation: the task's protocol data is for round {secagg_meta.get('round')!r}, "
-                               f"the model for round {round_index}")
+        if secure is not None:
+            if not isinstance(secagg_meta, Mapping):
+                raise RoundRefused("secure aggregation: the task carries no protocol data")
+            if secagg_meta.get("round") != round_index:
+                raise RoundRefused(f"secure aggregation: the task's protocol data is for round "
+                                   f"{secagg_meta.get('round')!r}, the model for round {round_index}")
         self._bind_dataset(self.site_dir)
         n_train = len(trainer.datasets.train)
         if secure is not None:
@@ -325,7 +326,7 @@ class SiteRuntime:
             from ai4hi_sdk.privacy.dp.client_level import privatize_delta, secure_generator
 
             # the noise share from the participant names this site verified (None: all of the noise here)
-            delta, _ = privatize_delta(delta, client_dp.clip, privacy.client_dp.noise_multiplier,
+            delta, _ = privatize_delta(delta, client_dp.clip, client_dp.noise_multiplier,
                                        client_dp.participant_names or None, secure_generator())
         local = {**_finite(result.metrics), **self._agreement_metrics()}
         plan = self._round_plan

@@ -44,7 +44,7 @@ import math
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def checked_operating_points(given: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _finite_number(x: Any) -> bool:
+def _finite_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
@@ -199,7 +199,7 @@ class ValidationSite:
         pred_champ, truth_again, _ = self.trainer.predict_test(champion)
         assert _same(truth, truth_again), "the test split changed between the two models' predictions"
         self._check_support(len(truth))
-        attributes = {a: attrs.get(a, ["unknown"] * len(truth)) for a in cfg.attributes}
+        attributes: dict[str, Sequence[str]] = {a: attrs.get(a, ["unknown"] * len(truth)) for a in cfg.attributes}
         report = strategy.site_report(
             SitePredictions(truth, pred_cand, pred_champ, attributes, strategy.test_context(self.trainer)),
             ReportSettings(cfg, self.min_count, ops))

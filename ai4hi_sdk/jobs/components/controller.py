@@ -219,7 +219,8 @@ class Ai4hiFedAvg(FedAvg):
             (self.warning if level == "warning" else self.info)(message)
 
         try:
-            secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state, self._declared_metrics,
+            secure = SecureRounds(self._spec, self.fl_ctx.get_job_id(), sites, state,
+                                  self._declared_metrics if self._declared_metrics is not None else frozenset(),
                                   self.send_model_and_wait, self.engine.get_workspace().get_root_dir(), log)
         except ValueError as err:  # e.g. a payload that could overflow for this many sites
             self._finish("failed", f"secure aggregation cannot run on {len(sites)} sites: {err}")

@@ -229,10 +229,13 @@ class SecureRounds:
             nxt = self._round(r + 1)
             self._inboxes = nxt.collect_shares(self._answers(results, SHARES, r + 1, "share", task_round=r))
             self._note(nxt)
+        unmask = rnd.request
+        if unmask is None:  # collect_consistency above made it; without it nothing was unmasked
+            raise RoundAbandoned(f"round {r}: no unmask request was made")
         del self._rounds[r]
         return RoundOutcome(
             mean_delta={k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in decoded.mean_delta.items()},
-            total_weight=decoded.total_weight, survivors=survivors, dropped=list(rnd.request.dropped),
+            total_weight=decoded.total_weight, survivors=survivors, dropped=list(unmask.dropped),
             metric_means=decoded.metric_means, clear_metrics={s: clear[s] for s in survivors if clear.get(s)},
             error_bound=self.codec.error_bound(len(survivors), decoded.total_weight), threshold=int(rnd.threshold),
             refused=[x for x in self.refused if x.round == r])
