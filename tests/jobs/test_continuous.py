@@ -1,7 +1,7 @@
 """The continuous loop's training step is warm-started from the deployed champion.
 
 The simulator is replaced by a stand-in that records what it was given and answers like the real
-one (``tests/jobs/test_warm_start_e2e.py`` checks the real simulator honours ``initial_model``).
+one (``tests/e2e/jobs/test_warm_start_e2e.py`` checks the real simulator honours ``initial_model``).
 """
 
 from __future__ import annotations

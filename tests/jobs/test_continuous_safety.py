@@ -7,7 +7,7 @@ The validation job is replaced by a stand-in that answers with what the real cor
 given per-study scores (the sites' report, :func:`site_validation_report`; the server's operating
 point, :func:`operating_point_from_payloads`); everything after it — the loop's model versions,
 decisions, decision log, model cards and report — is the real code. The simulator run of the same
-path is ``tests/jobs/test_continuous_e2e.py``.
+path is ``tests/e2e/jobs/test_continuous_e2e.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The real CLI runs in a child process; only the simulator binary is replaced by a
 builds the kind of tree NVFlare's does: a process in its own session (as the simulator is started),
 a child in yet another session (NVFlare starts each site with setsid) and an orphan re-parented away
 from the tree (found only by the run's environment marker). The real simulator is signalled in
-tests/jobs/test_signals_e2e.py.
+tests/e2e/jobs/test_signals_e2e.py.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from ai4hi_sdk.trainers.state import exchange_size
 pytestmark = pytest.mark.e2e
 SITES = ["hospital-1", "hospital-2", "hospital-3", "hospital-4"]
 TAMPERED = "hospital-4"
-NO_DP_POLICY = Path(__file__).parent / "fixtures" / "policy_without_dp.yaml"
+NO_DP_POLICY = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "policy_without_dp.yaml"
 TRAIN = {"local_epochs": 2, "batch_size": 8, "optimizer": "adam", "threads": 1, "augment": False, "seed": 0}
 
 

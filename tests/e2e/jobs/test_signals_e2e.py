@@ -20,7 +20,7 @@ from ai4hi_sdk.data.synth import synth_site
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SITES = ("hospital-1", "hospital-2")
 
 

@@ -20,12 +20,12 @@ from ai4hi_sdk.data.synth import synth_site
 from ai4hi_sdk.foundation.checkpoint import load_backbone
 from ai4hi_sdk.foundation.image_report import AGGREGATE_METRICS
 from ai4hi_sdk.jobs.simulate import simulate
-from tests.jobs.test_weak_labels_e2e import _leaks, _secrets, _server_side_files
+from tests.e2e.jobs.test_weak_labels_e2e import _leaks, _secrets, _server_side_files
 
 pytestmark = pytest.mark.e2e
 SITES = ("hospital-1", "hospital-2", "hospital-3")
 ROUNDS = 2
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

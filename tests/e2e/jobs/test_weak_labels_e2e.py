@@ -41,7 +41,7 @@ def run(tmp_path_factory):
               "labeler_version": "ai4hi-negex-1", "uncertain": "negative"},
     )
     result = simulate(spec, root / "data", root / "ws", timeout_s=300,
-                      site_policy=Path(__file__).parent / "fixtures" / "policy_without_dp.yaml")
+                      site_policy=Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "policy_without_dp.yaml")
     return {"root": root, "result": result}
 
 

@@ -28,7 +28,7 @@ from ai4hi_sdk.trainers.loading import trainer_class_for
 
 pytestmark = pytest.mark.e2e
 SITES = ["hospital-1", "hospital-2", "hospital-3"]
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "jobs" / "fixtures"
 NO_DP_POLICY = "tests/jobs/fixtures/policy_without_dp.yaml"
 MAX_SAMPLES = 40
 SECURE_TRAIN = [("secagg_masked", "uint32"), ("secagg_masked_header", "uint8")]

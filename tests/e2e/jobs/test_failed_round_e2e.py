@@ -16,7 +16,7 @@ from ai4hi_sdk.jobs.simulate import simulate
 from ai4hi_sdk.trainers.loading import trainer_class_for
 
 pytestmark = pytest.mark.e2e
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "jobs" / "fixtures"
 
 
 def test_poisoned_round_is_rejected_and_last_good_model_kept(tmp_path):

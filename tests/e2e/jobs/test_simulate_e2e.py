@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     )
     before = _stray_paths()
     result = simulate(spec, root / "data", root / "ws", timeout_s=240,
-                      site_policy=Path(__file__).parent / "fixtures" / "policy_without_dp.yaml")
+                      site_policy=Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "policy_without_dp.yaml")
     return {"root": root, "spec": spec, "result": result, "new_stray_paths": _stray_paths() - before}
 
 

@@ -30,7 +30,7 @@ from ai4hi_sdk.validation.segmentation_site import case_dice
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SITES = ("hospital-1", "hospital-2")
 CONFIG = ValidationSpec(min_count=3, timeout_s=120)
 

@@ -29,7 +29,7 @@ from ai4hi_sdk.validation.decision_log import load_public_key, read_entries, ver
 from ai4hi_sdk.validation.engine import public_key_file
 
 pytestmark = pytest.mark.e2e
-LOOP = Path(__file__).parent / "fixtures" / "tiny_loop.yaml"
+LOOP = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "tiny_loop.yaml"
 
 
 @pytest.fixture(scope="module")

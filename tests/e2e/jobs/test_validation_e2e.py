@@ -36,7 +36,7 @@ def run(tmp_path_factory):
     trainer = ClassificationTrainer(spec, site_dir=root / "data" / "hospital-1", site_name="hospital-1", device="cpu")
     candidate = {k: champion[k] + d for k, d in trainer.fit(champion, 0).delta.items()}
     sites_root = root / "sites"
-    policy = Path(__file__).parent / "fixtures" / "policy_without_dp.yaml"
+    policy = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "policy_without_dp.yaml"
     for site in SITES:
         (sites_root / site / "ai4hi").mkdir(parents=True)
         shutil.copy(policy, sites_root / site / "ai4hi" / "site_policy.yaml")

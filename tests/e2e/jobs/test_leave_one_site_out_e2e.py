@@ -23,7 +23,7 @@ from ai4hi_sdk.reports.report import generate_reports
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 
 pytestmark = pytest.mark.e2e
-LOOP = Path(__file__).parent / "fixtures" / "tiny_loop.yaml"
+LOOP = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "tiny_loop.yaml"
 SITES = ("hospital-1", "hospital-2", "hospital-3")
 
 
