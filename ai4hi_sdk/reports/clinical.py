@@ -186,8 +186,9 @@ def validation_clinical_html(val: dict[str, dict]) -> list[str]:
     if curves:
         parts.append("<h3>Net benefit (decision curves, candidate)</h3>")
         parts.append(_img(plots.net_benefit_plot(curves, "net benefit per site and pooled"), "net benefit curves"))
-    panels = {site: {role: (rep.get(role) or {}).get("robustness") for role in ("candidate", "champion")
-                     if (rep.get(role) or {}).get("robustness")} for site, rep in sorted(val.items())}
+    panels: dict[str, dict[str, dict]] = {
+        site: {role: rep[role]["robustness"] for role in ("candidate", "champion")
+               if (rep.get(role) or {}).get("robustness")} for site, rep in sorted(val.items())}
     panels = {s: p for s, p in panels.items() if p}
     if panels:
         rrows = []
@@ -197,7 +198,8 @@ def validation_clinical_html(val: dict[str, dict]) -> list[str]:
                     rrows.append([site, role, "suppressed (fewer than k per class)", "", "", ""])
                     continue
                 metric = panel_metric(p) or "score"
-                worst = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"], default=(None, {}))
+                worst: tuple[str | None, dict[str, Any]] = min(p.get("perturbations", {}).items(),
+                                                               key=lambda kv: kv[1]["delta"], default=(None, {}))
                 rrows.append([site, role, metric.upper(), _f(p.get(metric)), worst[0] or "–",
                               _f(worst[1].get("delta"))])
         parts.append("<h3>Robustness panel</h3>" + _table(["site", "model", "metric", "clean", "worst perturbation",
@@ -334,7 +336,8 @@ def card_clinical_markdown(card: dict[str, Any]) -> list[str]:
                 lines.append(f"| {site} | suppressed | – | – |")
                 continue
             metric = panel_metric(p) or "score"
-            worst = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"], default=("–", {}))
+            worst: tuple[str, dict[str, Any]] = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"],
+                                                    default=("–", {}))
             lines.append(f"| {site} | {metric.upper()} {_f(p.get(metric))} | {worst[0]} | "
                          f"{_f(worst[1].get('delta'))} |")
     if card.get("leave_one_site_out"):

@@ -23,7 +23,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, Sized, cast
 
 import numpy as np
 import torch
@@ -122,8 +122,8 @@ def _figure(image: np.ndarray, cand: np.ndarray, champ: np.ndarray, title: str) 
 def _sample(labels: Sequence[int], n: int, seed: int) -> list[int]:
     """``n`` indices, half positive and half negative where the split allows, in a seeded order."""
     rng = np.random.default_rng(seed)
-    labels = np.asarray(labels).astype(int)
-    pos, neg = rng.permutation(np.flatnonzero(labels == 1)), rng.permutation(np.flatnonzero(labels == 0))
+    y = np.asarray(labels).astype(int)
+    pos, neg = rng.permutation(np.flatnonzero(y == 1)), rng.permutation(np.flatnonzero(y == 0))
     take_pos = min(len(pos), max(n - len(neg), (n + 1) // 2))
     chosen = list(pos[:take_pos]) + list(neg[:n - take_pos])
     return sorted(int(i) for i in chosen)
@@ -150,10 +150,12 @@ def render_explanations(candidate: nn.Module, champion: nn.Module, dataset: Data
         present only with ``n_masked >= k``: each model's part goes under its root of the site's
         validation report (``candidate|explanations|...``). Numbers only, nothing per image.
     """
-    labels = [int(torch.as_tensor(dataset[i][1])) for i in range(len(dataset))]
-    chosen = _sample(labels, min(n_images, len(dataset)), seed)
+    n_items = len(cast(Sized, dataset))  # a map-style Dataset with __len__ (torch's base class declares none)
+    labels = [int(torch.as_tensor(dataset[i][1])) for i in range(n_items)]
+    chosen = _sample(labels, min(n_images, n_items), seed)
     layers = target_layers or (None, None)
-    cards, shares = [], {"candidate": [], "champion": []}
+    cards: list[str] = []
+    shares: dict[str, list[float]] = {"candidate": [], "champion": []}
     for i in chosen:
         image = torch.as_tensor(dataset[i][0])[None].to(device)
         maps, scores = {}, {}

@@ -119,7 +119,7 @@ def drift_tests_plot(drift: dict[str, dict], title: str) -> str:
     for j, site in enumerate(sites):
         ys = [-math.log10(max(drift[site]["tests"].get(t, {}).get("p_value", 1.0), 1e-300)) for t in tests]
         ax.bar([i + j * width for i in range(len(tests))], ys, width, label=site)
-    levels = [r.get("corrected_alpha") for r in drift.values() if r.get("corrected_alpha")]
+    levels: list[float] = [r["corrected_alpha"] for r in drift.values() if r.get("corrected_alpha")]
     if levels:
         ax.axhline(-math.log10(min(levels)), color="red", ls="--", lw=1, label="alarm level")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tests))])

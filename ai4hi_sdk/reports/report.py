@@ -96,7 +96,7 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
             card["validations"].append({"record": step["record"], "task": _validation_strategy(step, rec).name,
                                         "champion": step.get("champion"),
                                         "data_version": step.get("data_version"), "sites": per_site,
-                                        "k": next(iter(rec.get("validation", {}).values()), {}).get("meta", {}).get("k")})
+                                        "k": _record_k(rec)})
         if step["kind"] == "decision" and step.get("candidate") == model:
             card["decisions"].append({k: step.get(k) for k in ("decision", "reasons", "log_seq", "stage")})
     card.update(clinical.card_clinical_fields(history, records, card, verification))
@@ -104,6 +104,12 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
     if lineage:
         card["lineage"] = lineage
     return card
+
+
+def _record_k(record: dict) -> Any:
+    """The suppression threshold ``k`` in the meta of a validation record's first site report (None without)."""
+    first: dict[str, Any] = next(iter(record.get("validation", {}).values()), {})
+    return first.get("meta", {}).get("k")
 
 
 def _validation_strategy(step: dict, record: dict) -> TaskStrategy:

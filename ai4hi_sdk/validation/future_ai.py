@@ -171,8 +171,8 @@ def future_ai_table(ev: ModelVersionEvidence | dict, limits: Limits | None = Non
                          "no robustness panel"))
     else:
         bad, parts = [], []
-        for site, r in sorted(ev.robustness.items()):
-            worst, champ = r.get("worst_delta"), r.get("champion_worst_delta")
+        for site, rob in sorted(ev.robustness.items()):
+            worst, champ = rob.get("worst_delta"), rob.get("champion_worst_delta")
             parts.append(f"{site}: worst change {_num(worst, '+.3f')}"
                          + (f" (champion {champ:+.3f})" if champ is not None else ""))
             if worst is None or -worst > lim.max_robustness_drop or (
@@ -195,9 +195,9 @@ def future_ai_table(ev: ModelVersionEvidence | dict, limits: Limits | None = Non
                          "no site rendered explanations"))
     else:
         parts = []
-        for site, r in sorted(ev.explanations.items()):
-            share = r.get("saliency_in_mask")
-            parts.append(f"{site}: {int(r.get('n_images') or 0)} images"
+        for site, expl in sorted(ev.explanations.items()):
+            share = expl.get("saliency_in_mask")
+            parts.append(f"{site}: {int(expl.get('n_images') or 0)} images"
                          + (f", {share:.0%} of saliency inside the mask" if share is not None else ""))
         rows.append(_row("explainability", "site-local saliency pages (images stay at the site)", "passed",
                          "; ".join(parts)))

@@ -52,8 +52,8 @@ class DriftFeatures:
     def n(self) -> int:
         for values in self.categorical.values():
             return len(values)
-        for values in self.numeric.values():
-            return len(values)
+        for array in self.numeric.values():
+            return len(array)
         return 0
 
     def save(self, path: str | Path) -> Path:
@@ -65,7 +65,9 @@ class DriftFeatures:
         if self.embedding is not None:
             arrays["embedding"] = np.asarray(self.embedding, float)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
+        # every array is float or uint8, so no pickles (np.load refuses them too); naming the keyword also
+        # keeps mypy from matching **arrays against it
+        np.savez(tmp, allow_pickle=False, **arrays)
         tmp.replace(path)
         return path
 

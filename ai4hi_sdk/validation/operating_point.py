@@ -286,14 +286,16 @@ def choose_operating_point(histogram: Mapping[str, Sequence[float]], target: Tar
             j = int(np.flatnonzero(sens >= value - 1e-12).max())
         else:
             j = int(np.flatnonzero(spec >= value - 1e-12).min())
+        target_value: float | None = float(value)
     elif target == "youden":
         j = int(np.argmax(sens + spec - 1))
+        target_value = None
     else:
         raise ValueError(f"unknown operating-point target {target!r} (sensitivity, specificity, youden)")
     probs, logits = edge_probabilities(), edge_logits()
     return {"threshold": float(probs[j]), "threshold_logit": float(logits[j]), "edge": j,
             "next_edge_threshold": float(probs[min(j + 1, N_BINS)]), "target": target,
-            "value": None if target == "youden" else float(value),
+            "value": target_value,
             "sensitivity": float(sens[j]), "specificity": float(spec[j]), "youden_j": float(sens[j] + spec[j] - 1),
             "positives": float(pos.sum()), "negatives": float(neg.sum()), "bins": N_BINS}
 

@@ -142,8 +142,9 @@ def _mean_dice(outs: list[np.ndarray], targets: list[np.ndarray]) -> float:
     true = torch.as_tensor(np.concatenate(targets) != 0).float()
     if true.ndim == pred.ndim - 1:
         true = true[:, None]
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true).ravel().numpy()
-    return float(np.nanmean(dice))
+    # a batch-first tensor in gives one tensor out (MONAI's IterationMetric.__call__ is annotated for lists too)
+    dice = cast(torch.Tensor, DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true))
+    return float(np.nanmean(dice.ravel().numpy()))
 
 
 def _lesion_cases(dataset: Dataset) -> int:

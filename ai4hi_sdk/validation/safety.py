@@ -122,7 +122,9 @@ def _rate_check(name: str, models: list[ModelAtSite], floor: RateFloor, floors: 
 
 
 def _gap_check(models: list[ModelAtSite], limit: float) -> FloorCheck:
-    values, failed, parts = {}, [], []
+    values: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    parts: list[str] = []
     for m in (m for m in models if m.used):
         if m.sensitivity_gap is None:
             values[m.site] = {"passed": None}
@@ -140,7 +142,9 @@ def _gap_check(models: list[ModelAtSite], limit: float) -> FloorCheck:
 
 
 def _ece_check(models: list[ModelAtSite], limit: float) -> FloorCheck:
-    values, failed, parts = {}, [], []
+    values: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    parts: list[str] = []
     for m in models:
         if m.ece is None:
             if m.used:

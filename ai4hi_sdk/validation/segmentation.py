@@ -7,7 +7,7 @@ is left out of that metric's mean and counted in ``*_undefined``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import warnings
 
@@ -63,13 +63,15 @@ def segmentation_report(pred_masks, true_masks, *, spacing=None) -> dict:
     pred, true = _as_batch(pred_masks), _as_batch(true_masks)
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != ground truth shape {tuple(true.shape)}")
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true).ravel().numpy()
+    # a batch-first tensor in gives one tensor out (MONAI's IterationMetric.__call__ is annotated for lists too)
+    dice_t = cast(torch.Tensor, DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true))
+    dice = dice_t.ravel().numpy()
     with warnings.catch_warnings():  # empty masks are handled below; MONAI's deprecation notice is internal
         warnings.filterwarnings("ignore", message=".*is all 0.*")
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
-        hd = compute_hausdorff_distance(pred, true, include_background=True, percentile=95,
-                                        spacing=case_spacings(spacing, int(pred.shape[0])))
-    hd = hd.ravel().numpy().astype(np.float64)
+        hd_t = compute_hausdorff_distance(pred, true, include_background=True, percentile=95,
+                                          spacing=case_spacings(spacing, int(pred.shape[0])))
+    hd = hd_t.ravel().numpy().astype(np.float64)
     empty = (pred.flatten(1).sum(1) == 0) | (true.flatten(1).sum(1) == 0)
     hd[empty.numpy()] = np.nan
     dice_ok, hd_ok = np.isfinite(dice), np.isfinite(hd)

@@ -21,7 +21,7 @@ Per-case values are computed in memory and never returned.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 from scipy import stats
@@ -37,12 +37,15 @@ SEGMENTATION_METRICS = ("dice", "hd95")
 
 def case_dice(pred_masks, true_masks) -> np.ndarray:
     """Per-case Dice (NaN where the ground truth is empty), in memory only."""
+    import torch
     from monai.metrics import DiceMetric
 
     from ai4hi_sdk.validation.segmentation import _as_batch
 
     pred, true = _as_batch(pred_masks), _as_batch(true_masks)
-    return DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true).ravel().numpy()
+    # a batch-first tensor in gives one tensor out (MONAI's IterationMetric.__call__ is annotated for lists too)
+    dice = cast(torch.Tensor, DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, true))
+    return dice.ravel().numpy()
 
 
 def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Sequence[np.ndarray],
@@ -68,7 +71,7 @@ def segmentation_subgroup_audit(pred_masks: Sequence[np.ndarray], true_masks: Se
         cells: dict[str, dict] = {}
         for value in sorted(set(vals.tolist()) - hidden):
             idx = np.flatnonzero(vals == value)
-            rep = segmentation_report([pred_masks[i] for i in idx], [true_masks[i] for i in idx],
+            rep = segmentation_report([pred_masks[int(i)] for i in idx], [true_masks[int(i)] for i in idx],
                                       spacing=None if per_case is None else [per_case[i] for i in idx])
             cell: dict[str, Any] = {"n": int(idx.size)}
             for metric in SEGMENTATION_METRICS:
@@ -128,7 +131,7 @@ def site_segmentation_report(true_masks, pred_candidate, pred_champion, attribut
     """
     from ai4hi_sdk.validation.segmentation import common_spacing
 
-    kw = dict(min_count=min_count, spacing=spacing, dp_count_epsilon=dp_count_epsilon, seed=seed)
+    kw: dict[str, Any] = dict(min_count=min_count, spacing=spacing, dp_count_epsilon=dp_count_epsilon, seed=seed)
     meta: dict[str, Any] = {"k": int(min_count), "ci": float(ci), "threshold": 0.5, "segmentation": 1,
                             "hd95_in_mm": int(spacing is not None)}
     shared = common_spacing(spacing)

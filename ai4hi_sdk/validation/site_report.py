@@ -131,8 +131,9 @@ def site_validation_report(labels, prob_candidate, prob_champion, attributes: Ma
     """
     y = np.asarray(labels).astype(int).ravel()
     champion_threshold = threshold if champion_threshold is None else champion_threshold
-    kw = dict(min_count=min_count, ci=ci, calibration_bins=calibration_bins, dp_count_epsilon=dp_count_epsilon,
-              seed=seed, net_benefit_thresholds=net_benefit_thresholds)
+    kw: dict[str, Any] = dict(min_count=min_count, ci=ci, calibration_bins=calibration_bins,
+                              dp_count_epsilon=dp_count_epsilon, seed=seed,
+                              net_benefit_thresholds=net_benefit_thresholds)
     out: dict[str, Any] = {
         "candidate": model_report(y, prob_candidate, attributes, threshold=threshold,
                                   calibration=candidate_calibration, **kw),
