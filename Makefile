@@ -8,7 +8,7 @@ DEMO   ?= demo_workspace
 # CPU wheel that lies on disk here; a GPU site installs its own CUDA build (see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo lint test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,12 @@ demo: $(STAMP)
 	# continuous loop: train -> validate everywhere -> decide -> drift at one site -> monitor -> retrain -> decide
 	$(AI4HI) continuous run jobs/continuous.yaml --data-root $(DEMO)/loop_data --workspace $(DEMO)/loop
 
-test: $(STAMP)
+# static checks: lint, types (mypy over the whole package), run before every test run
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ai4hi_sdk tests benchmarks docs/examples
+	$(VENV)/bin/mypy ai4hi_sdk
+
+test: lint
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
