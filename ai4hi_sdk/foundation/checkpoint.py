@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import time
@@ -25,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ai4hi_sdk.audit.file_digest import sha256_file
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.foundation.presets import resolve_backbone
 
@@ -38,14 +38,6 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "network",
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _MAX_NAMED = 8
 
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _names(keys: Any) -> str:

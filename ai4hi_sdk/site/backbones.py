@@ -16,7 +16,6 @@ on the site's data before any job uses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ai4hi_sdk.audit.file_digest import sha256_file
 from ai4hi_sdk.errors import RoundRefused, UserError
 
 BACKBONE_STORE = Path("ai4hi") / "backbones"
@@ -33,14 +33,6 @@ PROVENANCE_FILE = "provenance.json"
 CARD_FILE = "BACKBONE_CARD.md"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def backbone_folder(source: str | Path) -> Path:
@@ -67,7 +59,7 @@ def read_backbone_sha256(source: str | Path) -> str:
             from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{record}: unreadable provenance record ({err})") from None
-    actual = file_sha256(weights)
+    actual = sha256_file(weights)
     if actual != recorded:
         raise UserError(f"{weights} has sha256 {actual}, but its provenance record says {recorded}")
     return actual
@@ -106,7 +98,7 @@ def install_backbone(source: str | Path, workspace: str | Path, *,
     target = store_dir(workspace, sha)
     action = "installed"
     if is_installed(workspace, sha):
-        if file_sha256(target / BACKBONE_FILE) == sha:
+        if sha256_file(target / BACKBONE_FILE) == sha:
             return InstalledBackbone(sha, target, "kept")
         action = "replaced"
     staging = target.parent / f".{sha}.{uuid.uuid4().hex[:8]}.tmp"
@@ -115,7 +107,7 @@ def install_backbone(source: str | Path, workspace: str | Path, *,
         for name in (BACKBONE_FILE, PROVENANCE_FILE, CARD_FILE):
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, staging / name)
-        if file_sha256(staging / BACKBONE_FILE) != sha:
+        if sha256_file(staging / BACKBONE_FILE) != sha:
             raise UserError(f"{folder}: the backbone changed while it was copied; nothing was installed")
         if target.exists():
             shutil.rmtree(target)
@@ -142,7 +134,7 @@ def locate_backbone(workspace: str | Path | None, sha256: object) -> Path:
     if not weights.is_file():
         raise RoundRefused(f"base checkpoint: this site does not hold the backbone with sha256 {sha256}; the site "
                            f"admin installs it with `ai4hi site add-backbone BACKBONE_DIR` (it goes to {folder})")
-    actual = file_sha256(weights)
+    actual = sha256_file(weights)
     if actual != sha256:
         raise RoundRefused(f"base checkpoint: this site's copy {weights} has sha256 {actual}, but the job expects "
                            f"{sha256}; nothing was trained (the site admin reinstalls it with `ai4hi site "
