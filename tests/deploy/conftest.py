@@ -120,3 +120,30 @@ def running_consortium(root: Path, n_sites: int, studies_per_site: int = 40) -> 
     finally:
         for kit in all_kits:
             stop_kit(kit)
+
+
+def stop_and_check_nothing_left(deployment: dict) -> None:
+    """Stop every kit of a ``running_consortium`` and check that no process of it, no pid file, no
+    open port and no new NVFlare temp state is left behind."""
+    import psutil
+
+    from ai4hi_sdk.deploy.processes import kit_processes, stop_kit
+
+    for kit in deployment["kits"]:
+        stop_kit(kit)
+    for kit in deployment["kits"]:
+        assert kit_processes(kit) == []
+        assert not (kit.path / "pid.fl").exists() and not (kit.path / "daemon_pid.fl").exists()
+    root = str(deployment["root"])
+    strays = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(root in part for part in proc.info["cmdline"] or []):
+                strays.append(proc.info)
+        except psutil.Error:
+            continue
+    assert strays == []
+    for port in (deployment["server"].server_target[1], deployment["server"].admin_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert tmp_nvflare_state() == deployment["before_tmp"]

@@ -12,17 +12,14 @@ ledger names exactly the masked vector its egress log says left."""
 from __future__ import annotations
 
 import json
-import socket
 
-import psutil
 import pytest
 
 from ai4hi_sdk.audit.hash_chain import read_entries, verify_chain
 from ai4hi_sdk.deploy.admin import AdminSession
-from ai4hi_sdk.deploy.processes import kit_processes, stop_kit
 from ai4hi_sdk.site.egress_guard import EGRESS_LOG
 from ai4hi_sdk.privacy.dp.ledger import PRIVACY_LEDGER, PrivacyLedger
-from tests.deploy.conftest import running_consortium, small_spec, tmp_nvflare_state
+from tests.deploy.conftest import running_consortium, small_spec, stop_and_check_nothing_left
 
 pytestmark = pytest.mark.deploy
 SITES = ["hospital-1", "hospital-2", "hospital-3"]
@@ -96,21 +93,4 @@ def test_each_sites_ledger_names_the_masked_vectors_its_egress_log_sent(deployme
 
 
 def test_stop_leaves_no_process_port_or_tmp_file_behind(deployment):
-    for kit in deployment["kits"]:
-        stop_kit(kit)
-    for kit in deployment["kits"]:
-        assert kit_processes(kit) == []
-        assert not (kit.path / "pid.fl").exists() and not (kit.path / "daemon_pid.fl").exists()
-    root = str(deployment["root"])
-    strays = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(root in part for part in proc.info["cmdline"] or []):
-                strays.append(proc.info)
-        except psutil.Error:
-            continue
-    assert strays == []
-    for port in (deployment["server"].server_target[1], deployment["server"].admin_port):
-        with socket.socket() as sock:
-            assert sock.connect_ex(("127.0.0.1", port)) != 0
-    assert tmp_nvflare_state() == deployment["before_tmp"]
+    stop_and_check_nothing_left(deployment)
