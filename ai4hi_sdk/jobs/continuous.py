@@ -355,7 +355,9 @@ class ContinuousLoop:
 
     def monitor(self, data_version: str) -> dict:
         i = self._next("monitor")
-        self.say(f"monitor drift of data {data_version} at every site (deployed model {self.champion}) ...")
+        watched = (f"deployed model {self.deployed}" if self.deployed is not None
+                   else f"nothing deployed; the champion {self.champion_model}")
+        self.say(f"monitor drift of data {data_version} at every site ({watched}) ...")
         run = run_validation(self.job, self.spec.validation, self.data_root / data_version,
                              self.ws / "runs" / f"monitor-{i}", champion=self._model_path(self.champion_model),
                              tasks=("monitor",), sites_root=self.ws / "sites", timeout_s=self.spec.timeout_s)
