@@ -92,6 +92,13 @@ class _LoRAMixin:
     scaling: float
     rank: int
 
+    def _copy_base(self, base: nn.Module) -> None:
+        """Take the base layer's weight and bias (the frozen part of the adapted layer)."""
+        with torch.no_grad():
+            self.weight.copy_(base.weight)  # type: ignore[attr-defined]  # the mixin sits on nn.Linear or _ConvNd
+            if base.bias is not None:
+                self.bias.copy_(base.bias)  # type: ignore[attr-defined]
+
     def _init_lora(self, config: LoRAConfig, name: str) -> None:
         self.rank = int(config.rank)
         self.scaling = float(config.scaling)
@@ -119,10 +126,7 @@ class LoRALinear(_LoRAMixin, nn.Linear):
     def __init__(self, base: nn.Linear, config: LoRAConfig, name: str):
         nn.Linear.__init__(self, base.in_features, base.out_features, bias=base.bias is not None,
                            device=base.weight.device, dtype=base.weight.dtype)
-        with torch.no_grad():
-            self.weight.copy_(base.weight)
-            if base.bias is not None:
-                self.bias.copy_(base.bias)
+        self._copy_base(base)
         where = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Linear(base.in_features, config.rank, bias=False, **where)
         self.lora_B = nn.Linear(config.rank, base.out_features, bias=False, **where)
@@ -142,10 +146,7 @@ def _make_lora_conv(conv_cls: type[nn.Module], dims: int) -> type[nn.Module]:
             conv_cls.__init__(self, base.in_channels, base.out_channels, base.kernel_size, stride=base.stride,
                               padding=base.padding, dilation=base.dilation, bias=base.bias is not None,
                               device=base.weight.device, dtype=base.weight.dtype)
-            with torch.no_grad():
-                self.weight.copy_(base.weight)
-                if base.bias is not None:
-                    self.bias.copy_(base.bias)
+            self._copy_base(base)
             where = {"device": base.weight.device, "dtype": base.weight.dtype}
             self.lora_A = cast(_ConvNd, conv_cls(base.in_channels, config.rank, base.kernel_size, stride=base.stride,
                                                  padding=base.padding, dilation=base.dilation, bias=False, **where))
