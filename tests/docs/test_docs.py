@@ -104,3 +104,30 @@ def test_quick_commands_run_as_written(page, argv, capsys):
 
 def test_the_docs_show_commands():
     assert len(COMMANDS) > 20 and any(tuple(a[1:3]) in QUICK for _, a in COMMANDS)
+
+
+#: a repository path quoted in a page (`tests/x.py`, `tests/x.py::test_y`, `jobs/x.yaml`, ...)
+REPO_PATH = re.compile(r"`((?:tests|ai4hi_sdk|jobs|benchmarks|site_templates|docs)/[A-Za-z0-9_./-]*[A-Za-z0-9_/])"
+                       r"(?:::([A-Za-z_][A-Za-z0-9_]*))?`")
+
+
+def _quoted_paths() -> list[tuple[str, str, str | None]]:
+    found = set()
+    for page in [*PAGES, REPO / "benchmarks" / "README.md"]:
+        for path, test in REPO_PATH.findall(page.read_text()):
+            found.add((page.relative_to(REPO).as_posix(), path, test or None))
+    return sorted(found, key=lambda t: (t[0], t[1], t[2] or ""))
+
+
+@pytest.mark.parametrize("page,path,test", _quoted_paths())
+def test_every_quoted_repository_path_exists(page, path, test):
+    # placeholders such as `docs/<page>.md` are not quoted with this pattern (angle brackets stop it)
+    target = REPO / path
+    assert target.exists(), f"{page} quotes {path}, which does not exist"
+    if test is not None:
+        assert re.search(rf"^(?:async )?def {test}\(", target.read_text(), re.M), \
+            f"{page} quotes {path}::{test}, which is not a test there"
+
+
+def test_pages_quote_repository_paths():
+    assert len(_quoted_paths()) > 20  # the pattern still finds what the pages quote
