@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 
 from ai4hi_sdk.reports.report import generate_reports
 from ai4hi_sdk.validation.engine import evidence_from_validation, load_or_create_signing_key, make_decision
 from ai4hi_sdk.validation.segmentation_site import site_segmentation_report
 from ai4hi_sdk.validation.site_report import flatten_metrics, unflatten_metrics
 from ai4hi_sdk.validation.update_policy import UpdatePolicy
+from tests.tasks.test_segmentation import _masks
 
 
 def _site(seed, n=12):
-    rng = np.random.default_rng(seed)
-    true, cand, champ = [], [], []
-    for _ in range(n):
-        t = np.zeros((6, 10, 10), np.uint8)
-        z, y, x = rng.integers(2, 4), rng.integers(3, 7), rng.integers(3, 7)
-        t[z - 1:z + 2, y - 2:y + 2, x - 2:x + 2] = 1
-        true.append(t)
-        cand.append((t & (rng.random(t.shape) > 0.1)).astype(np.uint8))
-        champ.append(np.roll(t, int(rng.integers(1, 3)), axis=2))
-    attrs = {"sex": ["F"] * (n // 2) + ["M"] * (n - n // 2)}
+    true, cand, champ, attrs = _masks(seed, n)
     rep = site_segmentation_report(true, cand, champ, attrs, min_count=5, spacing=(2.5, 1.5, 1.5))
     return unflatten_metrics(flatten_metrics(rep))
 
