@@ -204,34 +204,37 @@ class ValidationSite:
             SitePredictions(truth, pred_cand, pred_champ, attributes, strategy.test_context(self.trainer)),
             ReportSettings(cfg, self.min_count, ops))
         scorer = strategy.robustness_scorer()
-        if scorer is not None:
-            self._add_robustness(report, candidate, champion, scorer)
-        if strategy.supports_explanations:
-            self._add_explanations(report, candidate, champion)
+        robustness = scorer is not None and cfg.robustness
+        explanations = (strategy.supports_explanations and cfg.explanation_images > 0
+                        and self.trainer.site_workspace is not None)
+        if robustness or explanations:  # one model per role, shared by both panels
+            models = self._models({"candidate": candidate, "champion": champion})
+            if robustness:
+                self._add_robustness(report, models, scorer)
+            if explanations:
+                self._add_explanations(report, models, candidate, champion)
         if strategy.supports_drift_monitoring and self.trainer.site_workspace is not None and self._dicom_items():
             for state in (candidate, champion):
                 self.current_features(state).save(reference_path(self._workspace(), model_sha256(state)))
         return report
 
     def _models(self, states: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.nn.Module]:
-        """One model per role (copies of the trainer's model), each holding its state."""
+        """One model per role (copies of the trainer's model), each holding its exchanged state (a
+        backbone job's models carry adapters and head only; the rest is the site's backbone)."""
         from ai4hi_sdk.trainers.state import load_exchanged_state
 
+        names = self.trainer.exchanged_names()
         out = {}
         for role, state in states.items():
             model = copy.deepcopy(self.trainer.model)
-            load_exchanged_state(model, state)
+            load_exchanged_state(model, state, names)
             out[role] = model.eval()
         return out
 
-    def _add_robustness(self, report: dict, candidate: Mapping[str, torch.Tensor],
-                        champion: Mapping[str, torch.Tensor], scorer: Any) -> None:
+    def _add_robustness(self, report: dict, models: Mapping[str, torch.nn.Module], scorer: Any) -> None:
         """``report[role]["robustness"]``: each model's score under the default perturbations (k-suppressed)."""
         from ai4hi_sdk.validation.robustness import robustness_panel
 
-        if not self.config.robustness:
-            return
-        models = self._models({"candidate": candidate, "champion": champion})
         for role, model in models.items():
             try:
                 panel = robustness_panel(model, self.trainer.datasets.test, task=scorer, min_count=self.min_count,
@@ -243,15 +246,12 @@ class ValidationSite:
                 continue
             report[role]["robustness"] = panel
 
-    def _add_explanations(self, report: dict, candidate: Mapping[str, torch.Tensor],
-                          champion: Mapping[str, torch.Tensor]) -> None:
+    def _add_explanations(self, report: dict, models: Mapping[str, torch.nn.Module],
+                          candidate: Mapping[str, torch.Tensor], champion: Mapping[str, torch.Tensor]) -> None:
         """Write the site-local saliency page; ``report[role]["explanations"]``: its counts only."""
         from ai4hi_sdk.reports.explanations import render_explanations
 
         cfg = self.config
-        if cfg.explanation_images <= 0 or self.trainer.site_workspace is None:
-            return
-        models = self._models({"candidate": candidate, "champion": champion})
         folder = (self._workspace() / EXPLANATIONS_DIR
                   / f"{model_sha256(candidate)[:16]}-vs-{model_sha256(champion)[:16]}")
         layers = (cfg.explanation_layer, cfg.explanation_layer) if cfg.explanation_layer else None

@@ -221,3 +221,22 @@ def test_pretraining_and_fine_tuning_epsilon_compose_in_one_ledger_per_dataset(b
     for r in records[2:]:
         alone.step(r["noise_multiplier"], r["sample_rate"], r["steps"])
     assert records[-1]["epsilon_after"] > alone.get_epsilon(records[-1]["delta"]) + 0.1
+
+
+def test_a_backbone_jobs_validation_builds_its_robustness_and_explanation_models(backbone, data, tmp_path):
+    # candidate and champion carry adapters and head only: the site's validation loads them onto its
+    # backbone for every panel (a load expecting the whole model raised here before)
+    from ai4hi_sdk.config.validation_spec import ValidationSpec
+    from ai4hi_sdk.foundation.trainers import BackboneClassificationTrainer
+    from ai4hi_sdk.site.validation import ValidationSite
+
+    trainer = BackboneClassificationTrainer(ffa_spec(backbone), site_dir=data / SITE, site_name=SITE, device="cpu",
+                                            site_workspace=tmp_path)
+    names = trainer.exchanged_names()
+    champion = exchanged_state(trainer.model, names)
+    candidate = {k: v + 0.01 for k, v in champion.items()}
+    assert len(candidate) < len(trainer.model.state_dict())
+    report = ValidationSite(trainer, ValidationSpec(min_count=2, explanation_images=2)).cross_validate(
+        candidate, champion)
+    for role in ("candidate", "champion"):
+        assert "robustness" in report[role] and "explanations" in report[role], sorted(report[role])
