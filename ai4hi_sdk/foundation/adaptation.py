@@ -26,10 +26,10 @@ from torch import nn
 from ai4hi_sdk.errors import UserError
 from ai4hi_sdk.foundation.architectures import BackboneLayout, freeze_unused_vit_parts, model_layout
 from ai4hi_sdk.foundation.lora import LoRAConfig, inject_lora
+from ai4hi_sdk.trainers.state import LORA_MARKER, exchange_size, exchanged_state
 
 AdaptationMode = Literal["linear_probe", "lora", "ffa_lora", "partial", "full"]
 ADAPTATION_MODES: tuple[str, ...] = get_args(AdaptationMode)
-LORA_MARKER = ".lora_"
 
 
 @dataclass(frozen=True)
@@ -124,21 +124,16 @@ def trainable_state_names(model: nn.Module) -> list[str]:
 
 def trainable_state(model: nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """CPU float32 copies of the trainable tensors (or of ``names``): what a round exchanges."""
-    names = trainable_state_names(model) if names is None else names
-    state = model.state_dict()
-    return {name: state[name].detach().to("cpu", torch.float32).clone() for name in names}
+    return exchanged_state(model, trainable_state_names(model) if names is None else names)
 
 
 def upload_size(model: nn.Module, names: list[str] | None = None) -> dict[str, float]:
-    """Elements exchanged per round vs the full model.
+    """Elements exchanged per round vs the full model (:func:`~ai4hi_sdk.trainers.state.exchange_size`).
 
     Returns ``{"trainable_elements", "full_model_elements", "percent"}``; the full model is every
     floating-point state tensor of the un-adapted model (what is sent without adaptation: adapter
     tensors excluded from it).
     """
-    names = trainable_state_names(model) if names is None else names
-    state = model.state_dict()
-    trainable = sum(state[name].numel() for name in names)
-    full = sum(t.numel() for name, t in state.items() if t.is_floating_point() and LORA_MARKER not in f".{name}")
-    return {"trainable_elements": float(trainable), "full_model_elements": float(full),
-            "percent": 100.0 * trainable / full if full else 0.0}
+    size = exchange_size(model, trainable_state_names(model) if names is None else names)
+    return {"trainable_elements": size["elements"], "full_model_elements": size["full_model_elements"],
+            "percent": size["percent"]}

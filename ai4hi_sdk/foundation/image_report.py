@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ai4hi_sdk.errors import UserError
-from ai4hi_sdk.foundation.trainers import DEFAULT_BACKBONE, _backbone, _check_keys, _trainable_optimizer
+from ai4hi_sdk.foundation.trainers import DEFAULT_BACKBONE, _backbone, _check_keys
 from ai4hi_sdk.trainers.site_trainer import SiteTrainer
 
 IMAGE_REPORT_KEYS = frozenset({"backbone", "pool", "embed_dim", "text_width", "text_layers", "text_heads",
@@ -129,9 +129,6 @@ class ImageReportTrainer(SiteTrainer):
         from ai4hi_sdk.foundation.contrastive import ContrastiveLoss
 
         return ContrastiveLoss(float(self.spec.model.get("image_weight", 0.5)))
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return _trainable_optimizer(self, model)
 
     def train_step(self, model: nn.Module, batch: Any, loss_fn: nn.Module) -> torch.Tensor:
         images, ids = self.to_device(batch)

@@ -63,17 +63,6 @@ def _backbone(spec: Any) -> dict[str, Any]:
     return config
 
 
-def _trainable_optimizer(trainer: SiteTrainer, model: nn.Module) -> torch.optim.Optimizer:
-    """The spec's optimizer over the trainable parameters only."""
-    train = trainer.spec.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise UserError("the model has no trainable parameters")
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-
-
 class MAEPretrainTrainer(SiteTrainer):
     """Masked-autoencoder pretraining of a ViT backbone on a site's images (2D)."""
 
@@ -104,9 +93,6 @@ class MAEPretrainTrainer(SiteTrainer):
         from ai4hi_sdk.foundation.mae import MAELoss
 
         return MAELoss(int(_backbone(self.spec)["patch_size"]))
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return _trainable_optimizer(self, model)
 
     def train_step(self, model: nn.Module, batch: Any, loss_fn: nn.Module) -> torch.Tensor:
         images = self.to_device(batch[0] if isinstance(batch, (list, tuple)) else batch)
@@ -175,9 +161,6 @@ class BackboneClassificationTrainer(ClassificationTrainer):
     def build_datasets(self) -> Any:
         _backbone(self.spec)
         return super().build_datasets()
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return _trainable_optimizer(self, model)
 
     def exchanged_names(self) -> list[str]:
         """State-dict names of the trainable tensors (adapters and head, per the adaptation)."""

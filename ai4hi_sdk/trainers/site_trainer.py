@@ -108,11 +108,17 @@ class SiteTrainer:
         return nn.CrossEntropyLoss()
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The spec's optimizer over the parameters that train (frozen backbone parts and LoRA's
+        frozen A never get a gradient)."""
+        from ai4hi_sdk.errors import UserError
+
         train = self.spec.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError("the model has no trainable parameters")
         if train.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-        return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
-                               weight_decay=train.weight_decay)
+            return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
     def train_step(self, model: nn.Module, batch: Any, loss_fn: nn.Module) -> torch.Tensor:
         """Forward one batch and return the loss (the base does backward/step/AMP)."""

@@ -68,12 +68,16 @@ def state_delta(local: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tens
     return {name: (local[name].float() - base[name].float()) for name in base}
 
 
+#: marks adapter tensors in state-dict names (``...lora_A...``): they exist only because of the adaptation
+LORA_MARKER = ".lora_"
+
+
 def exchange_size(model: nn.Module, names: Sequence[str]) -> dict[str, float]:
     """What one round uploads, against the whole model: ``{"tensors", "elements", "bytes"
     (float32), "full_model_elements", "percent"}``. The whole model is every floating-point state
     entry except adapter tensors (``.lora_`` in the name: they exist only because of the adaptation)."""
     state = model.state_dict()
     elements = sum(state[name].numel() for name in names)
-    full = sum(t.numel() for name, t in state.items() if t.is_floating_point() and ".lora_" not in f".{name}")
+    full = sum(t.numel() for name, t in state.items() if t.is_floating_point() and LORA_MARKER not in f".{name}")
     return {"tensors": float(len(names)), "elements": float(elements), "bytes": float(4 * elements),
             "full_model_elements": float(full), "percent": 100.0 * elements / full if full else 0.0}
