@@ -37,6 +37,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 Assertion = Literal["positive", "negative", "uncertain"]
@@ -82,7 +83,7 @@ class RuleSet:
     def finding_names(self) -> tuple[str, ...]:
         return tuple(sorted(self.findings))
 
-    @property
+    @cached_property  # the matcher cache is keyed by it, once per report
     def sha256(self) -> str:
         """Content hash of the rules (pins a released version: its rules never change)."""
         doc = {"version": self.version, "window": self.window,

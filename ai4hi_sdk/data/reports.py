@@ -261,8 +261,7 @@ def read_sr_report(path: Path, source: str | None = None) -> Report:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            source_obj: Any = io.BytesIO(dicomio.inflate(path)) if dicomio.is_gzip(path) else path
-            ds = dcmread(source_obj)
+            ds = dcmread(dicomio.open_source(path))
     except Exception as err:  # noqa: BLE001 - any parse failure is "unreadable"
         raise ValueError(f"not a readable DICOM file ({type(err).__name__})") from None
     if str(ds.get("ValueType", "")).upper() != "CONTAINER" or "ContentSequence" not in ds:
@@ -323,8 +322,7 @@ def _accession_numbers(scan: ScanReport) -> dict[str, str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                source: Any = io.BytesIO(dicomio.inflate(path)) if dicomio.is_gzip(path) else path
-                ds = dcmread(source, stop_before_pixels=True, specific_tags=["AccessionNumber"])
+                ds = dcmread(dicomio.open_source(path), stop_before_pixels=True, specific_tags=["AccessionNumber"])
         except Exception:  # noqa: BLE001 - the scan read it; a vanished file just has no accession
             continue
         accession = str(ds.get("AccessionNumber", "") or "").strip()
