@@ -45,6 +45,7 @@ from ai4hi_sdk.config.validation_spec import OperatingPointSettings, ValidationS
 from ai4hi_sdk.jobs.spec import load_checked_job_spec as load_job_spec
 from ai4hi_sdk.data.synth import synth_consortium
 from ai4hi_sdk.errors import UserError
+from ai4hi_sdk.jobs.builder import lead_initial_state
 from ai4hi_sdk.jobs.lineage import backbone_lineage
 from ai4hi_sdk.jobs.run_record import TrainingRunRecord
 from ai4hi_sdk.jobs.simulate import simulate
@@ -52,7 +53,6 @@ from ai4hi_sdk.jobs.validate import run_validation
 from ai4hi_sdk.privacy.egress import model_sha256
 from ai4hi_sdk.tasks.base import TaskStrategy
 from ai4hi_sdk.tasks.registry import task_strategy
-from ai4hi_sdk.trainers.loading import trainer_class_for
 from ai4hi_sdk.validation.decision import Evidence
 from ai4hi_sdk.validation.engine import (
     evidence_from_validation,
@@ -139,7 +139,7 @@ class ContinuousLoop:
         self.report.mkdir(parents=True)
         (self.ws / "models").mkdir(parents=True)
         self.key = load_or_create_signing_key(self.ws / SIGNING_KEY)
-        initial = trainer_class_for(self.job)(self.job, site_dir=None, site_name="server", device="cpu").initial_state()
+        initial = lead_initial_state(self.job)
         torch.save(initial, self._model_path(INITIAL))
         self.history["models"][INITIAL] = {
             "sha256": model_sha256(initial),

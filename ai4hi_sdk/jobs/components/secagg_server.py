@@ -18,7 +18,7 @@ rejected or accepted by :func:`~ai4hi_sdk.jobs.site_results.classify_result`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,7 +52,6 @@ class RoundOutcome:
     clear_metrics: dict[str, dict[str, float]]  # per site, only when secure_metrics is off
     error_bound: float
     threshold: int = 0
-    refused: list[Refusal] = field(default_factory=list)
 
 
 def _array(value: Any) -> np.ndarray:
@@ -237,8 +236,7 @@ class SecureRounds:
             mean_delta={k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in decoded.mean_delta.items()},
             total_weight=decoded.total_weight, survivors=survivors, dropped=list(unmask.dropped),
             metric_means=decoded.metric_means, clear_metrics={s: clear[s] for s in survivors if clear.get(s)},
-            error_bound=self.codec.error_bound(len(survivors), decoded.total_weight), threshold=int(rnd.threshold),
-            refused=[x for x in self.refused if x.round == r])
+            error_bound=self.codec.error_bound(len(survivors), decoded.total_weight), threshold=int(rnd.threshold))
 
 
 def _protocol_bytes(value: Any, out: list[bytes]) -> Check:
