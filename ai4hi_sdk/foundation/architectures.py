@@ -67,14 +67,6 @@ def feature_size(backbone: str | Mapping[str, Any]) -> int:
     return int(config["block_inplanes"][-1]) * expansion
 
 
-def image_shape(backbone: str | Mapping[str, Any]) -> tuple[int, ...]:
-    """``(C, *S)`` a backbone takes; ResNets take any size (``S`` = -1)."""
-    config = resolve_backbone(backbone)
-    dims = int(config["spatial_dims"])
-    size = int(config["img_size"]) if config["family"] == "vit" else -1
-    return (int(config["in_channels"]), *([size] * dims))
-
-
 @dataclass(frozen=True)
 class BackboneLayout:
     """State-dict prefixes of a task model's parts.
@@ -208,8 +200,3 @@ def freeze_unused_vit_parts(model: nn.Module) -> list[str]:
         elif isinstance(module, MaskedAutoEncoderViT):
             freeze(prefix, [(n, getattr(module, n)) for n in ("cls_token", "mask_tokens", "decoder_pos_embedding")])
     return frozen
-
-
-def parameter_count(model: nn.Module, names: set[str] | None = None) -> int:
-    """Elements of the model's parameters (all, or those whose state-dict name is in ``names``)."""
-    return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)

@@ -67,7 +67,3 @@ def score_metric(name: str) -> ScoreMetric:
     except KeyError:
         raise ValueError(f"evidence metric {name!r} is not registered (known: {', '.join(sorted(_METRICS))}); "
                          "register its task kind before deciding on it") from None
-
-
-def known_score_metrics() -> tuple[str, ...]:
-    return tuple(sorted(_METRICS))
