@@ -17,9 +17,9 @@ Inputs (all optional; a part without its input says so or is left out):
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
+from ai4hi_sdk.reports.render import fmt
 from ai4hi_sdk.reports import plots
 from ai4hi_sdk.validation.future_ai import ModelVersionEvidence, future_ai_table, principle_status
 from ai4hi_sdk.validation.net_benefit import net_benefit_curve, pool_counts
@@ -32,21 +32,15 @@ CSS = """.pass{background:#d4edda;color:#0a4d1c}.fail{background:#f8d7da;color:#
 #safety{border:3px solid #444;padding:.3em 1em;margin:1em 0}#safety h2{margin-top:.3em}"""
 
 
-def _f(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
 def _cell(value: dict[str, Any] | None) -> tuple[str, str]:
     """(text, css class) of one floor at one site."""
     if not value:
         return "–", "na"
     if value.get("missing"):
         return "no evidence", "fail" if value.get("passed") is False else "missing"
-    text = _f(value.get("value"))
+    text = fmt(value.get("value"))
     if value.get("lower_bound") is not None:
-        text += f" (lower {_f(value['lower_bound'])})"
+        text += f" (lower {fmt(value['lower_bound'])})"
     if value.get("passed") is None:
         return text + (" not used" if value.get("used") is False else " not evaluable"), "na"
     return text + (" PASS" if value["passed"] else " FAIL"), "pass" if value["passed"] else "fail"
@@ -126,13 +120,13 @@ def operating_points_html(history: dict[str, Any]) -> str:
             continue
         target = (f"{op.get('target')} >= {op['value']}" if op and op.get("value") is not None else
                   (op or {}).get("target", "–"))
-        rows.append([model, _f((op or {}).get("threshold")), target, (op or {}).get("split", "–"),
+        rows.append([model, fmt((op or {}).get("threshold")), target, (op or {}).get("split", "–"),
                      ", ".join((op or {}).get("sites", [])) or "–",
                      "exact (secure aggregation)" if (op or {}).get("exact_counts") else
                      f"merged, k={(op or {}).get('k')}" if op else "–",
                      (cal or {}).get("method", "none"),
-                     f"{_f((cal or {}).get('before', {}).get('ece'))} -> "
-                     f"{_f((cal or {}).get('after', {}).get('ece'))}"])
+                     f"{fmt((cal or {}).get('before', {}).get('ece'))} -> "
+                     f"{fmt((cal or {}).get('after', {}).get('ece'))}"])
     if not rows:
         return ""
     return ("<h2 id='operating-points'>Operating points and recalibration</h2><p>Chosen on the sites' validation "
@@ -174,10 +168,10 @@ def validation_clinical_html(val: dict[str, dict]) -> list[str]:
             if not cs.get("before"):
                 continue
             after = cs.get("after") or {}
-            rows.append([site, role, _f(r.get("threshold")), _f(r.get("sensitivity")), _f(r.get("specificity")),
-                         _f(cs.get("observed_rate")), f"{_f(cs['before'].get('citl'))} -> {_f(after.get('citl'))}",
-                         f"{_f(cs['before'].get('ece'))} -> {_f(after.get('ece'))}",
-                         f"{_f(cs['before'].get('brier'))} -> {_f(after.get('brier'))}"])
+            rows.append([site, role, fmt(r.get("threshold")), fmt(r.get("sensitivity")), fmt(r.get("specificity")),
+                         fmt(cs.get("observed_rate")), f"{fmt(cs['before'].get('citl'))} -> {fmt(after.get('citl'))}",
+                         f"{fmt(cs['before'].get('ece'))} -> {fmt(after.get('ece'))}",
+                         f"{fmt(cs['before'].get('brier'))} -> {fmt(after.get('brier'))}"])
     if rows:
         parts.append("<h3>Operating point and calibration (before -> after recalibration)</h3>"
                      + _table(["site", "model", "threshold", "sensitivity", "specificity", "observed rate",
@@ -200,8 +194,8 @@ def validation_clinical_html(val: dict[str, dict]) -> list[str]:
                 metric = panel_metric(p) or "score"
                 worst: tuple[str | None, dict[str, Any]] = min(p.get("perturbations", {}).items(),
                                                                key=lambda kv: kv[1]["delta"], default=(None, {}))
-                rrows.append([site, role, metric.upper(), _f(p.get(metric)), worst[0] or "–",
-                              _f(worst[1].get("delta"))])
+                rrows.append([site, role, metric.upper(), fmt(p.get(metric)), worst[0] or "–",
+                              fmt(worst[1].get("delta"))])
         parts.append("<h3>Robustness panel</h3>" + _table(["site", "model", "metric", "clean", "worst perturbation",
                                                              "change"], rrows))
         parts.append(_img(plots.robustness_plot(panels, "score change under acquisition-like perturbations"),
@@ -211,7 +205,7 @@ def validation_clinical_html(val: dict[str, dict]) -> list[str]:
         for role in ("candidate", "champion"):
             e = (rep.get(role) or {}).get("explanations")
             if e:
-                erows.append([site, role, _f(e.get("n_images"), 0), _f(e.get("saliency_in_mask"))])
+                erows.append([site, role, fmt(e.get("n_images"), 0), fmt(e.get("saliency_in_mask"))])
     if erows:
         parts.append("<h3>Site-local explanations</h3><p>Each site's saliency page stays in its own workspace; "
                      "only these numbers left it.</p>"
@@ -295,18 +289,18 @@ def card_clinical_markdown(card: dict[str, Any]) -> list[str]:
     op, cal = card.get("operating_point"), card.get("recalibration")
     if op:
         target = f"{op.get('target')} >= {op['value']}" if op.get("value") is not None else op.get("target")
-        lines.append(f"Threshold **{_f(op.get('threshold'))}** (score >= threshold means positive), chosen for "
+        lines.append(f"Threshold **{fmt(op.get('threshold'))}** (score >= threshold means positive), chosen for "
                      f"{target} on the {op.get('split', 'validation')} splits of {', '.join(op.get('sites', []))}: "
-                     f"sensitivity {_f(op.get('sensitivity'))}, specificity {_f(op.get('specificity'))} there.")
+                     f"sensitivity {fmt(op.get('sensitivity'))}, specificity {fmt(op.get('specificity'))} there.")
     else:
         lines.append("No operating point was recorded for this version: its sensitivity and specificity below "
                      "are at the validation job's fixed threshold.")
     if cal:
-        params = f"T = {_f(cal.get('temperature'))}" if cal.get("method") == "temperature" else \
-            f"a = {_f(cal.get('a'))}, b = {_f(cal.get('b'))}"
+        params = f"T = {fmt(cal.get('temperature'))}" if cal.get("method") == "temperature" else \
+            f"a = {fmt(cal.get('a'))}, b = {fmt(cal.get('b'))}"
         lines += ["", f"Recalibration: {cal.get('method')} ({params}); pooled validation ECE "
-                      f"{_f(cal.get('before', {}).get('ece'))} -> {_f(cal.get('after', {}).get('ece'))}, Brier "
-                      f"{_f(cal.get('before', {}).get('brier'))} -> {_f(cal.get('after', {}).get('brier'))}."]
+                      f"{fmt(cal.get('before', {}).get('ece'))} -> {fmt(cal.get('after', {}).get('ece'))}, Brier "
+                      f"{fmt(cal.get('before', {}).get('brier'))} -> {fmt(cal.get('after', {}).get('brier'))}."]
     lines += ["", "## Safety floors", ""]
     if not card.get("safety_floors"):
         lines.append("No decision about this version yet.")
@@ -338,13 +332,13 @@ def card_clinical_markdown(card: dict[str, Any]) -> list[str]:
             metric = panel_metric(p) or "score"
             worst: tuple[str, dict[str, Any]] = min(p.get("perturbations", {}).items(), key=lambda kv: kv[1]["delta"],
                                                     default=("–", {}))
-            lines.append(f"| {site} | {metric.upper()} {_f(p.get(metric))} | {worst[0]} | "
-                         f"{_f(worst[1].get('delta'))} |")
+            lines.append(f"| {site} | {metric.upper()} {fmt(p.get(metric))} | {worst[0]} | "
+                         f"{fmt(worst[1].get('delta'))} |")
     if card.get("leave_one_site_out"):
         lines += ["", "## Leave-one-site-out", "", "| held-out site | score without it | with every site |",
                   "|---|---|---|"]
         for site, r in sorted(card["leave_one_site_out"].items()):
-            lines.append(f"| {site} | {_f(r.get('score'))} | {_f(r.get('full_score'))} |")
+            lines.append(f"| {site} | {fmt(r.get('score'))} | {fmt(r.get('full_score'))} |")
     lines += ["", "## FUTURE-AI evidence", "",
               "Principles of the FUTURE-AI guideline (BMJ 2025) against the evidence the framework holds:", "",
               "| principle | evidence | status | detail |", "|---|---|---|---|"]

@@ -29,7 +29,7 @@ from ai4hi_sdk.reports.render import fmt as _fmt
 from ai4hi_sdk.reports.render import html_figure as _img
 from ai4hi_sdk.reports.render import html_table as _table
 from ai4hi_sdk.tasks.base import TaskStrategy
-from ai4hi_sdk.tasks.registry import strategy_for_report, strategy_for_reports, task_strategy
+from ai4hi_sdk.tasks.registry import strategy_for_reports, task_strategy
 
 HISTORY = "history.json"
 
@@ -83,17 +83,17 @@ def model_card(history: dict, records: dict[str, dict], model: str, verification
     for step in history.get("steps", []):
         if step["kind"] == "validate" and step.get("candidate") == model:
             rec = records[step["record"]]
+            strategy = _validation_strategy(step, rec)
             per_site = {}
             for site, rep in sorted((rec.get("validation") or {}).items()):
                 cand = rep["candidate"]
-                per_site[site] = (task_strategy(step["task"]) if step.get("task")
-                                  else strategy_for_report(rep)).card_site(rep)
+                per_site[site] = strategy.card_site(rep)
                 if (cand.get("n") or 0) < 50:
                     card["limitations"].append(f"{site}: only {cand.get('n')} test studies in {step['record']}; "
                                                "its intervals are wide")
             for r in rec.get("refused", []) + rec.get("rejected", []):
                 card["limitations"].append(f"{r['site']}: no validation result ({r['reason']})")
-            card["validations"].append({"record": step["record"], "task": _validation_strategy(step, rec).name,
+            card["validations"].append({"record": step["record"], "task": strategy.name,
                                         "champion": step.get("champion"),
                                         "data_version": step.get("data_version"), "sites": per_site,
                                         "k": _record_k(rec)})
